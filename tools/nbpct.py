@@ -40,7 +40,8 @@ def to_py(src, dst):
 def run(nb):
     nb = Path(nb).resolve(); bindir = Path(sys.executable).parent
     env = {k: v for k, v in os.environ.items() if k != 'IN_TEST'}
-    env.setdefault('OMP_NUM_THREADS', '1'); env.setdefault('MPLBACKEND', 'Agg'); env['HF_HUB_OFFLINE'] = '1'
+    env.setdefault('OMP_NUM_THREADS', '1'); env['HF_HUB_OFFLINE'] = '1'
+    env.pop('MPLBACKEND', None)  # the kernel's inline backend stores figures in the notebook; Agg would drop them
     subprocess.run([str(bindir/'jupyter'), 'nbconvert', '--to', 'notebook', '--execute', '--inplace',
                     '--ExecutePreprocessor.timeout=1800', str(nb)], cwd=nb.parent, env=env, check=True)
     subprocess.run([str(bindir/'nbdev_clean'), '--fname', str(nb)], env=env, check=True)
