@@ -1,0 +1,191 @@
+"""Plots and the explorer: values drawn, top-k under weights, and the widget callbacks called directly."""
+import base64, html, json, os
+os.environ.setdefault('MPLBACKEND', 'Agg')
+import numpy as np, pandas as pd, torch
+import pytest
+from hypothesis import given, settings, strategies as st
+from pwattr.plots import (group_values, block_function_table, plot_group_lds, plot_block_function, plot_weights,
+                          weight_table, plot_weight_sets, cosine_matrix, plot_weight_cosine, display_image, topk_under,
+                          topk_rows, plot_gallery, plot_topk_gallery, lds_long_table, plot_lds_table, img_tag, PlotFigure)
+from pwattr.explorer import Explorer
+
+torch.set_num_threads(1)
+
+def known_S():
+    "2 queries x 6 training items x 2 groups: group a ranks 0,1,2 first for q0; group b ranks 5,4,3 (weaker)"
+    S = torch.zeros(2, 6, 2)
+    S[0, :, 0] = S[1, :, 1] = torch.tensor([3., 2.5, 2., 0., 0., 0.])
+    S[0, :, 1] = S[1, :, 0] = torch.tensor([0., 0., 0., 1., 1.2, 1.4])
+    return S
+
+def shown(view_html:str)->list:
+    return json.loads(html.unescape(view_html.split("data-ids='")[1].split("'")[0]))
+
+# --- the explorer's callbacks ---------------------------------------------------------------------------
+
+def test_topk_changes_when_weights_change():
+    ex = Explorer({'toy': known_S()}, torch.rand(6, 1, 4, 4), weights={'b only': [0., 2.]}, k=3, train_ids=list('uvwxyz'))
+    assert ex.select(query=0, weights='none')['ids'] == ['u', 'v', 'w']      # base: sum, group a dominates
+    assert ex.select(weights='b only')['ids'] == ['z', 'y', 'x']             # only b: its order
+    assert ex.select(query=1)['ids'] == ['u', 'v', 'w']                      # q1: b favours 0, 1, 2
+    # base for q1: a gives 1, 1.2, 1.4 to 3, 4, 5 and b gives 3, 2.5, 2 to 0, 1, 2 -> 0, 1, 2
+    assert ex.select(query=1, weights='none')['indices'] == [0, 1, 2]
+
+def test_widget_callbacks_update_the_view():
+    ex = Explorer({'toy': known_S()}, torch.rand(6, 1, 4, 4), weights={'b only': [0., 2.]}, k=3, train_ids=list('uvwxyz'))
+    ex.widget()
+    assert shown(ex.view.value) == ['z', 'y', 'x']                            # starts on q0 under the first weight set
+    ex.controls['weights'].value = 'none'                                    # the observer runs select()
+    assert shown(ex.view.value) == ['u', 'v', 'w'] and ex.state['weights'] == 'none'
+    ex.controls['k'].value = 2
+    assert shown(ex.view.value) == ['u', 'v']
+    ex.controls['query'].value = 1
+    assert "data-query='1'" in ex.view.value
+
+def test_explorer_matches_contributions_topk():
+    "Against pwattr.methods' own top-k (an independent implementation) on random contributions"
+    from pwattr.methods import Contributions
+    g = torch.Generator().manual_seed(0)
+    C = Contributions(torch.randn(4, 50, 5, generator=g), [f'g{j}' for j in range(5)], train_ids=[f't{i}' for i in range(50)])
+    w = torch.rand(5, generator=g) * 2
+    ex = Explorer({'m': C}, [f'text {i}' for i in range(50)], weights={'w': w}, k=7)
+    for q in range(4):
+        assert ex.topk(q, 'm', 'w')['ids'] == C.topk(7, w).ids[q]
+        assert ex.topk(q, 'm', 'none')['ids'] == C.topk(7).ids[q]
+
+def test_explorer_per_method_weights_and_errors():
+    S = known_S()
+    ex = Explorer({'m1': S, 'm2': -S}, torch.rand(6, 3, 4, 4), weights={'learned': {'m1': [0., 1.], 'm2': [1., 0.]}}, k=2)
+    assert ex.select(query=0, method='m1')['indices'] == [5, 4]
+    assert ex.select(method='m2')['indices'] == [3, 4]
+    with pytest.raises(KeyError, match="No weight set 'semantic'"): ex.select(weights='semantic')
+    with pytest.raises(KeyError, match="No method 'm3'"): ex.select(method='m3')
+    with pytest.raises(IndexError, match='out of range'): ex.select(query=9)
+    assert ex.state['method'] == 'm2'                                         # failed selections change nothing
+    with pytest.raises(ValueError, match='same queries and training items'): Explorer({'a': S, 'b': S[:, :5]}, torch.rand(6, 1, 2, 2))
+
+def test_explorer_text_items_are_escaped():
+    ex = Explorer({'m': known_S()}, ['<script>x</script>'] * 6, ['q <0>', 'q <1>'], k=2)
+    h = ex.render()
+    assert '<script>x' not in h and '&lt;script&gt;' in h and 'q &lt;0&gt;' in h
+
+# --- top-k under weights ----------------------------------------------------------------------------------
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(0, 10_000), st.integers(1, 6), st.integers(1, 30))
+def test_topk_under_matches_numpy(seed, M, N):
+    rng = np.random.default_rng(seed)
+    S, w = rng.integers(-3, 4, size=(2, N, M)).astype(float), rng.integers(0, 3, size=M).astype(float)  # exact ties
+    k = min(5, N)
+    idx, sc = topk_under(torch.tensor(S), 1, w, k)
+    s = S[1] @ w
+    ref = np.argsort(-s, kind='stable')[:k]
+    np.testing.assert_allclose(s[idx], s[ref], atol=1e-9)                 # same scores
+    assert idx == ref.tolist()                                             # ties broken by position, as numpy's stable sort
+    np.testing.assert_allclose(sc, s[ref], atol=1e-9)
+
+def test_topk_rows_and_named_weights():
+    S = known_S()
+    rows = topk_rows(S, 0, {'base': None, 'b': {'a': 0.}}, k=3, groups=['a', 'b'], train_ids=list('uvwxyz'))
+    assert rows['base']['ids'] == ['u', 'v', 'w'] and rows['b']['ids'] == ['z', 'y', 'x']
+    with pytest.raises(KeyError, match='unknown groups'): topk_under(S, 0, {'c': 1.}, 2, groups=['a', 'b'])
+    with pytest.raises(ValueError, match='expected 2, got 3'): topk_under(S, 0, [1, 1, 1], 2)
+
+def test_group_weights_object_is_aligned_by_name():
+    from pwattr.weights import GroupWeights
+    gw = GroupWeights(torch.tensor([2., 0.]), ['b', 'a'])                   # stored in another order
+    assert topk_under(known_S(), 0, gw, 3, groups=['a', 'b'])[0] == [5, 4, 3]
+    d = group_values(gw, ['a', 'b'])
+    assert d.value.tolist() == [0., 2.]
+
+# --- values drawn ---------------------------------------------------------------------------------------
+
+def test_group_lds_bars_and_intervals():
+    t = pd.DataFrame({'name': ['x', 'y', 'z'], 'lds': [0.1, 0.4, 0.2], 'lo': [0.05, 0.3, 0.1], 'hi': [0.2, 0.5, 0.3]})
+    fig = plot_group_lds(t, total=0.35)
+    ax = fig.axes[0]
+    assert [p.get_height() for p in ax.patches] == pytest.approx([0.1, 0.4, 0.2])
+    assert [l.get_text() for l in ax.get_xticklabels()] == ['x', 'y', 'z']
+    assert isinstance(fig, PlotFigure)
+
+def test_block_function_heatmap_values():
+    vals = {'h.0.attn.weight': 0.1, 'h.0.mlp.weight': 0.3, 'h.1.attn.weight': 0.2, 'h.1.mlp.weight': 0.5, 'h.1.mlp.bias': 0.7}
+    blk, fn = (lambda g: g[:3]), (lambda g: g.split('.')[2])
+    t = block_function_table(vals, block=blk, function=fn)
+    assert t.loc['h.1', 'mlp'] == pytest.approx(0.6)                       # mean of the two h.1 mlp tensors
+    assert t.loc['h.0', 'attn'] == pytest.approx(0.1)
+    fig = plot_block_function(vals, block=blk, function=fn)
+    mesh = fig.axes[0].collections[0]
+    np.testing.assert_allclose(np.asarray(mesh.get_array()).reshape(2, 2), t.values)
+    assert block_function_table(vals, agg='sum').loc['h.1', 'mlp'] == pytest.approx(1.2)  # grouping's block_of / function_of
+
+def test_weight_plots_and_cosine():
+    w = {'subject': [1., 2., 0.5], 'style': [0.5, 1., 2.], 'uniform': [1., 1., 1.]}
+    fig = plot_weights(w['subject'], ['a', 'b', 'c'])
+    assert [p.get_height() for p in fig.axes[0].patches] == pytest.approx(w['subject'])
+    c = cosine_matrix(weight_table(w, ['a', 'b', 'c']))
+    a, b = np.array(w['subject']), np.array(w['style'])
+    assert c.loc['subject', 'style'] == pytest.approx(a @ b / np.linalg.norm(a) / np.linalg.norm(b))
+    assert np.allclose(np.diag(c), 1)
+    for kind in ('bars', 'heatmap'): assert plot_weight_sets(w, ['a', 'b', 'c'], kind=kind).axes
+    assert plot_weight_cosine(w, ['a', 'b', 'c']).axes
+    with pytest.raises(ValueError, match="kind='pie'"): plot_weight_sets(w, ['a', 'b', 'c'], kind='pie')
+
+def test_lds_table_from_results_table():
+    from pwattr.evaluate import ResultsTable
+    rt = ResultsTable().add('TRAK', 'uniform', 'LDS', 0.2, 0.1, 0.3).add('TRAK', 'learned', 'LDS', 0.4, 0.3, 0.5)
+    rt.add('TRAK', 'learned', 'AUC', 0.9)
+    d = lds_long_table(rt)
+    assert d.value.tolist() == [0.2, 0.4]
+    fig = plot_lds_table(rt)
+    bars = [p for p in fig.axes[0].patches]
+    assert sorted(p.get_height() for p in bars) == pytest.approx([0.2, 0.4])
+    with pytest.raises(KeyError, match='metric'): lds_long_table(rt, 'recall')
+
+@pytest.mark.parametrize('x, want', [
+    (torch.tensor([[[-1., 0., 1.]]]), [[0., 0.5, 1.]]),          # [1, H, W] in [-1, 1]
+    (np.array([[0., 0.25, 1.]]), [[0., 0.25, 1.]]),              # [H, W] in [0, 1]
+    (np.array([[0., 255.]]), [[0., 1.]]),                        # uint8 range
+    (np.array([[10., 20.]]), [[10 / 255, 20 / 255]]),          # above 1: read as [0, 255]
+    (np.array([[-3., 5.]]), [[0., 1.]]) ])                       # anything else: min-max
+def test_display_image_ranges(x, want):
+    np.testing.assert_allclose(display_image(x), want)
+
+def test_display_image_layouts():
+    assert display_image(torch.rand(3, 5, 7)).shape == (5, 7, 3)
+    assert display_image(torch.rand(5, 7, 3)).shape == (5, 7, 3)
+    assert display_image(torch.rand(1, 5, 7)).shape == (5, 7)
+    with pytest.raises(ValueError, match='An image must be'): display_image(torch.rand(2, 2, 5, 7))
+
+def test_galleries_images_and_text():
+    S = known_S()
+    fig = plot_topk_gallery(S, 0, torch.rand(6, 3, 4, 4) * 2 - 1, torch.rand(2, 1, 4, 4),
+                            {'without': None, 'with': [0., 1.]}, k=3)
+    assert len(fig.axes) == 2 * 4
+    caps = [a.get_xlabel() for a in fig.axes]
+    assert caps[1].startswith('#1 0') and caps[5].startswith('#1 5')       # base top-1 item 0; weighted top-1 item 5
+    fig = plot_topk_gallery(S, 1, [f'verse {i}' for i in range(6)], ['q0 text', 'q1 text'], {'w': [1., 0.]}, k=2)
+    texts = [t.get_text() for a in fig.axes for t in a.texts]
+    assert 'q1 text' in texts and 'verse 5' in texts                      # q1 under group a: item 5 first
+
+def test_figures_leave_no_pyplot_state_and_embed():
+    import matplotlib.pyplot as plt
+    before = plt.get_fignums()
+    fig = plot_weights([1., 2.], ['a', 'b'])
+    assert plt.get_fignums() == before
+    assert fig._repr_png_()[:8] == b'\x89PNG\r\n\x1a\n'
+    tag = img_tag(fig, alt='w')
+    assert base64.b64decode(tag.split('base64,')[1].split('"')[0])[:4] == b'\x89PNG'
+    _, ax = plt.subplots()
+    assert plot_weights([1., 2.], ['a', 'b'], ax=ax) is ax.figure           # drawing into a given Axes
+    plt.close('all')
+
+def test_block_function_labels_from_a_groupspec():
+    from pwattr.grouping import GroupSpec
+    model = torch.nn.Sequential(torch.nn.Linear(2, 3), torch.nn.ReLU(), torch.nn.Linear(3, 1))
+    spec = GroupSpec.by_tensor(model)
+    vals = dict(zip(spec.names, [0.1, 0.2, 0.3, 0.4]))
+    t = block_function_table(vals, block=spec, function=spec)
+    assert list(t.index) == list(dict.fromkeys(spec.labels('block')))        # rows: the spec's blocks, model order
+    assert list(t.columns) == list(dict.fromkeys(spec.labels('function')))
+    assert t.loc[spec.labels('block')[2], spec.labels('function')[2]] == pytest.approx(0.3)
