@@ -15,7 +15,7 @@ export TOKENIZERS_PARALLELISM := false
 export PYTHONHASHSEED := 0
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: install demo test sync nbtest pytest readme export clean
+.PHONY: install demo test sync nbtest pytest readme export clean browser
 
 $(VENV)/.installed: setup.py settings.ini
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -26,7 +26,7 @@ $(VENV)/.installed: setup.py settings.ini
 install: $(VENV)/.installed
 
 demo: install
-	$(BIN)/pwattr audit --out runs/demo
+	$(BIN)/pwattr audit --out runs/demo --methods tracin,trak,trak-block,logra,ekfac
 
 export: install
 	env -u IN_TEST $(BIN)/nbdev_export
@@ -45,6 +45,9 @@ pytest: install
 	$(PY) -m pytest -q tests
 
 test: sync nbtest pytest
+
+browser: install
+	tools/install_browser.sh
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info runs

@@ -1,0 +1,147 @@
+"Ground-truth harness: subsets, save/load, kill + resume, worker processes, torchrun ranks"
+import json, os, shutil, signal, subprocess, sys, textwrap, time
+from pathlib import Path
+import numpy as np, pytest, torch
+from pwattr.groundtruth import GroundTruth, RidgeTask, make_subsets, merge_work, model_seeds, run_groundtruth
+
+ROOT = Path(__file__).resolve().parents[1]
+ENV = {**{k: v for k, v in os.environ.items() if k != 'IN_TEST'}, 'OMP_NUM_THREADS': '1', 'PYTHONPATH': str(ROOT)}
+SCRIPT = textwrap.dedent("""
+    import sys, torch
+    torch.set_num_threads(1)
+    from pwattr.groundtruth import RidgeTask, run_groundtruth
+    out, m, workers, delay = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4])
+    t = RidgeTask(n=30, d=4, q=6, noise=0.05, delay=delay, seed=1)
+    run_groundtruth(t.train_fn, t.output_fn, 30, t.queries, m=m, seeds=2, out_path=out, workers=workers,
+                    kind='loss', progress=False, keep_work='keep' in sys.argv)
+""")
+
+def _run_script(tmp_path, out, m, workers=1, delay=0.0, *extra, wait=True):
+    script = tmp_path / 'gt_script.py'; script.write_text(SCRIPT)
+    cmd = [sys.executable, str(script), str(out), str(m), str(workers), str(delay), *extra]
+    if not wait: return subprocess.Popen(cmd, env=ENV, cwd=tmp_path)
+    subprocess.run(cmd, env=ENV, cwd=tmp_path, check=True, timeout=600)
+
+def _json_wo_timing(p):
+    d = json.loads(Path(p).read_text()); d.pop('timing'); d['meta'].pop('wall_s_last_session'); d['meta'].pop('workers')
+    d['meta'].pop('world_size'); return d
+
+def test_make_subsets():
+    M = make_subsets(101, 30, 0.5, seed=3)
+    assert M.shape == (30, 101) and (M.sum(1) == 51).all()
+    assert (M == make_subsets(101, 30, 0.5, seed=3)).all()
+    assert len({r.tobytes() for r in M}) == 30                       # distinct subsets
+    y = np.repeat(np.arange(5), [10, 20, 7, 3, 60])
+    Ms = make_subsets(100, 20, 0.3, seed=0, stratify=y)
+    for c, n in zip(range(5), [10, 20, 7, 3, 60]): assert (Ms[:, y == c].sum(1) == int(np.floor(0.3 * n + 0.5))).all()
+    with pytest.raises(ValueError, match='alpha'): make_subsets(10, 2, 0.0)
+    with pytest.raises(ValueError, match='labels'): make_subsets(10, 2, 0.5, stratify=[0, 1])
+
+def test_model_seeds_distinct():
+    s = model_seeds(200, 3)
+    assert len(np.unique(s)) == s.size
+
+def test_outputs_match_direct_training():
+    t = RidgeTask(n=30, d=4, q=6, noise=0.05, seed=1)
+    gt = run_groundtruth(t.train_fn, t.output_fn, 30, t.queries, m=5, seeds=2, progress=False)
+    for j in range(5):
+        for r in range(2):
+            w = t.train_fn(torch.from_numpy(np.flatnonzero(gt.masks[j])), int(gt.seeds[j, r]))
+            np.testing.assert_allclose(gt.outputs[j, r], (t.queries @ w).float().numpy(), rtol=1e-6)
+    assert not np.allclose(gt.outputs[:, 0], gt.outputs[:, 1])       # seeds matter (noise)
+    np.testing.assert_allclose(gt.actual(), gt.outputs.astype(np.float64).mean(1).T)
+
+def test_save_load_roundtrip_and_deterministic_bytes(tmp_path):
+    g = np.random.default_rng(0)
+    gt = GroundTruth(g.random((7, 13)) < 0.5, np.arange(14).reshape(7, 2), g.normal(size=(7, 2, 3)), ['a', 'b', 'c'],
+                     'loss', 'abc123', g.random((7, 2)), {'name': 'toy', 'x': np.float32(1.5)})
+    gt.save(tmp_path / 'one'); time.sleep(1.1); gt.save(tmp_path / 'two.npz')
+    assert (tmp_path / 'one.npz').read_bytes() == (tmp_path / 'two.npz').read_bytes()
+    back = GroundTruth.load(tmp_path / 'one.json')
+    assert (back.masks == gt.masks).all() and back.masks.shape == (7, 13)
+    np.testing.assert_array_equal(back.outputs, gt.outputs.astype(np.float32)); np.testing.assert_array_equal(back.seeds, gt.seeds)
+    assert back.query_ids == ['a', 'b', 'c'] and back.kind == 'loss' and back.config_hash == 'abc123' and back.meta['x'] == 1.5
+    np.testing.assert_allclose(back.times, gt.times, atol=1e-4)
+    # a tampered data file is detected
+    d = json.loads((tmp_path / 'one.json').read_text()); d['data_hash'] = '0' * 64; (tmp_path / 'one.json').write_text(json.dumps(d))
+    with pytest.raises(ValueError, match='out of step'): GroundTruth.load(tmp_path / 'one')
+    with pytest.raises(FileNotFoundError, match='pwattr.groundtruth'): GroundTruth.load(tmp_path / 'missing')
+
+def test_validation_errors():
+    with pytest.raises(ValueError, match='query ids'): GroundTruth(np.ones((2, 3), bool), [[0], [1]], np.zeros((2, 1, 4)), [0, 1])
+    with pytest.raises(ValueError, match='kind'): GroundTruth(np.ones((2, 3), bool), [[0], [1]], np.zeros((2, 1, 1)), [0], 'prob')
+
+def test_killed_run_resumes_to_identical_file(tmp_path):
+    m, R = 16, 2
+    _run_script(tmp_path, tmp_path / 'ref.npz', m)                   # uninterrupted reference
+    out = tmp_path / 'killed.npz'; work = tmp_path / 'killed.work'
+    p = _run_script(tmp_path, out, m, 1, 0.25, wait=False)
+    t0 = time.time()
+    while len(list(work.glob('model_*.json'))) < 6:
+        assert p.poll() is None and time.time() - t0 < 300, 'run ended or stalled before it could be killed'
+        time.sleep(0.05)
+    p.send_signal(signal.SIGKILL); p.wait()
+    assert not out.exists()
+    before = {f.name: f.stat().st_mtime_ns for f in work.glob('model_*.json')}
+    assert 6 <= len(before) < m * R
+    for f in work.glob('model_*.json'): json.loads(f.read_text())      # every result file is complete JSON
+    part = merge_work(out, save=False)                                # the finished subsets are usable as they are
+    ref = GroundTruth.load(tmp_path / 'ref')
+    done = [j for j in range(m) if all((work / f'model_{j:05d}_{r:03d}.json').exists() for r in range(R))]
+    assert part.n_subsets == len(done) >= 2
+    np.testing.assert_array_equal(part.outputs, ref.outputs[done]); np.testing.assert_array_equal(part.masks, ref.masks[done])
+    _run_script(tmp_path, out, m, 1, 0.0, 'keep')                    # resume, keeping the work files to inspect
+    after = {f.name: f.stat().st_mtime_ns for f in work.glob('model_*.json')}
+    assert len(after) == m * R and all(after[k] == v for k, v in before.items())   # finished models not retrained
+    assert out.read_bytes() == (tmp_path / 'ref.npz').read_bytes()
+    assert _json_wo_timing(out.with_suffix('.json')) == _json_wo_timing(tmp_path / 'ref.json')
+
+def test_workers_give_same_bytes(tmp_path):
+    t = RidgeTask(n=30, d=4, q=6, noise=0.05, seed=1)
+    a = run_groundtruth(t.train_fn, t.output_fn, 30, t.queries, m=6, seeds=2, out_path=tmp_path / 'a', progress=False)
+    b = run_groundtruth(t.train_fn, t.output_fn, 30, t.queries, m=6, seeds=2, out_path=tmp_path / 'b', workers=2, progress=False)
+    assert (tmp_path / 'a.npz').read_bytes() == (tmp_path / 'b.npz').read_bytes()
+    assert b.meta['workers'] == 2 and b.times.shape == (6, 2) and (b.times > 0).all()
+    assert not (tmp_path / 'a.work').exists() and not (tmp_path / 'b.work').exists()
+
+def test_work_dir_of_other_config_is_refused(tmp_path):
+    t = RidgeTask(n=30, d=4, q=6, seed=1)
+    run_groundtruth(t.train_fn, t.output_fn, 30, t.queries, m=3, out_path=tmp_path / 'x', progress=False, keep_work=True)
+    with pytest.raises(ValueError, match='another configuration'):
+        run_groundtruth(t.train_fn, t.output_fn, 30, t.queries, m=3, alpha=0.3, out_path=tmp_path / 'x', progress=False)
+
+def test_worker_errors_surface(tmp_path):
+    t = RidgeTask(n=30, d=4, q=6, seed=1)
+    def bad_output(model, queries): return torch.full((6,), float('nan'))
+    with pytest.raises(FloatingPointError, match='non-finite'):
+        run_groundtruth(t.train_fn, bad_output, 30, t.queries, m=2, progress=False)
+
+@pytest.mark.skipif(shutil.which('torchrun', path=str(Path(sys.executable).parent)) is None, reason='torchrun not installed')
+def test_torchrun_ranks_share_subsets(tmp_path):
+    _run_script(tmp_path, tmp_path / 'ref.npz', 8)
+    script = tmp_path / 'gt_script.py'
+    torchrun = str(Path(sys.executable).parent / 'torchrun')
+    subprocess.run([torchrun, '--standalone', '--nproc_per_node', '2', str(script), str(tmp_path / 'tr.npz'), '8', '1', '0', 'keep'],
+                   env=ENV, cwd=tmp_path, check=True, timeout=600, capture_output=True)
+    assert (tmp_path / 'tr.npz').read_bytes() == (tmp_path / 'ref.npz').read_bytes()
+    assert json.loads((tmp_path / 'tr.json').read_text())['meta']['world_size'] == 2
+
+GT_DIR = ROOT / 'pwattr' / 'assets' / 'groundtruth'
+
+@pytest.mark.skipif(not (GT_DIR / 'fmnist-mlp.npz').exists(), reason='no committed fmnist-mlp ground truth')
+def test_committed_fmnist_mlp_reproduces():
+    "The committed ground truth matches its preset, and retraining one of its models gives the stored outputs"
+    from pwattr.groundtruth import PresetTask
+    from pwattr.presets import get_preset
+    gt = GroundTruth.load(GT_DIR / 'fmnist-mlp')
+    p = get_preset('fmnist-mlp')
+    assert gt.config_hash == p.config_hash, 'the fmnist-mlp recipe changed: regenerate with `python -m pwattr.groundtruth --preset fmnist-mlp`'
+    assert gt.n_subsets >= 50 and gt.kind == 'margin' and gt.times is not None and (gt.times > 0).all()
+    task = PresetTask('fmnist-mlp', n_queries=gt.meta['n_queries'], query_seed=gt.meta['query_seed'])
+    n, batch, qids, kind, out, chash, labels = task.setup()
+    assert n == gt.n_train and [str(i) for i in qids] == [str(i) for i in gt.query_ids] and chash == gt.config_hash
+    assert (gt.masks == make_subsets(n, gt.n_subsets, gt.meta['alpha'], gt.meta['subset_seed'])[:gt.n_subsets]).all()
+    j, r = 7, 1
+    model = task.train_fn(torch.from_numpy(np.flatnonzero(gt.masks[j])), int(gt.seeds[j, r]))
+    with torch.no_grad(): o = task.output_fn(model, batch).numpy()
+    np.testing.assert_allclose(o, gt.outputs[j, r], rtol=1e-5, atol=1e-5)
