@@ -278,7 +278,7 @@ def kron_features(model:nn.Module, # the model (put in eval mode while capturing
     return Features(X, list(layers), [o * i for o, i in shapes.values()], ids, extras, meta)
 
 # %% ../nbs/05_kronecker.ipynb #c914599f
-def _logits_of(out): return out.logits if hasattr(out, 'logits') else out
+from .features import _logits as _logits_of  # a tensor, or a transformers output's .logits
 
 def default_logits(model, batch):
     "Classification logits [B, C] from `model(batch['x'])`, or LM logits [B, T, V] from `model(input_ids, attention_mask=...)`"
