@@ -209,14 +209,15 @@ def _ranks(a:np.ndarray, axis=None)->np.ndarray:
         return np.argsort(np.argsort(a, axis=axis), axis=axis).astype(float)
 
 def spearman(a, b)->tuple:
-    "(mean over queries of the per-query Spearman correlation over training examples, Spearman of all entries) of two [Q, N] matrices"
+    "(mean over queries of the per-query Spearman correlation over training examples, Spearman of all entries, relative error after the best scale) of two [Q, N] matrices"
     a, b = (np.asarray(torch.as_tensor(np.asarray(v)).double()) for v in (a, b))
     if a.shape != b.shape: raise ValueError(f"score matrices differ in shape: {a.shape} vs {b.shape}")
     ra, rb = _ranks(a, 1), _ranks(b, 1)
     ra, rb = ra - ra.mean(1, keepdims=True), rb - rb.mean(1, keepdims=True)
     per = (ra * rb).sum(1) / np.sqrt((ra ** 2).sum(1) * (rb ** 2).sum(1))
     fa, fb = _ranks(a), _ranks(b)
-    return float(per.mean()), float(np.corrcoef(fa, fb)[0, 1])
+    c = (a * b).sum() / max((b * b).sum(), 1e-300)
+    return float(per.mean()), float(np.corrcoef(fa, fb)[0, 1]), float(np.linalg.norm(a - c * b) / max(np.linalg.norm(a), 1e-300))
 
 def _peer_available(mod:str)->str|None:
     "None if `mod` imports, else the reason it cannot be used"
@@ -233,20 +234,21 @@ class _Table:
     def _f(v, w=7, d=2): return f"{'-':>{w}s}" if v is None else f"{v:{w}.{d}f}"
     def header(self):
         return (f"{'comparison':58s} {'pw fit':>7s} {'pw scr':>7s} {'pw tot':>7s} {'peer fit':>8s} {'peer scr':>8s} {'peer tot':>8s} "
-                f"{'peer/pw':>7s} {'rho/query':>9s} {'rho all':>7s}  note")
+                f"{'peer/pw':>7s} {'rho/query':>9s} {'rho all':>7s} {'rel err':>8s}  note")
     def _print(self, r):
         comp, pf, ps, qf, qs, rho, note = r
         pt = None if pf is None else pf + (ps or 0)
         qt = None if qs is None else (qf or 0) + qs
         ratio = None if pt is None or qt is None else qt / pt
+        rh = f"{'-':>9s} {'-':>7s} {'-':>8s}" if rho is None else f"{rho[0]:9.4f} {rho[1]:7.4f} {rho[2]:8.1e}"
         print(f"{comp:58s} {self._f(pf)} {self._f(ps)} {self._f(pt)} {self._f(qf, 8)} {self._f(qs, 8)} {self._f(qt, 8)} "
-              f"{self._f(ratio)} {self._f(None if rho is None else rho[0], 9, 4)} {self._f(None if rho is None else rho[1], 7, 4)}  {note}", flush=True)
+              f"{self._f(ratio)} {rh}  {note}", flush=True)
 
-def part_peers(name='fmnist-mlp', n_train=1000, n_query=50, proj_dim=256, batch=100, lam_rel=0.1, seed=0, only=None):
+def part_peers(name='fmnist-mlp', n_train=1000, n_query=50, proj_dim=256, batch=100, lam_rel=0.1, seed=0, only=None, reps=2):
     """pwattr vs traker (TRAK), dattri (TracInCP, Grad-Dot, Grad-Cos) and kronfluence (EK-FAC) on one trained preset model.
-    Times are wall seconds; 'fit' = everything done once for the training set (training gradients, kernel / factors),
-    'score' = query gradients + the [Q, N] score matrix. rho = Spearman correlation of pwattr's and the peer's [Q, N] scores."""
-    import copy, logging, tempfile, warnings
+    Times are wall seconds, the fastest of `reps` runs; 'fit' = everything done once for the training set (training gradients,
+    kernel / factors), 'score' = query gradients + the [Q, N] score matrix. rho = Spearman correlation of the two [Q, N] scores."""
+    import copy, logging, tempfile, warnings, itertools
     import torch.nn.functional as F
     from torch.utils.data import TensorDataset, DataLoader
     from pwattr.presets import get_preset
@@ -266,40 +268,52 @@ def part_peers(name='fmnist-mlp', n_train=1000, n_query=50, proj_dim=256, batch=
     print(f"\n{name} vs peers: model trained on all {len(tr)} training examples in {t_train:.1f} s (seed {seed}); attributing "
           f"the first {N} training examples to the first {Q} test examples; {P} parameters in {len(gs)} groups {gs.names} "
           f"(sizes {gs.sizes}); {len(lrs)} checkpoints with lrs {[f'{l:.3g}' for l in lrs]} (last = final model: {final_same}); "
-          f"batch {batch} everywhere; float32 features; {torch.get_num_threads()} thread(s)")
+          f"batch {batch} everywhere; float32 features; {torch.get_num_threads()} thread(s); times: fastest of {reps} runs")
     featurize(model, 'margin', tr_s[list(range(8))], groups=gs, progress=False)       # warm-up (vmap, allocator)
     tab = _Table(); print(tab.header())
-    tmp = tempfile.TemporaryDirectory(prefix='pwattr-peers-'); work = Path(tmp.name)
+    tmp = tempfile.TemporaryDirectory(prefix='pwattr-peers-'); work = Path(tmp.name); uid = itertools.count()
     loader = lambda x, y, b: DataLoader(TensorDataset(x, y), batch_size=b, shuffle=False)
+    def best(fn):
+        "run fn() -> (S, t_fit, t_score) `reps` times: the last S, the fastest fit and score times"
+        outs = [fn() for _ in range(max(1, reps))]
+        return outs[-1][0], min(o[1] for o in outs), min(o[2] for o in outs)
+    def pair(pw_fn, peer_fn):
+        "pwattr and the peer run alternately `reps` times (so load from other jobs hits both alike): fastest times of each"
+        a, b = [], []
+        for _ in range(max(1, reps)): a.append(pw_fn()); b.append(peer_fn())
+        return tuple((o[-1][0], min(x[1] for x in o), min(x[2] for x in o)) for o in (a, b))
+    def quiet(fn):
+        with warnings.catch_warnings(): warnings.simplefilter('ignore'); return fn()
 
     # ---------------- TRAK vs traker ----------------
     if 'trak' in only:
         from pwattr.methods import TRAK
-        proj = Projector(dims=proj_dim, kind='rademacher', seed=0)
         kw = dict(groups=gs, batch_size=batch, progress=False)
-        def pw_fit():
-            f = featurize(model, 'margin', tr_s, projector=proj, **kw); return f, TRAK(lam_rel=lam_rel).fit(f)
-        (f_m, trak), t_pf = timed(pw_fit)
-        S_pw, t_ps = timed(lambda: trak.scores(featurize(model, 'margin', te_s, projector=proj, **kw)))
-        lam = trak.lams[0]; D = sum(f_m.dims)
+        info = {}
+        def pw_trak(pseed=0):
+            proj = Projector(dims=proj_dim, kind='rademacher', seed=pseed)     # fresh: matrix generation is timed
+            def fit():
+                f = featurize(model, 'margin', tr_s, projector=proj, **kw); info['D'] = sum(f.dims); return TRAK(lam_rel=lam_rel).fit(f)
+            trak, tf = timed(fit); info['lam'] = trak.lams[0]
+            S, ts = timed(lambda: trak.scores(featurize(model, 'margin', te_s, projector=proj, **kw)))
+            return S, tf, ts
+        S_pw, t_pf, t_ps = best(pw_trak)
+        lam, D = info['lam'], info['D']
         print(f"  TRAK setup: margin output, Q = 1 - p, one model (final), per-group Rademacher projection {proj_dim} x {len(gs)} "
               f"= {D} dims, ridge lam = {lam_rel} x mean diag(Phi^T Phi) = {lam:.4g}; traker gets lambda_reg = lam / {P} "
               "because it divides its features by sqrt(#params); traker float32 (use_half_precision=False)")
         tab.add(f"TRAK pwattr ({D} dims, lam_rel {lam_rel})", t_pf, t_ps, None, None, note='reference')
-        # projection noise floor: pwattr with another projection seed
-        proj1 = Projector(dims=proj_dim, kind='rademacher', seed=1)
-        f1 = featurize(model, 'margin', tr_s, projector=proj1, **kw)
-        S_pw1 = TRAK(lam_rel=lam_rel).fit(f1).scores(featurize(model, 'margin', te_s, projector=proj1, **kw))
+        S_pw1, _, _ = pw_trak(1)
         tab.add("  pwattr TRAK, projection seed 1 vs seed 0 (noise floor)", None, None, None, None, spearman(S_pw, S_pw1),
                 'what two different random projections agree to')
         why = _peer_available('trak')
         if why: tab.skip("TRAK traker 0.3.2", why)
         else:
             from trak import TRAKer
-            import trak.traker; trak.traker.tqdm = lambda it, **k: it     # silence its progress bars
             from trak.projectors import AbstractProjector, ProjectionType
+            import trak.traker; trak.traker.tqdm = lambda it, **k: it     # silence its progress bars
             class SharedProjector(AbstractProjector):
-                "pwattr's per-group projection (a fresh instance: traker pays the matrix generation too) behind traker's interface"
+                "pwattr's per-group projection behind traker's projector interface"
                 def __init__(self, proj, groups):
                     super().__init__(P, sum(proj.dims_for(groups)), proj.seed, ProjectionType.rademacher, 'cpu')
                     self.proj, self.groups = proj, groups
@@ -307,16 +321,17 @@ def part_peers(name='fmnist-mlp', n_train=1000, n_query=50, proj_dim=256, batch=
                     g = {k: v.reshape(v.shape[0], -1) for k, v in grads.items()}
                     return torch.cat(self.proj.project(g, self.groups), 1)
                 def free_memory(self): pass
-            def run_traker(projector, proj_dim_=None, lam_rule=None, tag='a'):
+            def run_traker(shared:bool):
                 m = copy.deepcopy(model).eval()
+                projector = SharedProjector(Projector(dims=proj_dim, kind='rademacher', seed=0), gs) if shared else None
                 # load_from_save_dir=True on a fresh folder: with False, traker 0.3.2 never writes experiments.json and scoring fails
-                tk = TRAKer(model=m, task='image_classification', train_set_size=N, save_dir=str(work / f'trak-{tag}'),
-                            load_from_save_dir=True, device='cpu', projector=projector, proj_dim=proj_dim_ or D,
+                tk = TRAKer(model=m, task='image_classification', train_set_size=N, save_dir=str(work / f'trak-{next(uid)}'),
+                            load_from_save_dir=True, device='cpu', projector=projector, proj_dim=D,
                             use_half_precision=False, lambda_reg=lam / P, logging_level=logging.ERROR)
                 def fit():
                     tk.load_checkpoint(model.state_dict(), model_id=0)
                     for xb, yb in loader(X, Y, batch): tk.featurize(batch=(xb, yb), num_samples=len(xb))
-                    if lam_rule:   # pwattr's ridge rule on traker's own features
+                    if not shared:   # pwattr's ridge rule applied to traker's own features
                         G = torch.as_tensor(np.asarray(tk.saver.current_store['grads'])).double()
                         tk.score_computer.lambda_reg = lam_rel * (G.T @ G).diagonal().mean().item()
                     tk.finalize_features()
@@ -324,16 +339,14 @@ def part_peers(name='fmnist-mlp', n_train=1000, n_query=50, proj_dim=256, batch=
                     tk.start_scoring_checkpoint(exp_name='q', checkpoint=model.state_dict(), model_id=0, num_targets=Q)
                     for xb, yb in loader(Xq, Yq, batch): tk.score(batch=(xb, yb), num_samples=len(xb))
                     return torch.as_tensor(np.array(tk.finalize_scores(exp_name='q'))).T
-                with warnings.catch_warnings():
-                    warnings.simplefilter('ignore')
-                    _, tf = timed(fit); S, ts = timed(score)
+                _, tf = quiet(lambda: timed(fit)); S, ts = quiet(lambda: timed(score))
                 return S, tf, ts
             try:
-                S_tk, tf, ts = run_traker(SharedProjector(Projector(dims=proj_dim, kind='rademacher', seed=0), gs), tag='shared')
-                tab.add("  traker, same projection matrix (pwattr's, plugged in)", t_pf, t_ps, tf, ts, spearman(S_pw, S_tk),
+                (_, a, b), (S_tk, tf, ts) = pair(pw_trak, lambda: run_traker(True))
+                tab.add("  traker, same projection matrix (pwattr's, plugged in)", a, b, tf, ts, spearman(S_pw, S_tk),
                         'exact comparison: same features, same lam')
-                S_tk2, tf2, ts2 = run_traker(None, D, lam_rule=True, tag='own')
-                tab.add(f"  traker, its own CPU projector (Gaussian, {D} dims)", t_pf, t_ps, tf2, ts2, spearman(S_pw, S_tk2),
+                (_, a, b), (S_tk2, tf2, ts2) = pair(pw_trak, lambda: run_traker(False))
+                tab.add(f"  traker, its own CPU projector (Gaussian, {D} dims)", a, b, tf2, ts2, spearman(S_pw, S_tk2),
                         'different random matrix: compare with the noise floor')
             except Exception as e:
                 tab.skip("TRAK traker 0.3.2", f"failed: {type(e).__name__}: {str(e)[:300]}")
@@ -346,45 +359,42 @@ def part_peers(name='fmnist-mlp', n_train=1000, n_query=50, proj_dim=256, batch=
               "Grad-Dot / Grad-Cos at the final checkpoint; dattri TracInAttributor with its projection switched off "
               "(projector_kwargs=None still projects to 512 dims in dattri 0.3.0, so attributor.projector_kwargs is set to None)")
         def pw_tracin():
-            f = featurize(model, 'cross_entropy', tr_s, checkpoints=res.checkpoints, **kw); return TracInCP().fit(f)
-        tracin, t_tf = timed(pw_tracin)
-        S_tr, t_ts = timed(lambda: tracin.scores(featurize(model, 'cross_entropy', te_s, checkpoints=res.checkpoints, **kw)))
-        del tracin
-        fd, t_gf = timed(lambda: featurize(model, 'cross_entropy', tr_s, **kw))
-        gd, t_gf2 = timed(lambda: GradDot().fit(fd)); gc, t_gf3 = timed(lambda: GradCos().fit(fd))
-        qd, t_gq = timed(lambda: featurize(model, 'cross_entropy', te_s, **kw))
-        S_gd, t_gs = timed(lambda: gd.scores(qd)); S_gc, t_gs2 = timed(lambda: gc.scores(qd))
-        del fd, gd, gc
+            m, tf = timed(lambda: TracInCP().fit(featurize(model, 'cross_entropy', tr_s, checkpoints=res.checkpoints, **kw)))
+            S, ts = timed(lambda: m.scores(featurize(model, 'cross_entropy', te_s, checkpoints=res.checkpoints, **kw)))
+            return S, tf, ts
+        def pw_grad(cls):
+            m, tf = timed(lambda: cls().fit(featurize(model, 'cross_entropy', tr_s, **kw)))
+            S, ts = timed(lambda: m.scores(featurize(model, 'cross_entropy', te_s, **kw)))
+            return S, tf, ts
         why = _peer_available('dattri')
-        pw = {'TracInCP': (S_tr, t_tf, t_ts), 'Grad-Dot': (S_gd, t_gf + t_gf2, t_gq + t_gs), 'Grad-Cos': (S_gc, t_gf + t_gf3, t_gq + t_gs2)}
-        if why:
-            for k, (S, a, b) in pw.items(): tab.add(f"{k} pwattr (unprojected)", a, b, None, None, note='reference')
-            tab.skip("TracInCP / Grad-Dot / Grad-Cos dattri 0.3.0", why)
-        else:
+        if not why:
             from dattri.task import AttributionTask
             from dattri.algorithm.tracin import TracInAttributor
             import dattri.algorithm.tracin; dattri.algorithm.tracin.tqdm = lambda it, **k: it   # silence its progress bars
+            dmodel = copy.deepcopy(model).eval()
             def loss(params, data):
                 x, y = data
                 return F.cross_entropy(torch.func.functional_call(dmodel, params, x.unsqueeze(0)), y.unsqueeze(0))
-            dmodel = copy.deepcopy(model).eval()
-            for k, ckpts, w, norm in [('TracInCP', [c[2] for c in res.checkpoints], lrs, False),
-                                      ('Grad-Dot', [res.checkpoints[-1][2]], [1.0], False),
-                                      ('Grad-Cos', [res.checkpoints[-1][2]], [1.0], True)]:
-                S, a, b = pw[k]
+        for k, pw_fn, ckpts, w, norm in [('TracInCP', pw_tracin, [c[2] for c in res.checkpoints], lrs, False),
+                                         ('Grad-Dot', lambda: pw_grad(GradDot), [res.checkpoints[-1][2]], [1.0], False),
+                                         ('Grad-Cos', lambda: pw_grad(GradCos), [res.checkpoints[-1][2]], [1.0], True)]:
+            if why:
+                S, a, b = best(pw_fn)
                 tab.add(f"{k} pwattr (unprojected)", a, b, None, None, note='reference')
-                try:
-                    def run():
-                        task = AttributionTask(loss_func=loss, model=dmodel, checkpoints=ckpts)
-                        att = TracInAttributor(task=task, weight_list=torch.tensor(w), normalized_grad=norm, device='cpu')
-                        att.projector_kwargs = None
-                        return att.attribute(loader(X, Y, batch), loader(Xq, Yq, batch)).T
-                    with warnings.catch_warnings():
-                        warnings.simplefilter('ignore'); S_d, td = timed(run)
-                    tab.add(f"  dattri TracInAttributor ({'normalized' if norm else 'raw'}, {len(ckpts)} ckpt)", a, b, None, td,
-                            spearman(S, S_d), 'exact comparison; dattri has no fit/score split (all in attribute)')
-                except Exception as e:
-                    tab.skip(f"  {k} dattri 0.3.0", f"failed: {type(e).__name__}: {str(e)[:300]}")
+                tab.skip(f"  {k} dattri 0.3.0", why); continue
+            try:
+                def run():
+                    task = AttributionTask(loss_func=loss, model=dmodel, checkpoints=ckpts)
+                    att = TracInAttributor(task=task, weight_list=torch.tensor(w), normalized_grad=norm, device='cpu')
+                    att.projector_kwargs = None
+                    S_d, td = timed(lambda: att.attribute(loader(X, Y, batch), loader(Xq, Yq, batch)).T)
+                    return S_d, 0.0, td
+                (S, a, b), (S_d, _, td) = pair(pw_fn, lambda: quiet(run))
+                tab.add(f"{k} pwattr (unprojected)", a, b, None, None, note='reference')
+                tab.add(f"  dattri TracInAttributor ({'normalized' if norm else 'raw'}, {len(ckpts)} ckpt)", a, b, None, td,
+                        spearman(S, S_d), 'exact comparison; dattri has no fit/score split (all in attribute)')
+            except Exception as e:
+                tab.skip(f"  {k} dattri 0.3.0", f"failed: {type(e).__name__}: {str(e)[:300]}")
 
     # ---------------- EK-FAC vs kronfluence ----------------
     if 'ekfac' in only:
@@ -403,14 +413,9 @@ def part_peers(name='fmnist-mlp', n_train=1000, n_query=50, proj_dim=256, batch=
             m, tf = timed(fit)
             S, ts = timed(lambda: m.scores(kron_features(model, te_s, ce, batch_size=batch)))
             return S, tf, ts
-        S_e, tf_e, ts_e = pw_ekfac(emp)
-        S_s, tf_s, ts_s = pw_ekfac(fisher_output_for(ce))
         S_s1, _, _ = pw_ekfac(fisher_output_for(ce), 1)
         why = _peer_available('kronfluence')
-        tab.add("EK-FAC pwattr, empirical Fisher", tf_e, ts_e, None, None, note='reference')
-        kf = {}
-        if why: tab.skip("EK-FAC kronfluence 1.0.1", why)
-        else:
+        if not why:
             from kronfluence.analyzer import Analyzer, prepare_model
             from kronfluence.arguments import FactorArguments, ScoreArguments
             from kronfluence.task import Task
@@ -422,11 +427,11 @@ def part_peers(name='fmnist-mlp', n_train=1000, n_query=50, proj_dim=256, batch=
                     return F.cross_entropy(logits, y, reduction='sum')
                 def compute_measurement(self, batch, model):
                     x, y = batch; return F.cross_entropy(model(x), y, reduction='sum')
-            def run_kf(empirical, tag):
+            def run_kf(empirical):
                 logging.getLogger('kronfluence').setLevel(logging.ERROR)
-                task = ClsTask(); km = prepare_model(copy.deepcopy(model).eval(), task)
-                an = Analyzer(analysis_name=f'bench-{tag}', model=km, task=task, cpu=True, disable_tqdm=True,
-                              output_dir=str(work / 'kronfluence'))
+                torch.manual_seed(seed)   # kronfluence samples labels from torch's global generator
+                task = ClsTask(); km = prepare_model(copy.deepcopy(model).eval(), task); tag = f'kf{next(uid)}'
+                an = Analyzer(analysis_name=tag, model=km, task=task, cpu=True, disable_tqdm=True, output_dir=str(work / 'kronfluence'))
                 fa = FactorArguments(strategy='ekfac', use_empirical_fisher=empirical)
                 def fit(): an.fit_all_factors(factors_name=tag, dataset=TensorDataset(X, Y), per_device_batch_size=batch,
                                               factor_args=fa, overwrite_output_dir=True)
@@ -436,25 +441,31 @@ def part_peers(name='fmnist-mlp', n_train=1000, n_query=50, proj_dim=256, batch=
                                                per_device_train_batch_size=batch, score_args=ScoreArguments(damping_factor=None),
                                                overwrite_output_dir=True)
                     return an.load_pairwise_scores(tag)['all_modules']
-                with warnings.catch_warnings():
-                    warnings.simplefilter('ignore')
-                    _, tf = timed(fit); S, ts = timed(score)
+                _, tf = quiet(lambda: timed(fit)); S, ts = quiet(lambda: timed(score))
                 return S, tf, ts
-            try:
-                S_k, tf, ts = run_kf(True, 'emp')
-                tab.add("  kronfluence, empirical Fisher (use_empirical_fisher=True)", tf_e, ts_e, tf, ts, spearman(S_e, S_k), 'exact comparison')
-                kf['sampled'] = run_kf(False, 'sampled')
-            except Exception as e:
-                tab.skip("  EK-FAC kronfluence 1.0.1", f"failed: {type(e).__name__}: {str(e)[:300]}")
-        tab.add("EK-FAC pwattr, sampled-label Fisher (default)", tf_s, ts_s, None, None, note='reference')
-        tab.add("  pwattr sampled-label Fisher, label seed 1 vs seed 0", None, None, None, None, spearman(S_s, S_s1), 'sampling noise floor')
-        if 'sampled' in kf:
-            S_k2, tf, ts = kf['sampled']
-            tab.add("  kronfluence, sampled-label Fisher (its default)", tf_s, ts_s, tf, ts, spearman(S_s, S_k2),
-                    'different label draws: compare with the noise floor')
+        for label, fisher, empirical in [('empirical Fisher', emp, True), ('sampled-label Fisher (default)', fisher_output_for(ce), False)]:
+            pw_fn = lambda: pw_ekfac(fisher)
+            if why:
+                S, a, b = best(pw_fn)
+                tab.add(f"EK-FAC pwattr, {label}", a, b, None, None, note='reference')
+                tab.skip("  EK-FAC kronfluence 1.0.1", why)
+            else:
+                try:
+                    (S, a, b), (S_k, tf, ts) = pair(pw_fn, lambda: run_kf(empirical))
+                    tab.add(f"EK-FAC pwattr, {label}", a, b, None, None, note='reference')
+                    if empirical: tab.add("  kronfluence, empirical Fisher (use_empirical_fisher=True)", a, b, tf, ts, spearman(S, S_k), 'exact comparison')
+                except Exception as e:
+                    tab.skip("  EK-FAC kronfluence 1.0.1", f"failed: {type(e).__name__}: {str(e)[:300]}"); why = 'failed'; S = pw_fn()[0]
+            if not empirical:
+                tab.add("  pwattr sampled-label Fisher, label seed 1 vs seed 0", None, None, None, None, spearman(S, S_s1), 'sampling noise floor')
+                if not why:
+                    tab.add("  kronfluence, sampled-label Fisher (its default)", a, b, tf, ts, spearman(S, S_k),
+                            'different label draws: compare with the noise floor')
     tmp.cleanup()
     print("\npeer/pw = peer total time / pwattr total time (> 1: pwattr faster). rho = Spearman rank correlation of the two "
-          "[queries x training examples] score matrices: mean over queries of the per-query correlation, and over all entries. "
+          "[queries x training examples] score matrices: mean over queries of the per-query correlation, and over all entries; "
+          "rel err = |a - c b| / |a| with the best scale c (traker rescales its kernel, so scales differ). Each comparison row's "
+          "pwattr and peer runs alternate, so both see the same load from other jobs. "
           "Target (issue 4): rho >= 0.9 for TRAK, EK-FAC, TracIn; pwattr no slower.")
     return tab
 
@@ -467,7 +478,7 @@ if __name__ == '__main__':
     ap.add_argument('--groups', type=int, default=8); ap.add_argument('--method', default='graddot', choices=['graddot', 'trak'])
     ap.add_argument('--dir', default=None); ap.add_argument('--gt', default=None)
     ap.add_argument('--n-train', type=int, default=1000); ap.add_argument('--n-query', type=int, default=50)
-    ap.add_argument('--proj-dim', type=int, default=256)
+    ap.add_argument('--proj-dim', type=int, default=256); ap.add_argument('--repeat', type=int, default=2, help='peers part: timing runs (fastest kept)')
     ap.add_argument('--only', default=None, type=lambda s: s.split(','), help='peers part: comma list of trak,tracin,ekfac')
     a = ap.parse_args()
     if a.part == 'memory-child':
@@ -477,5 +488,5 @@ if __name__ == '__main__':
     if a.part in ('all', 'synthetic'): part_synthetic()
     if a.part in ('all', 'preset'): part_preset(a.preset)
     if a.part == 'lds': part_lds(a.preset, a.gt)
-    if a.part in ('all', 'peers'): part_peers(a.preset, a.n_train, a.n_query, a.proj_dim, only=a.only)
+    if a.part in ('all', 'peers'): part_peers(a.preset, a.n_train, a.n_query, a.proj_dim, only=a.only, reps=a.repeat)
     if a.part in ('all', 'memory'): part_memory(a.n, a.dims, a.queries, a.k, a.groups, a.method)

@@ -319,8 +319,8 @@ def main(argv=None):
     if args.cmd == 'presets':
         from pwattr.presets import PRESETS
         print(pd.DataFrame([p.summary() for p in PRESETS.values()]).to_string(index=False)); return
-    r = audit(args.preset, args.methods, args.grouping, args.k, args.lam, args.proj_dim, args.n_learn, args.out, args.gt,
-              args.gt_subsets, args.workers, args.device, args.seed, progress=not args.no_progress)
+    try: r = audit(args.preset, args.methods, args.grouping, args.k, args.lam, args.proj_dim, args.n_learn, args.out, args.gt,
+                   args.gt_subsets, args.workers, args.device, args.seed, progress=not args.no_progress)
+    except (KeyError, ValueError, FileNotFoundError) as e: ap.exit(2, f'pwattr audit: error: {e.args[0] if e.args else e}\n')  # no traceback for bad input
     print(r.table().round(4).to_string())
     print(f"\nreport: {(r.out / 'report.html').resolve()}\nplots, results.json and weights/: {r.out.resolve()}")
-    return r
