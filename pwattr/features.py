@@ -243,7 +243,7 @@ def _vmap_grads(model, out_fn, batch, p0, rest, B, chunk):
             gs, o = g(p0, {k: v[s:s + chunk] for k, v in batch.items()})
             for n in p0: grads[n].append(gs[n].reshape(gs[n].shape[0], -1))
             outs.append(o)
-    return {n: torch.cat(v) for n, v in grads.items()}, torch.cat(outs)
+    return {n: v[0] if len(v) == 1 else torch.cat(v) for n, v in grads.items()}, torch.cat(outs)  # one chunk: no copy
 
 def _loop_grads(model, out_fn, batch, p0, rest, B):
     grads, outs = {n: [] for n in p0}, []
@@ -253,7 +253,7 @@ def _loop_grads(model, out_fn, batch, p0, rest, B):
         gs = torch.autograd.grad(out, list(p.values()), allow_unused=True)
         for (n, v), gi in zip(p.items(), gs): grads[n].append((torch.zeros_like(v) if gi is None else gi).reshape(1, -1))
         outs.append(out.detach().reshape(1))
-    return {n: torch.cat(v) for n, v in grads.items()}, torch.cat(outs)
+    return {n: v[0] if len(v) == 1 else torch.cat(v) for n, v in grads.items()}, torch.cat(outs)  # one chunk: no copy
 
 def timestep_normalized_grads(model, out_fn, batch, groups=None, chunk_size=None, method='auto')->tuple:
     "DAS-style gradients: per timestep slot k, the gradient of `out_fn.slot(k)` L2-normalised over all attributed parameters, averaged over the K slots"
