@@ -4,19 +4,18 @@
 
 # %% ../nbs/10_audit.ipynb #099eeafb
 from __future__ import annotations
-import base64, html, io, json, time
+import base64, html, io, json, os, time
+from functools import cached_property
 from dataclasses import dataclass, field
 from pathlib import Path
 import numpy as np, pandas as pd, torch
-import matplotlib
 import matplotlib.pyplot as plt
-from fastcore.script import call_parse, Param
 from .presets import get_preset, Preset
 from .grouping import GroupSpec, block_of, function_of
 from .features import featurize, Projector, output_fn, Features
 from .methods import TracInCP, GradDot, GradCos, TRAK, Contributions
 from .kronecker import EKFAC, LoGRA, kron_features, fit_kron_factors, fisher_output_for
-from .weights import learn_weights, GroupWeights
+from .weights import learn_weights
 from .evaluate import lds, per_group_lds, ResultsTable
 from .groundtruth import GroundTruth, GT_DIR
 from .plots import plot_lds_table, plot_group_lds, plot_block_function, plot_weights, plot_topk_gallery, figure_png
@@ -41,9 +40,6 @@ def cached(path:Path, # file holding the stage's result
     tmp = path.with_name(path.name + '.tmp'); torch.save(res, tmp); os.replace(tmp, path)
     if log: log(f"[done {time.time() - t0:6.1f}s] {desc or path.name}")
     return res
-
-# %% ../nbs/10_audit.ipynb #df6d823f
-import os
 
 # %% ../nbs/10_audit.ipynb #d42a6602
 LOSS = {'classification': 'cross_entropy', 'language': 'lm_loss', 'diffusion': 'diffusion_loss'}
@@ -120,8 +116,8 @@ class AuditRun:
         m = self.p.make_model(self.seed); m.load_state_dict(self.trained['state_dict'])
         return m.to(self.device).eval()
 
-    @property
-    def groups(self)->GroupSpec: return make_groups(self.model(), self.grouping)
+    @cached_property
+    def groups(self)->GroupSpec: return make_groups(self.model(), self.grouping)  # built once, not per use
 
     def features(self, kind:str, out_name:str, split:str):
         "Features of one split ('train' | 'eval' | 'learn') for a method's features kind (cached)"
