@@ -32,3 +32,102 @@ def test_missing_ground_truth_says_how_to_make_one(tmp_path):
 def test_unknown_option_is_an_error():
     r = run('audit', '--bogus', '1')
     assert r.returncode == 2 and 'bogus' in r.stderr
+
+# ---------------------------------------------------------------- diffusion audits (tiny emoji-unet, synthetic ground truth)
+import numpy as np, torch
+from scipy.stats import spearmanr
+from pwattr.audit import AuditRun, learn_source, generation_seeds
+from pwattr.groundtruth import GroundTruth, run_groundtruth
+from pwattr.presets import get_preset
+
+TINY_KW = dict(n_learn=6, n_show=2, K=2, gen_steps=4, journey_steps=2, proj_dim=16, progress=False)
+DIFF = 'tracin,trak,dtrak,das,journeytrak'
+
+@pytest.fixture(scope='module')
+def tiny():
+    "A shrunken emoji-unet (112 images, 12 steps) and a 6-subset ground truth on 4 test images made here"
+    torch.set_num_threads(1)
+    from pwattr.diffusion import DiffusionLDSLoss
+    p = get_preset('emoji-unet').with_config(data={'per_subcategory': 1}, model={'channels': [8, 16], 'norm_groups': 4},
+                                             recipe={'steps': 12, 'batch_size': 16})
+    tr, te = p.load()
+    qs = te[torch.arange(4)]
+    fn = DiffusionLDSLoss(K=2, seeds=(0,), scheduler=p.scheduler())
+    gt = run_groundtruth(lambda idx, s: p.train(tr, idx=idx, seed=s, progress=False).model,
+                         lambda m, b: fn(m.eval(), b).detach(), len(tr), fn.prepare(qs.batch(), qs.ids), m=6, kind='loss',
+                         query_ids=list(qs.ids), config_hash=p.config_hash, progress=False)
+    return p, gt
+
+@pytest.fixture(scope='module')
+def tiny_audit(tiny, tmp_path_factory):
+    p, gt = tiny
+    out = tmp_path_factory.mktemp('diff') / 'audit'
+    return audit(p, DIFF, gt=gt, out=out, log=None, **TINY_KW)
+
+def _lds_by_hand(scores, gt):
+    "LDS from scratch: subset sums of the scores, negated (a loss), Spearman against the retrained outputs, per query"
+    preds = -(gt.masks.astype(np.float64) @ np.asarray(scores, dtype=np.float64).T)     # [S, Q]
+    act = gt.outputs.mean(1)                                                               # [S, Q]
+    return np.mean([spearmanr(preds[:, q], act[:, q])[0] for q in range(act.shape[1])])
+
+def test_diffusion_audit_end_to_end(tiny, tiny_audit):
+    p, gt = tiny; r = tiny_audit
+    assert list(r.table().index) == DIFF.split(',')
+    for m, c in r.contributions.items():
+        assert c.S.shape == (4, 112, len(c.groups)) and list(c.query_ids) == gt.query_ids
+        got = r.results.df.query("method == @m").set_index('weights').value
+        assert abs(got['uniform'] - _lds_by_hand(c.S.sum(-1), gt)) < 1e-9
+        assert abs(got['learned'] - _lds_by_hand(c.S.double() @ r.weights[m].w.double(), gt)) < 1e-9
+        learned_on = r.weights[m].settings['query_ids']        # generated samples, never the evaluation queries
+        assert learned_on == [f'gen/{s}' for s in generation_seeds(6)] and not set(learned_on) & set(gt.query_ids)
+    assert r.settings['learn_from'] == 'generated' and r.settings['n_learn'] == 6 and r.settings['proj_dim'] == 16
+    assert r.showcase['queries'].ids == ['gen/50000', 'gen/50001']
+    assert set(r.showcase['contributions']) == set(DIFF.split(','))
+    assert r.contributions['das'].method == 'DAS' and r.per_group['das'].cross is not None   # UNet block x function
+    for f in ('report.html', 'results.json', 'plots/lds.png', 'plots/heatmap-das.png', 'plots/gallery-0.png', 'weights/journeytrak.json'):
+        assert (r.out / f).exists(), f
+
+def test_diffusion_audit_equals_diffusion_attribution(tiny, tiny_audit):
+    "The audit's cached split-by-split path gives what one `diffusion_attribution` call gives"
+    from pwattr.diffusion import diffusion_attribution
+    from pwattr.features import Projector
+    p, gt = tiny
+    run = AuditRun(p, gt, tiny_audit.out, proj_dim=16, n_learn=6, K=2, journey_steps=2, gen_steps=4, log=None, progress=False)
+    model = run.model()
+    for m in ('tracin', 'das', 'journeytrak'):
+        want = diffusion_attribution(m, model, run.train, run.eval_q, run.groups, Projector(16, kind='sparse', seed=0), K=2,
+                                     scheduler=p.scheduler(), checkpoints=run.trained['checkpoints'], journey_steps=2)
+        assert torch.equal(tiny_audit.contributions[m].S, want.S), m
+
+def test_diffusion_audit_cache_reuse_is_identical(tiny, tiny_audit):
+    p, gt = tiny; logs = []
+    r2 = audit(p, DIFF, gt=gt, out=tiny_audit.out, log=logs.append, **TINY_KW)
+    stages = [l for l in logs if not l.startswith(tuple(f'[{m}]' for m in DIFF.split(',')))]
+    assert stages and all(l.startswith('[cached]') for l in stages), stages
+    assert r2.results.rows == tiny_audit.results.rows
+    for m in r2.weights: assert torch.equal(r2.weights[m].w, tiny_audit.weights[m].w)
+    # a different number of learning queries is a different cache entry, never the stale one
+    logs = []
+    r3 = audit(p, 'dtrak', gt=gt, out=tiny_audit.out, log=logs.append, **{**TINY_KW, 'n_learn': 5})
+    assert r3.weights['dtrak'].settings['query_ids'] == [f'gen/{s}' for s in range(5)]
+    assert any('generate 5 learn' in l and l.startswith('[done') for l in logs), logs
+
+def test_learning_queries_rule(tiny, tmp_path):
+    p, gt = tiny
+    assert [learn_source('diffusion'), learn_source('classification'), learn_source('language', 'test')] == ['generated', 'test', 'test']
+    with pytest.raises(ValueError, match='needs a diffusion preset'): learn_source('classification', 'generated')
+    with pytest.raises(ValueError, match='learn_from'): learn_source('diffusion', 'tests')
+    # a ground truth over every test image leaves no test examples to learn on: 'test' refuses, 'auto' generates
+    te = p.load()[1]
+    full = GroundTruth(np.ones((2, 112), bool), np.zeros((2, 1)), np.zeros((2, 1, len(te))), te.ids, kind='loss')
+    with pytest.raises(ValueError, match="learn_from='generated'"):
+        AuditRun(p, full, tmp_path, learn_from='test', log=None)
+    run = AuditRun(p, gt, tmp_path, learn_from='test', n_learn=5, log=None)      # 12 test images are not in gt: learn there
+    assert len(run.learn_q) == 5 and not set(run.learn_q.ids) & set(gt.query_ids) and not run.learn_q.ids[0].startswith('gen/')
+    assert not set(generation_seeds(100)) & set(generation_seeds(100, purpose='show'))
+    assert not set(generation_seeds(100, seed=1)) & set(generation_seeds(100, seed=0, purpose='show'))
+
+def test_diffusion_methods_refused_on_a_classifier():
+    with pytest.raises(ValueError, match='diffusion models only'): parse_methods('trak,das', domain='classification')
+    r = run('audit', '--methods', 'trak,journeytrak', '--no_progress')
+    assert r.returncode == 2 and 'diffusion models only' in r.stderr and 'Traceback' not in r.stderr

@@ -61,7 +61,10 @@ class Lab:
         self.root, self.port, self.token, self.proc, self.log = root, port, token, proc, log
     @property
     def base(self)->str: return f'http://127.0.0.1:{self.port}'
-    def url(self, nb:str)->str: return f'{self.base}/lab/tree/{nb}?token={self.token}'
+    def url(self, nb:str, workspace:str|None=None)->str:
+        "The notebook's URL; with `workspace`, in a fresh workspace of that name (no tabs left open by another test)"
+        if workspace: return f'{self.base}/lab/workspaces/{workspace}/tree/{nb}?reset&token={self.token}'
+        return f'{self.base}/lab/tree/{nb}?token={self.token}'
     def log_tail(self, n:int=3000)->str: return self.log.read_text(errors='replace')[-n:]
     def wait_ready(self, timeout:float=60):
         "Block until the server answers /api/status (it boots while the browser starts)"
@@ -85,6 +88,9 @@ def jupyterlab(tmp_path_factory):
     # no "news" prompt, no update checks: nothing may reach the network, no dialog may cover the notebook
     (cfg / 'labconfig' / 'page_config.json').write_text(json.dumps({'disabledExtensions': {
         '@jupyterlab/apputils-extension:announcements': True}}))
+    # every cell attached to the page (no windowing), so a test can click any cell of a long notebook
+    nb_settings = tmp / 'settings' / '@jupyterlab' / 'notebook-extension'; nb_settings.mkdir(parents=True)
+    (nb_settings / 'tracker.jupyterlab-settings').write_text(json.dumps({'windowingMode': 'none'}))
     (cfg / 'jupyter_server_config.json').write_text(json.dumps({'ServerApp': {'jpserver_extensions': {
         'jupyter_lsp': False, 'jupyter_server_terminals': False}}}))      # not needed; faster start
     port, token = free_port(), secrets.token_hex(16)

@@ -1,6 +1,7 @@
 """The explorer widget in a real JupyterLab, in Debian's Chromium: run the cell, change the query and the
 weight set, and check the top-k shown on the page is the one computed independently here."""
 import json, re, time
+from pathlib import Path
 import numpy as np
 import nbformat
 import pytest
@@ -101,3 +102,139 @@ def test_explorer_in_jupyterlab(jupyterlab, page, artifacts):
     took = time.time() - t0
     (artifacts / 'explorer_timing.txt').write_text(f'{took:.1f} s from opening the notebook to the last check\n')
     assert took < 180, f"the explorer browser test took {took:.0f} s (budget: 2 minutes; 3 is the hard limit)"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The real walkthrough: nbs/12_classification.ipynb, run in JupyterLab from a cold cache up to its explorer cell.
+
+ROOT = Path(__file__).resolve().parents[2]
+WALKTHROUGH = 'nbs/12_classification.ipynb'
+WIDGET_MARK = 'ex.widget()'            # the explorer cell of the walkthrough
+K_WALK = 6
+
+def walkthrough_copy(root):
+    "Copy the walkthrough into the Lab root as nbs/12_classification.ipynb (its '../runs' cache then lands in the root), "
+    "outputs cleared; return (path, explorer cell index, number of cells)"
+    nb = nbformat.read(ROOT / WALKTHROUGH, as_version=4)
+    idx = [i for i, c in enumerate(nb.cells) if c.cell_type == 'code' and WIDGET_MARK in c.source]
+    assert len(idx) == 1, f"{WALKTHROUGH} must have exactly one explorer cell calling {WIDGET_MARK}; found {idx}"
+    slow = [i for i, c in enumerate(nb.cells[:idx[0]]) if c.cell_type == 'code' and '#| slow' in c.source]
+    assert not slow, f"cells {slow} above the explorer are '#| slow': the browser test and CI would run them"
+    assert idx[0] + 1 < len(nb.cells), "the explorer cell must not be the last cell (the test selects the one below it)"
+    for c in nb.cells:
+        if c.cell_type == 'code': c.outputs, c.execution_count = [], None
+    dst = root / 'nbs' / '12_classification.ipynb'; dst.parent.mkdir(exist_ok=True)
+    nbformat.write(nb, dst)
+    return dst, idx[0], len(nb.cells)
+
+def independent_topk(runs, query_pos:int, weights:bool, k:int=K_WALK):
+    "TRAK's top-k of an evaluation query recomputed in numpy (float64) from the features the notebook cached: "
+    "psi(n) = (X^T X + lam I)^-1 x_n Q_n with lam = 0.1 x mean diag(X^T X), score_j = phi_j(q) . psi_j(n), weighted by the saved weights"
+    import torch
+    def one(pattern):
+        f = sorted(runs.glob(f'cache/*/features-final-margin-*-{pattern}.pt'))
+        assert len(f) == 1, f"expected one cached TRAK {pattern} feature file under {runs}/cache, found {f}"
+        return torch.load(f[0], weights_only=False)
+    tr, ev = one('train'), one('eval')
+    X, q = tr.x.double().numpy(), np.asarray(tr.extras['q'], dtype=np.float64)
+    G = X.T @ X; lam = 0.1 * np.diag(G).mean()
+    psi = np.linalg.solve(G + lam * np.eye(len(G)), X.T).T * q[:, None]
+    phi = ev.x.double().numpy()[query_pos]
+    offs = np.cumsum([0] + list(tr.dims))
+    S = np.stack([phi[a:b] @ psi[:, a:b].T for a, b in zip(offs[:-1], offs[1:])], 1)          # [N, M]
+    w = np.asarray(json.loads((runs / 'weights' / 'trak.json').read_text())['w']) if weights else np.ones(S.shape[1])
+    s = S @ w
+    return {str(i): v for i, v in zip(tr.ids, s)}, [str(tr.ids[i]) for i in np.argsort(-s, kind='stable')[:k]], list(ev.ids)
+
+def check_topk(shown:list, scores:dict, expected:list, what:str):
+    "The shown ids are the top-k of the independent scores (exactly, or up to float32 near-ties)"
+    if shown == expected: return
+    best = sorted(scores.values(), reverse=True)[:len(expected)]
+    tol = 1e-4 * max(abs(v) for v in best)
+    ok = len(shown) == len(expected) and all(abs(scores[i] - b) <= tol for i, b in zip(shown, best))
+    assert ok, f"{what}: the page shows {shown}, the independent computation gives {expected}"
+
+def panel_of(page, name:str)->str:
+    "CSS selector of the notebook panel whose tab is `name` (other notebooks may be open in hidden tabs)"
+    tab = page.locator('.lm-DockPanel-tabBar .lm-TabBar-tab', has_text=name).first
+    tab.wait_for(timeout=60_000)
+    pid = tab.get_attribute('data-id')
+    return f'.jp-NotebookPanel[id="{pid}"]' if pid else '.jp-NotebookPanel:not(.lm-mod-hidden)'
+
+def select_cell(page, panel:str, i:int):
+    "Make cell i the active cell (click its prompt area: selects without editing)"
+    cell = page.locator(f'{panel} .jp-Notebook .jp-Cell').nth(i)
+    cell.scroll_into_view_if_needed()
+    cell.locator('.jp-InputPrompt').first.click(force=True)
+    page.wait_for_function("([p, i]) => document.querySelectorAll(p + ' .jp-Notebook .jp-Cell')[i].classList.contains('jp-mod-active')",
+                           arg=[panel, i], timeout=10_000)
+
+def run_all_above(page):
+    "Run > Run All Above Selected Cell, through the menu bar"
+    page.locator('.lm-MenuBar-itemLabel', has_text=re.compile(r'^Run$')).click(timeout=5_000)
+    page.locator('.lm-Menu-itemLabel', has_text=re.compile(r'^Run All Above Selected Cell$')).click(timeout=5_000)
+
+def panel_ids(page, panel:str)->list:
+    return json.loads(page.locator(f'{panel} .pwattr-view .pwattr-topk').first.get_attribute('data-ids'))
+
+def panel_wait_change(page, panel:str, before:list, timeout=60_000)->list:
+    page.wait_for_function("([p, prev]) => { const e = document.querySelector(p + ' .pwattr-view .pwattr-topk'); return e && e.dataset.ids !== prev; }",
+                           arg=[panel, json.dumps(before)], timeout=timeout)
+    return panel_ids(page, panel)
+
+def test_classification_walkthrough_in_jupyterlab(jupyterlab, page, artifacts):
+    path, i_ex, n_cells = walkthrough_copy(jupyterlab.root)
+    t0 = time.time()
+    page.goto(jupyterlab.wait_ready().url('nbs/12_classification.ipynb', workspace='classification'))
+    P = panel_of(page, '12_classification.ipynb')
+    VIEW = f'{P} .pwattr-view .pwattr-topk'      # the live widget's view in this notebook (not a static render)
+    page.wait_for_function("([p, n]) => document.querySelectorAll(p + ' .jp-Notebook .jp-Cell').length === n", arg=[P, n_cells], timeout=60_000)
+    accept_dialogs(page)
+    # run every cell above the one below the explorer cell: the fast part of the walkthrough, explorer included
+    budget, clicked = 900, None
+    try:
+        while not page.locator(VIEW).count():
+            accept_dialogs(page)
+            running = page.locator(f'{P} .jp-InputPrompt', has_text=re.compile(r'\[[0-9*]+\]')).count()
+            if not running and (clicked is None or time.time() - clicked > 20):
+                page.keyboard.press('Escape'); select_cell(page, P, i_ex + 1); run_all_above(page); clicked = time.time()
+            err = page.locator(f'{P} .jp-OutputArea-output', has_text='Traceback (most recent call last)')
+            if err.count(): raise AssertionError('a cell of the walkthrough raised:\n' + err.first.inner_text()[-3000:])
+            if time.time() - t0 > budget: raise AssertionError(f"the explorer did not appear within {budget} s")
+            page.wait_for_timeout(500)
+    except Exception:
+        page.screenshot(path=str(artifacts / 'classification_failed.png'), full_page=True)
+        raise
+    t_run = time.time() - t0
+    # nothing below the explorer ran (the mislabel study, the slow ViT sections)
+    below = page.locator(f'{P} .jp-Notebook .jp-Cell').nth(i_ex + 2).locator('.jp-InputPrompt').inner_text()
+    assert re.fullmatch(r'\[\s*\]:?', below.strip()), f"a cell below the explorer ran: prompt {below!r}"
+    runs = path.parent.parent / 'runs' / 'fmnist-mlp'
+    assert runs.is_dir(), f"the walkthrough did not write its cache to {runs}"
+
+    view = page.locator(VIEW).first
+    scores, start, qids = independent_topk(runs, 0, weights=True)
+    assert view.get_attribute('data-query') == qids[0] and view.get_attribute('data-weights') == 'learned'
+    check_topk(panel_ids(page, P), scores, start, 'query 0, learned weights')
+    assert page.locator(f'{P} .pwattr-view img').count() == 1 + 2 * K_WALK
+    page.locator(f'{P} .pwattr-query').first.scroll_into_view_if_needed()
+    page.screenshot(path=str(artifacts / 'classification_explorer_start.png'), full_page=False)
+
+    # change the query: the page shows the third evaluation query's top-k, recomputed independently
+    before = panel_ids(page, P)
+    page.locator(f'{P} .pwattr-query select').select_option(label=qids[2])
+    after = panel_wait_change(page, P, before)
+    assert page.locator(VIEW).first.get_attribute('data-query') == qids[2]
+    scores, exp, _ = independent_topk(runs, 2, weights=True)
+    check_topk(after, scores, exp, f'query {qids[2]}, learned weights')
+    page.screenshot(path=str(artifacts / 'classification_explorer_query_changed.png'), full_page=False)
+
+    # the base method (weights 'none') for the same query
+    page.locator(f'{P} .pwattr-weights button', has_text=re.compile(r'^none$')).click()
+    page.wait_for_function("p => document.querySelector(p + ' .pwattr-view .pwattr-topk').dataset.weights === 'none'", arg=P, timeout=60_000)
+    scores, exp, _ = independent_topk(runs, 2, weights=False)
+    check_topk(panel_ids(page, P), scores, exp, f'query {qids[2]}, no weights')
+    page.screenshot(path=str(artifacts / 'classification_explorer_weights_none.png'), full_page=False)
+    assert page.evaluate("p => [...document.querySelectorAll(p + ' .pwattr-view img')].every(i => i.complete && i.naturalWidth > 0)", P)
+    (artifacts / 'classification_timing.txt').write_text(f'{t_run:.1f} s to run the walkthrough up to the explorer (cold cache); '
+                                                         f'{time.time() - t0:.1f} s in all\n')

@@ -1,0 +1,126 @@
+"Tests of pwattr.semantic: recall against brute force, planted style signal, seeded determinism, errors, a tiny end-to-end study"
+import os
+import numpy as np, pandas as pd, pytest, torch
+from pwattr.semantic import (semantic_group_of, semantic_groups, group_kind, query_plan, plan_prompts, topk_positions,
+                             attribute_recall, chance_recall, learn_weight_sets, semantic_table, semantic_study,
+                             _planted_semantic)
+from pwattr.weights import GroupWeights
+
+torch.set_num_threads(1)
+
+
+def brute_recall(scores, qv, tv, k):
+    out = []
+    for q in range(scores.shape[0]):
+        order = sorted(range(scores.shape[1]), key=lambda n: (-float(scores[q, n]), n))[:k]
+        out.append(sum(int(tv[n]) == int(qv[q]) for n in order) / k)
+    return np.array(out)
+
+
+@pytest.mark.parametrize('seed', [0, 1, 2])
+def test_recall_matches_brute_force(seed):
+    g = torch.Generator().manual_seed(seed)
+    sc = torch.randn(7, 50, generator=g).round(decimals=1)          # many ties
+    qv, tv = torch.randint(0, 4, (7,), generator=g), torch.randint(0, 4, (50,), generator=g)
+    for k in (1, 5, 10):
+        np.testing.assert_allclose(attribute_recall(sc, qv, tv, k), brute_recall(sc, qv, tv, k))
+    np.testing.assert_allclose(chance_recall(qv, tv), [(tv == v).float().mean().item() for v in qv])
+
+
+def test_topk_is_stable_on_ties():
+    sc = torch.zeros(1, 6); sc[0, 4] = 1
+    assert topk_positions(sc, 3).tolist() == [[4, 0, 1]]
+
+
+def test_style_weights_raise_style_recall_on_planted_contributions():
+    S, plan, lab = _planted_semantic(seed=3)
+    ws = learn_weight_sets(S, plan, k=5)
+    _, det = semantic_table(S, plan, ws, lab, 'planted', k=5)
+    d = det.set_index(['weights', 'attribute']).recall
+    assert d['style', 'style'] > d['unweighted', 'style'] + 0.2
+    assert d['style', 'style'] > d['background', 'style']            # the other attribute's weights do not help style
+    assert d['background', 'background'] > d['unweighted', 'background'] + 0.2
+    assert int(torch.argmax(ws['style'].w)) == 0 and int(torch.argmax(ws['background'].w)) == 1
+
+
+def test_uniform_weights_give_the_unweighted_row():
+    S, plan, lab = _planted_semantic(seed=1)
+    M = S.shape[2]
+    ones = {'flat': GroupWeights(torch.ones(M), [f'g{j}' for j in range(M)], settings={'query_ids': ['nope']})}
+    res, det = semantic_table(S, plan, ones, lab, 'planted', k=5)
+    d = det.set_index(['weights', 'attribute']).recall
+    for a in ('style', 'background'): assert d['flat', a] == d['unweighted', a]
+
+
+def test_learning_queries_are_refused_at_evaluation():
+    S, plan, lab = _planted_semantic(seed=0)
+    ws = learn_weight_sets(S, plan, k=5)
+    bad = plan.copy(); bad['split'] = np.where(bad.split == 'learn', 'eval', 'learn')   # evaluate on the learning queries
+    with pytest.raises(ValueError, match='used to learn'):
+        semantic_table(S, bad, ws, lab, 'planted', k=5)
+
+
+def test_plan_is_seeded_balanced_and_disjoint():
+    lab = {'subject': torch.arange(12) % 6, 'style': torch.arange(12) % 2, 'background': torch.arange(12) % 4}
+    a, b, c = query_plan(lab, 6, 6, seed=0), query_plan(lab, 6, 6, seed=0), query_plan(lab, 6, 6, seed=1)
+    pd.testing.assert_frame_equal(a, b)
+    assert not a.equals(c) and not set(a.seed) & set(c.seed)
+    assert a.seed.is_unique
+    for attr, n in (('subject', 6), ('style', 2), ('background', 4)):
+        for split in ('learn', 'eval'):
+            v = a[(a.attribute == attr) & (a.split == split)].value
+            assert sorted(v.unique()) == list(range(n))              # every value prompted
+            assert v.value_counts().max() - v.value_counts().min() <= 1
+    assert all(len(p) == 1 for p in plan_prompts(a))                  # one attribute per prompt
+
+
+def test_learn_weight_sets_is_deterministic():
+    S, plan, _ = _planted_semantic(seed=2)
+    a, b = learn_weight_sets(S, plan, k=5), learn_weight_sets(S, plan, k=5)
+    for n in a: assert torch.equal(a[n].w, b[n].w)
+
+
+def test_bad_input_errors():
+    lab = {'style': torch.tensor([0, 1])}
+    with pytest.raises(KeyError, match="did you mean 'style'"): query_plan(lab, attributes=['stile'])
+    with pytest.raises(KeyError, match='lacks'): query_plan(lab, attributes=['subject'])
+    with pytest.raises(ValueError, match='n_learn'): query_plan(lab, n_learn=0, attributes=['style'])
+    with pytest.raises(ValueError, match="did you mean 'das'"): semantic_study(methods='dass')
+    with pytest.raises(ValueError, match='not a conditional'): semantic_study('fmnist-mlp')
+    S, plan, lab = _planted_semantic()
+    with pytest.raises(ValueError, match='one row per plan row'): learn_weight_sets(S[:3], plan)
+
+
+def test_groups_cover_the_model_and_name_the_kinds():
+    from pwattr.presets import get_preset
+    m = get_preset('sbemoji-cond').make_model(0)
+    G = semantic_groups(m)
+    assert sum(G.sizes) == sum(p.numel() for p in m.parameters())
+    assert {'embed.subject', 'embed.style', 'embed.background', 'down1.cross_attn', 'mid.cross_attn', 'up0.cross_attn'} <= set(G.names)
+    kinds = {group_kind(g) for g in G.names}
+    assert {'embedding', 'cross-attention', 'self-attention', 'shallow conv', 'deep conv'} <= kinds
+
+
+@pytest.mark.skipif(os.environ.get('PWATTR_FAST') == '1', reason='tiny end-to-end study (~1 min on 2 cores)')
+def test_tiny_study_end_to_end_and_cached(tmp_path):
+    from pwattr.presets import get_preset
+    p = get_preset('sbemoji-cond').with_config(recipe={'steps': 4})
+    kw = dict(methods='dtrak', out=tmp_path, n_learn=2, n_eval=2, k=3, K=1, proj_dim=8, gen_steps=2, progress=False, log=None,
+              attributes=('style', 'background'))
+    s1 = semantic_study(p, **kw)
+    df = s1.results.df
+    assert set(df.weights) == {'unweighted', 'general', 'style', 'background'}
+    assert set(df.metric) == {'recall@3 style', 'recall@3 background'}
+    assert ((df.value >= 0) & (df.value <= 1)).all()
+    assert set(s1.weights) == {'general', 'style', 'background'}
+    assert len(list((tmp_path / 'cache' / p.config_hash / 'semantic').glob('*.pt'))) == 3   # queries, contributions, weights
+    ev = s1.plan.split == 'eval'
+    assert not set(np.array(s1.queries.ids)[ev]) & set(np.array(s1.queries.ids)[~ev])
+    fig = s1.gallery('style', q=1, k=2)                              # unweighted / style / general rows
+    assert len(fig.axes) == 3 * 3
+    with pytest.raises(IndexError, match='2 evaluation queries'): s1.gallery('style', q=2)
+    kinds = s1.weight_kinds()
+    assert list(kinds.index) == ['general', 'style', 'background'] and 'embedding' in kinds.columns
+    s2 = semantic_study(p, **kw)                                     # from the cache: identical
+    pd.testing.assert_frame_equal(s1.results.df, s2.results.df)
+    assert torch.equal(s1.contributions['dtrak'].S, s2.contributions['dtrak'].S)

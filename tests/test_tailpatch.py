@@ -1,0 +1,143 @@
+"Tests of pwattr.tailpatch: the tail-patch step, its sharing across lists, the random baseline and the study's errors"
+import copy
+import numpy as np, pytest, torch
+from pwattr.data import load_kjv
+from pwattr.models import gpt2_lm
+from pwattr.features import output_fn
+from pwattr.evaluate import tail_patch
+from pwattr.audit import audit
+from pwattr.tailpatch import random_proponents, tail_patch_deltas, as_percent, tail_patch_study, tail_patch_proponents, _take
+
+torch.set_num_threads(1)
+LM = output_fn('lm_loss')
+
+@pytest.fixture(scope='module')
+def tiny():
+    torch.manual_seed(0)
+    train, query = load_kjv('train', n=24, ctx_len=48), load_kjv('heldout', n=3, ctx_len=48)
+    model = gpt2_lm(vocab_size=259, n_layer=1, n_embd=16, n_head=2, n_ctx=48, bos_id=257, eos_id=258, pad_id=256)
+    return model, query.batch(), train.batch()
+
+def _manual(model, qb, tb, q, t, lr):
+    "Loss decrease of query q after one SGD step on training example t, on a copy of the model"
+    m = copy.deepcopy(model); m.zero_grad()
+    LM(m, _take(tb, [t])).sum().backward()
+    with torch.no_grad():
+        l0 = LM(m, _take(qb, [q])).item()
+        for p in m.parameters():
+            if p.grad is not None: p -= lr * p.grad
+        return l0 - LM(m, _take(qb, [q])).item()
+
+def test_single_step_equals_manual_sgd(tiny):
+    model, qb, tb = tiny
+    P = torch.tensor([[5, 7], [0, 23], [11, 5]])
+    d = tail_patch_deltas(model, LM, qb, tb, {'p': P}, lr=0.05, k=2)['p']
+    for q in range(3):
+        for c in range(2): assert d[q, c] == pytest.approx(_manual(model, qb, tb, q, int(P[q, c]), 0.05), abs=1e-6)
+
+def test_shared_steps_match_reference_loop(tiny):
+    "Stepping once per distinct example and sharing it across lists equals evaluate.tail_patch run list by list"
+    model, qb, tb = tiny
+    lists = {'a': random_proponents(3, 24, 4, seed=0), 'b': random_proponents(3, 24, 4, seed=1)}
+    lists['c'] = lists['a'].flip(1)                               # the same pairs in another order
+    d = tail_patch_deltas(model, LM, qb, tb, lists, lr=0.1, k=4)
+    for lab, P in lists.items():
+        np.testing.assert_allclose(d[lab], tail_patch(model, LM, qb, tb, P, lr=0.1, k=4).deltas, atol=1e-6)
+    np.testing.assert_array_equal(d['c'], d['a'][:, ::-1])
+
+def test_weights_restored_and_deterministic(tiny):
+    model, qb, tb = tiny
+    before = [p.detach().clone() for p in model.parameters()]
+    P = {'p': random_proponents(3, 24, 3, seed=2)}
+    d1 = tail_patch_deltas(model, LM, qb, tb, P, lr=0.1, k=3)['p']
+    d2 = tail_patch_deltas(model, LM, qb, tb, P, lr=0.1, k=3)['p']
+    np.testing.assert_array_equal(d1, d2)
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
+    assert all(p.grad is None for p in model.parameters())
+
+def test_planted_proponent_beats_random(tiny):
+    "A training set holding a copy of the query: the step on the copy raises the query's probability most"
+    model, qb, tb = tiny
+    pool = {k: torch.cat([v, qb[k]]) for k, v in tb.items()}     # positions 24, 25, 26 are copies of the 3 queries
+    planted = torch.tensor([[24], [25], [26]])
+    rand = random_proponents(3, 24, 8, seed=0)                    # distinct verses only
+    d = tail_patch_deltas(model, LM, qb, pool, {'planted': planted, 'random': rand}, lr=0.1, k=1)
+    d8 = tail_patch_deltas(model, LM, qb, pool, {'random': rand}, lr=0.1, k=8)['random']
+    assert (d['planted'][:, 0] > d8.max(1)).all(), (d['planted'], d8)
+    assert as_percent(d['planted']).mean() > as_percent(d8).mean()
+
+def test_first_order_closed_form(tiny):
+    "For a small step the loss decrease is lr * g(query) . g(proponent)"
+    model, qb, tb = tiny
+    def g(b):
+        model.zero_grad(); LM(model, b).sum().backward()
+        v = torch.cat([p.grad.reshape(-1) for p in model.parameters()]).clone(); model.zero_grad(); return v
+    dot = float(g(_take(qb, [1])) @ g(_take(tb, [9])))
+    d = tail_patch_deltas(model, LM, qb, tb, {'p': torch.tensor([[0], [9], [0]])}, lr=1e-3, k=1)['p'][1, 0]
+    assert d / 1e-3 == pytest.approx(dot, rel=0.02)
+
+def test_random_proponents():
+    r = random_proponents(50, 10, 10, seed=5)
+    assert all(sorted(row) == list(range(10)) for row in r.tolist())   # k = N: a permutation per query
+    assert torch.equal(r, random_proponents(50, 10, 10, seed=5))
+    assert not torch.equal(r, random_proponents(50, 10, 10, seed=6))
+    with pytest.raises(ValueError, match='n_train=3'): random_proponents(2, 3, 4)
+    with pytest.raises(ValueError, match='k=0'): random_proponents(2, 3, 0)
+
+def test_as_percent():
+    np.testing.assert_allclose(as_percent([0., np.log(2.), np.log(0.5)]), [0., 100., -50.])
+
+def test_bad_input(tiny):
+    model, qb, tb = tiny
+    P = random_proponents(3, 24, 2, seed=0)
+    with pytest.raises(ValueError, match='Q=3'): tail_patch_deltas(model, LM, qb, tb, {'p': P[:2]}, k=2)
+    with pytest.raises(ValueError, match='>= k=5'): tail_patch_deltas(model, LM, qb, tb, {'p': P}, k=5)
+    with pytest.raises(ValueError, match='outside'): tail_patch_deltas(model, LM, qb, tb, {'p': P + 24}, k=2)
+    with pytest.raises(ValueError, match='positive'): tail_patch_deltas(model, LM, qb, tb, {'p': P}, lr=-1., k=2)
+    with pytest.raises(ValueError, match='language preset'): tail_patch_study('fmnist-mlp')
+    with pytest.raises(ValueError, match='bogus'): tail_patch_study(methods='tracin,bogus')
+    with pytest.raises(ValueError, match='n_queries'): tail_patch_study(n_queries=1)
+    with pytest.raises(ValueError, match='positive'): tail_patch_study(lr=0)
+
+@pytest.fixture(scope='module')
+def toy(tmp_path_factory):
+    from pwattr.presets import get_preset
+    from pwattr.groundtruth import GroundTruth
+    p = get_preset('kjv-gpt2').with_config(data={'n_train': 24, 'n_test': 10, 'ctx_len': 48},
+                                         model={'n_layer': 1, 'n_embd': 16, 'n_head': 2, 'n_ctx': 48},
+                                         recipe={'epochs': 1, 'batch_size': 8})
+    _, test = p.load()
+    g = np.random.default_rng(0)
+    gt = GroundTruth(g.random((4, 24)) < .5, np.zeros((4, 1)), g.random((4, 1, 5)), test.ids[:5], kind='loss')
+    return p, gt, tmp_path_factory.mktemp('tp')
+
+def test_study_end_to_end(toy):
+    p, gt, out = toy
+    kw = dict(k=3, out=out, lr=0.1, n_queries=4, gt=gt, k_learn=4, proj_dim=32, progress=False, log=None)
+    r = tail_patch_study(p, 'trak,ekfac', **kw)
+    df = r.df
+    assert list(zip(df.method, df.weights)) == [('trak', 'uniform'), ('trak', 'learned'), ('ekfac', 'uniform'),
+                                                ('ekfac', 'learned'), ('random', 'uniform')]
+    assert (df.metric == 'tail-patch').all() and (df.lo <= df.value).all() and (df.value <= df.hi).all()
+    d = r.details
+    assert len(d['query_ids']) == 4 and set(d['query_ids']) <= set(map(str, gt.query_ids))
+    for (m, wn), dl in d['deltas'].items():
+        assert dl.shape == (4, 3)
+        assert df[(df.method == m) & (df.weights == wn)].value.item() == pytest.approx(as_percent(dl).mean())
+    # the learned-weight proponents are the weighted top-k of the audit's contributions, and the weights never saw these queries
+    a = audit(p, 'trak', out=out, k=4, proj_dim=32, gt=gt, progress=False, report=False, log=None)
+    pos = [list(map(str, gt.query_ids)).index(q) for q in d['query_ids']]
+    w = a.weights['trak']
+    assert not set(map(str, w.settings['query_ids'])) & set(d['query_ids'])
+    assert torch.equal(d['proponents']['trak', 'learned'], (a.contributions['trak'].S[pos] @ w.w.to(a.contributions['trak'].S.dtype)).topk(3, dim=1).indices)
+    # cached and seeded: the same call gives the same table; another seed draws other queries
+    assert tail_patch_study(p, 'trak,ekfac', **kw).df.equals(df)
+    r2 = tail_patch_study(p, 'trak,ekfac', **{**kw, 'seed': 1})
+    assert r2.details['query_ids'] != d['query_ids'] or not np.array_equal(r2.details['proponents']['random', 'uniform'],
+                                                                          d['proponents']['random', 'uniform'])
+
+def test_study_rejects_foreign_result(toy):
+    p, gt, out = toy
+    a = audit(p, 'trak', out=out, k=4, proj_dim=32, gt=gt, progress=False, report=False, log=None)
+    with pytest.raises(ValueError, match='not'): tail_patch_study('kjv-gpt2', 'trak', result=a, log=None)
+    with pytest.raises(ValueError, match='no contributions'): tail_patch_proponents(a, ['ekfac'], [0, 1])
