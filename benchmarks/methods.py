@@ -17,7 +17,9 @@ The peers part trains the preset once and compares, on the same model, training 
 queries (--n-query, 50) and projection: TRAK vs traker 0.3.2 (pwattr's projection plugged into traker: exact; and
 traker's own CPU projector), TracInCP / Grad-Dot / Grad-Cos vs dattri 0.3.0 (unprojected: exact), EK-FAC vs
 kronfluence 1.0.1 (empirical Fisher: exact; sampled-label Fisher: up to label-sampling noise, with a noise floor).
-Without a peer, pwattr's rows still run and the peer's row says why it was skipped. Install the peers in their own
+Without a peer, pwattr's rows still run and the peer's row says why it was skipped. The peers' calls are module-level
+functions (traker_scores, dattri_tracin_scores, dattri_model_fns, kron_cls_task, kronfluence_ekfac_scores), also used by
+benchmarks/peers_lds.py; each imports its peer only when called. Install the peers in their own
 venv (`pip install -e '.[peers]'` would pull a CUDA torch and torchvision, which fail to import beside CPU torch):
     python3 -m venv /work/peers && /work/peers/bin/pip install torch==2.13.0
     echo torch==2.13.0 > /tmp/c.txt && /work/peers/bin/pip install -c /tmp/c.txt accelerate einconv einops numpy \
@@ -26,7 +28,7 @@ venv (`pip install -e '.[peers]'` would pull a CUDA torch and torchvision, which
     /work/peers/bin/pip install --no-deps -e . && /work/peers/bin/pip install -c /tmp/c.txt transformers diffusers \
         pandas matplotlib seaborn 'fastcore<2' ipywidgets
 """
-import argparse, importlib.util, os, subprocess, sys, tempfile, time
+import argparse, copy, functools, importlib.util, itertools, logging, os, subprocess, sys, tempfile, time, warnings
 from pathlib import Path
 from types import SimpleNamespace
 import numpy as np
@@ -225,6 +227,128 @@ def _peer_available(mod:str)->str|None:
     try: importlib.import_module(mod); return None
     except Exception as e: return f"installed but fails to import: {type(e).__name__}: {str(e)[:200]}"
 
+# The peers' calls, shared by `part_peers` below and benchmarks/peers_lds.py. Each peer is imported only inside the function
+# that uses it, so this module imports (and --help works) without the peers installed.
+_uid = itertools.count()   # fresh names for the peers' files within a work folder
+
+def quiet(fn):
+    "fn() with warnings silenced (the peers warn on every call)"
+    with warnings.catch_warnings(): warnings.simplefilter('ignore'); return fn()
+
+def loader(x, y, batch):
+    "An unshuffled DataLoader over (x, y) pairs, as the peers take them"
+    from torch.utils.data import DataLoader, TensorDataset
+    return DataLoader(TensorDataset(x, y), batch_size=batch, shuffle=False)
+
+def traker_scores(model, X, Y, Xq, Yq, proj_dim, lam_rel, projector=None, lambda_reg=None, batch=100, work=None, seed=0,
+                  checkpoint=None):
+    """traker 0.3.2's TRAK (TRAKer, task 'image_classification': margin output, Q = 1 - p) on one model, float32.
+    projector: a traker AbstractProjector, or None for traker's own CPU projector (Gaussian) to `proj_dim` dims, seed `seed`.
+    lambda_reg: traker's ridge, or None for pwattr's rule on traker's own features, lam_rel x mean diag(Phi^T Phi).
+    checkpoint: the state dict traker loads (default: the model's). work: a folder for traker's files (required).
+    Returns ([Q, N] float32 scores as numpy, fit seconds, score seconds, the lambda_reg used)."""
+    from trak import TRAKer
+    import trak.traker; trak.traker.tqdm = lambda it, **k: it      # silence its progress bars
+    if work is None: raise ValueError("traker_scores needs a work folder for traker's files")
+    checkpoint = model.state_dict() if checkpoint is None else checkpoint
+    m = copy.deepcopy(model).eval()
+    # load_from_save_dir=True on a fresh folder: with False, traker 0.3.2 never writes experiments.json and scoring fails
+    tk = TRAKer(model=m, task='image_classification', train_set_size=len(X),
+                save_dir=str(Path(work) / f'trak-{next(_uid)}'), load_from_save_dir=True, device='cpu',
+                projector=projector, proj_dim=proj_dim, projector_seed=seed, use_half_precision=False,
+                lambda_reg=0.0 if lambda_reg is None else lambda_reg, logging_level=logging.ERROR)
+    def fit():
+        tk.load_checkpoint(checkpoint, model_id=0)
+        for xb, yb in loader(X, Y, batch): tk.featurize(batch=(xb, yb), num_samples=len(xb))
+        if lambda_reg is None:   # pwattr's ridge rule applied to traker's own features
+            G = torch.as_tensor(np.asarray(tk.saver.current_store['grads'])).double()
+            tk.score_computer.lambda_reg = lam_rel * (G.T @ G).diagonal().mean().item()
+        tk.finalize_features()
+    def score():
+        tk.start_scoring_checkpoint(exp_name='q', checkpoint=checkpoint, model_id=0, num_targets=len(Xq))
+        for xb, yb in loader(Xq, Yq, batch): tk.score(batch=(xb, yb), num_samples=len(xb))
+        return np.array(tk.finalize_scores(exp_name='q')).T
+    _, tf = quiet(lambda: timed(fit)); S, ts = quiet(lambda: timed(score))
+    return S, tf, ts, tk.score_computer.lambda_reg
+
+def dattri_model_fns(model):
+    """(a copy of the model in eval mode, and dattri loss functions on it: cross-entropy, margin, p(correct)); each takes
+    (params, (x, y)) for one example, as dattri's AttributionTask wants"""
+    import torch.nn.functional as F
+    from torch.func import functional_call
+    dm = copy.deepcopy(model).eval()
+    def ce(params, data):
+        x, y = data
+        return F.cross_entropy(functional_call(dm, params, x.unsqueeze(0)), y.unsqueeze(0))
+    def margin(params, data):   # logit_y - logsumexp_{j != y} logit_j, as pwattr's and traker's margin
+        x, y = data
+        z = functional_call(dm, params, x.unsqueeze(0))[0]
+        hit = torch.arange(z.shape[-1]) == y
+        return (z * hit).sum() - z.masked_fill(hit, float('-inf')).logsumexp(-1)
+    def p_correct(params, data):
+        x, y = data
+        return torch.exp(-F.cross_entropy(functional_call(dm, params, x.unsqueeze(0)), y.unsqueeze(0)))
+    return dm, ce, margin, p_correct
+
+def dattri_tracin_scores(model, ckpts, weights, X, Y, Xq, Yq, normalized=False, projector_kwargs=None, batch=100,
+                         query_batch=None):
+    """dattri 0.3.0's TracInAttributor with the cross-entropy loss: checkpoints `ckpts` (state dicts) weighted by `weights`
+    (TracInCP; one checkpoint with weight 1: Grad-Dot; normalized=True: Grad-Cos). projector_kwargs: dattri's projection
+    (pass a full dict: dattri updates its module-level defaults in place), or None for none (unprojected). dattri has no
+    fit / score split: everything happens in attribute(), query gradients recomputed per training batch.
+    Returns ([Q, N] float32 scores as numpy, seconds)."""
+    from dattri.task import AttributionTask
+    from dattri.algorithm.tracin import TracInAttributor
+    import dattri.algorithm.tracin; dattri.algorithm.tracin.tqdm = lambda it, **k: it   # silence its progress bars
+    dm, ce, _, _ = dattri_model_fns(model)
+    task = AttributionTask(loss_func=ce, model=dm, checkpoints=ckpts)
+    kw = {} if projector_kwargs is None else {'projector_kwargs': projector_kwargs}
+    att = TracInAttributor(task=task, weight_list=torch.tensor(weights), normalized_grad=normalized, device='cpu', **kw)
+    if projector_kwargs is None: att.projector_kwargs = None   # projector_kwargs=None still projects to 512 dims in dattri 0.3.0
+    return quiet(lambda: timed(lambda: att.attribute(loader(X, Y, batch), loader(Xq, Yq, query_batch or batch)).T.numpy()))
+
+@functools.cache
+def kron_cls_task():
+    """kronfluence's Task for classification with the cross-entropy loss (train loss summed over the batch, sampled labels
+    for the true Fisher; measurement = the query's cross-entropy): the class, defined on first use (kronfluence optional)"""
+    import torch.nn.functional as F
+    from kronfluence.task import Task
+    class KronClsTask(Task):
+        def compute_train_loss(self, batch, model, sample=False):
+            x, y = batch; logits = model(x)
+            if sample:   # true Fisher: labels drawn from the model
+                with torch.no_grad(): y = torch.multinomial(torch.softmax(logits.detach().double(), -1), 1).flatten()
+            return F.cross_entropy(logits, y, reduction='sum')
+        def compute_measurement(self, batch, model):
+            x, y = batch; return F.cross_entropy(model(x), y, reduction='sum')
+    return KronClsTask
+
+def kronfluence_ekfac_scores(model, X, Y, Xq, Yq, empirical=False, batch=100, work=None, seed=0):
+    """kronfluence 1.0.1's EK-FAC on all supported layers, unprojected, cross-entropy for train and query: factors with the
+    empirical Fisher (true labels) or, by default, the sampled-label Fisher (labels drawn from torch's global generator,
+    seeded with `seed` first), damping_factor=None (0.1 x mean eigenvalue), all queries in one batch. work: a folder for
+    kronfluence's files (required). Returns ([Q, N] float32 scores as numpy, fit seconds, score seconds)."""
+    from torch.utils.data import TensorDataset
+    from kronfluence.analyzer import Analyzer, prepare_model
+    from kronfluence.arguments import FactorArguments, ScoreArguments
+    if work is None: raise ValueError("kronfluence_ekfac_scores needs a work folder for kronfluence's files")
+    logging.getLogger('kronfluence').setLevel(logging.ERROR)
+    torch.manual_seed(seed)   # kronfluence samples labels from torch's global generator
+    task = kron_cls_task()(); km = prepare_model(copy.deepcopy(model).eval(), task)
+    tag = f'kf{next(_uid)}'    # a fresh analysis name per call
+    an = Analyzer(analysis_name=tag, model=km, task=task, cpu=True, disable_tqdm=True, output_dir=str(Path(work) / 'kronfluence'))
+    fa = FactorArguments(strategy='ekfac', use_empirical_fisher=empirical)
+    def fit(): an.fit_all_factors(factors_name=tag, dataset=TensorDataset(X, Y), per_device_batch_size=batch,
+                                  factor_args=fa, overwrite_output_dir=True)
+    def score():
+        an.compute_pairwise_scores(scores_name=tag, factors_name=tag, query_dataset=TensorDataset(Xq, Yq),
+                                   train_dataset=TensorDataset(X, Y), per_device_query_batch_size=len(Xq),
+                                   per_device_train_batch_size=batch, score_args=ScoreArguments(damping_factor=None),
+                                   overwrite_output_dir=True)
+        return an.load_pairwise_scores(tag)['all_modules'].numpy()
+    _, tf = quiet(lambda: timed(fit)); S, ts = quiet(lambda: timed(score))
+    return S, tf, ts
+
 class _Table:
     def __init__(self): self.rows, self.notes = [], []
     def add(self, comp, pw_fit, pw_score, peer_fit, peer_score, rho=None, note=''):
@@ -248,9 +372,7 @@ def part_peers(name='fmnist-mlp', n_train=1000, n_query=50, proj_dim=256, batch=
     """pwattr vs traker (TRAK), dattri (TracInCP, Grad-Dot, Grad-Cos) and kronfluence (EK-FAC) on one trained preset model.
     Times are wall seconds, the fastest of `reps` runs; 'fit' = everything done once for the training set (training gradients,
     kernel / factors), 'score' = query gradients + the [Q, N] score matrix. rho = Spearman correlation of the two [Q, N] scores."""
-    import copy, logging, tempfile, warnings, itertools
     import torch.nn.functional as F
-    from torch.utils.data import TensorDataset, DataLoader
     from pwattr.presets import get_preset
     from pwattr.features import featurize, Projector, CrossEntropy
     from pwattr.grouping import GroupSpec
@@ -271,8 +393,7 @@ def part_peers(name='fmnist-mlp', n_train=1000, n_query=50, proj_dim=256, batch=
           f"batch {batch} everywhere; float32 features; {torch.get_num_threads()} thread(s); times: fastest of {reps} runs")
     featurize(model, 'margin', tr_s[list(range(8))], groups=gs, progress=False)       # warm-up (vmap, allocator)
     tab = _Table(); print(tab.header())
-    tmp = tempfile.TemporaryDirectory(prefix='pwattr-peers-'); work = Path(tmp.name); uid = itertools.count()
-    loader = lambda x, y, b: DataLoader(TensorDataset(x, y), batch_size=b, shuffle=False)
+    tmp = tempfile.TemporaryDirectory(prefix='pwattr-peers-'); work = Path(tmp.name)
     def best(fn):
         "run fn() -> (S, t_fit, t_score) `reps` times: the last S, the fastest fit and score times"
         outs = [fn() for _ in range(max(1, reps))]
@@ -282,8 +403,6 @@ def part_peers(name='fmnist-mlp', n_train=1000, n_query=50, proj_dim=256, batch=
         a, b = [], []
         for _ in range(max(1, reps)): a.append(pw_fn()); b.append(peer_fn())
         return tuple((o[-1][0], min(x[1] for x in o), min(x[2] for x in o)) for o in (a, b))
-    def quiet(fn):
-        with warnings.catch_warnings(): warnings.simplefilter('ignore'); return fn()
 
     # ---------------- TRAK vs traker ----------------
     if 'trak' in only:
@@ -309,9 +428,7 @@ def part_peers(name='fmnist-mlp', n_train=1000, n_query=50, proj_dim=256, batch=
         why = _peer_available('trak')
         if why: tab.skip("TRAK traker 0.3.2", why)
         else:
-            from trak import TRAKer
             from trak.projectors import AbstractProjector, ProjectionType
-            import trak.traker; trak.traker.tqdm = lambda it, **k: it     # silence its progress bars
             class SharedProjector(AbstractProjector):
                 "pwattr's per-group projection behind traker's projector interface"
                 def __init__(self, proj, groups):
@@ -322,24 +439,11 @@ def part_peers(name='fmnist-mlp', n_train=1000, n_query=50, proj_dim=256, batch=
                     return torch.cat(self.proj.project(g, self.groups), 1)
                 def free_memory(self): pass
             def run_traker(shared:bool):
-                m = copy.deepcopy(model).eval()
+                # shared: pwattr's matrix and lam (lam / P: traker divides its features by sqrt(#params)); else traker's own
+                # projector and pwattr's ridge rule applied to traker's own features
                 projector = SharedProjector(Projector(dims=proj_dim, kind='rademacher', seed=0), gs) if shared else None
-                # load_from_save_dir=True on a fresh folder: with False, traker 0.3.2 never writes experiments.json and scoring fails
-                tk = TRAKer(model=m, task='image_classification', train_set_size=N, save_dir=str(work / f'trak-{next(uid)}'),
-                            load_from_save_dir=True, device='cpu', projector=projector, proj_dim=D,
-                            use_half_precision=False, lambda_reg=lam / P, logging_level=logging.ERROR)
-                def fit():
-                    tk.load_checkpoint(model.state_dict(), model_id=0)
-                    for xb, yb in loader(X, Y, batch): tk.featurize(batch=(xb, yb), num_samples=len(xb))
-                    if not shared:   # pwattr's ridge rule applied to traker's own features
-                        G = torch.as_tensor(np.asarray(tk.saver.current_store['grads'])).double()
-                        tk.score_computer.lambda_reg = lam_rel * (G.T @ G).diagonal().mean().item()
-                    tk.finalize_features()
-                def score():
-                    tk.start_scoring_checkpoint(exp_name='q', checkpoint=model.state_dict(), model_id=0, num_targets=Q)
-                    for xb, yb in loader(Xq, Yq, batch): tk.score(batch=(xb, yb), num_samples=len(xb))
-                    return torch.as_tensor(np.array(tk.finalize_scores(exp_name='q'))).T
-                _, tf = quiet(lambda: timed(fit)); S, ts = quiet(lambda: timed(score))
+                S, tf, ts, _ = traker_scores(model, X, Y, Xq, Yq, D, lam_rel, projector=projector,
+                                             lambda_reg=lam / P if shared else None, batch=batch, work=work)
                 return S, tf, ts
             try:
                 (_, a, b), (S_tk, tf, ts) = pair(pw_trak, lambda: run_traker(True))
@@ -367,14 +471,6 @@ def part_peers(name='fmnist-mlp', n_train=1000, n_query=50, proj_dim=256, batch=
             S, ts = timed(lambda: m.scores(featurize(model, 'cross_entropy', te_s, **kw)))
             return S, tf, ts
         why = _peer_available('dattri')
-        if not why:
-            from dattri.task import AttributionTask
-            from dattri.algorithm.tracin import TracInAttributor
-            import dattri.algorithm.tracin; dattri.algorithm.tracin.tqdm = lambda it, **k: it   # silence its progress bars
-            dmodel = copy.deepcopy(model).eval()
-            def loss(params, data):
-                x, y = data
-                return F.cross_entropy(torch.func.functional_call(dmodel, params, x.unsqueeze(0)), y.unsqueeze(0))
         for k, pw_fn, ckpts, w, norm in [('TracInCP', pw_tracin, [c[2] for c in res.checkpoints], lrs, False),
                                          ('Grad-Dot', lambda: pw_grad(GradDot), [res.checkpoints[-1][2]], [1.0], False),
                                          ('Grad-Cos', lambda: pw_grad(GradCos), [res.checkpoints[-1][2]], [1.0], True)]:
@@ -384,10 +480,7 @@ def part_peers(name='fmnist-mlp', n_train=1000, n_query=50, proj_dim=256, batch=
                 tab.skip(f"  {k} dattri 0.3.0", why); continue
             try:
                 def run():
-                    task = AttributionTask(loss_func=loss, model=dmodel, checkpoints=ckpts)
-                    att = TracInAttributor(task=task, weight_list=torch.tensor(w), normalized_grad=norm, device='cpu')
-                    att.projector_kwargs = None
-                    S_d, td = timed(lambda: att.attribute(loader(X, Y, batch), loader(Xq, Yq, batch)).T)
+                    S_d, td = dattri_tracin_scores(model, ckpts, w, X, Y, Xq, Yq, normalized=norm, projector_kwargs=None, batch=batch)
                     return S_d, 0.0, td
                 (S, a, b), (S_d, _, td) = pair(pw_fn, lambda: quiet(run))
                 tab.add(f"{k} pwattr (unprojected)", a, b, None, None, note='reference')
@@ -415,34 +508,7 @@ def part_peers(name='fmnist-mlp', n_train=1000, n_query=50, proj_dim=256, batch=
             return S, tf, ts
         S_s1, _, _ = pw_ekfac(fisher_output_for(ce), 1)
         why = _peer_available('kronfluence')
-        if not why:
-            from kronfluence.analyzer import Analyzer, prepare_model
-            from kronfluence.arguments import FactorArguments, ScoreArguments
-            from kronfluence.task import Task
-            class ClsTask(Task):
-                def compute_train_loss(self, batch, model, sample=False):
-                    x, y = batch; logits = model(x)
-                    if sample:
-                        with torch.no_grad(): y = torch.multinomial(torch.softmax(logits.detach().double(), -1), 1).flatten()
-                    return F.cross_entropy(logits, y, reduction='sum')
-                def compute_measurement(self, batch, model):
-                    x, y = batch; return F.cross_entropy(model(x), y, reduction='sum')
-            def run_kf(empirical):
-                logging.getLogger('kronfluence').setLevel(logging.ERROR)
-                torch.manual_seed(seed)   # kronfluence samples labels from torch's global generator
-                task = ClsTask(); km = prepare_model(copy.deepcopy(model).eval(), task); tag = f'kf{next(uid)}'
-                an = Analyzer(analysis_name=tag, model=km, task=task, cpu=True, disable_tqdm=True, output_dir=str(work / 'kronfluence'))
-                fa = FactorArguments(strategy='ekfac', use_empirical_fisher=empirical)
-                def fit(): an.fit_all_factors(factors_name=tag, dataset=TensorDataset(X, Y), per_device_batch_size=batch,
-                                              factor_args=fa, overwrite_output_dir=True)
-                def score():
-                    an.compute_pairwise_scores(scores_name=tag, factors_name=tag, query_dataset=TensorDataset(Xq, Yq),
-                                               train_dataset=TensorDataset(X, Y), per_device_query_batch_size=Q,
-                                               per_device_train_batch_size=batch, score_args=ScoreArguments(damping_factor=None),
-                                               overwrite_output_dir=True)
-                    return an.load_pairwise_scores(tag)['all_modules']
-                _, tf = quiet(lambda: timed(fit)); S, ts = quiet(lambda: timed(score))
-                return S, tf, ts
+        run_kf = lambda empirical: kronfluence_ekfac_scores(model, X, Y, Xq, Yq, empirical, batch=batch, work=work, seed=seed)
         for label, fisher, empirical in [('empirical Fisher', emp, True), ('sampled-label Fisher (default)', fisher_output_for(ce), False)]:
             pw_fn = lambda: pw_ekfac(fisher)
             if why:

@@ -8,7 +8,13 @@ One command reproduces everything (33 min measured on one thread of a shared 2-c
     nice -n 10 env OMP_NUM_THREADS=1 /work/peers/bin/python benchmarks/peers_lds.py --part peers   # peers' scores -> .npy
     nice -n 10 env OMP_NUM_THREADS=1 .venv/bin/python benchmarks/peers_lds.py --part lds            # pwattr's scores + the table
 
-The peers venv is set up as in `benchmarks/methods.py --help` (dattri 0.3.0, traker 0.3.2, kronfluence 1.0.1, pwattr -e).
+    # after a code change: recompute peers' scores (all 100 queries: the training side costs the same for fewer) and compare
+    # them with the saved ones, writing nothing (traker + kronfluence + dattri Grad-Dot: 5 min)
+    nice -n 10 env OMP_NUM_THREADS=1 /work/peers/bin/python benchmarks/peers_lds.py --check 100 --only trak-traker,ekfac-kronfluence,graddot-dattri
+
+The peers venv is set up as in `benchmarks/methods.py --help` (dattri 0.3.0, traker 0.3.2, kronfluence 1.0.1, pwattr -e). The peers'
+calls (traker_scores, dattri_tracin_scores, dattri_model_fns, kronfluence_ekfac_scores) live in benchmarks/methods.py, shared
+with its `--part peers`.
 
 What is compared, all on preset fmnist-mlp, its seed-0 model trained exactly as the audit trains it (`AuditRun.trained`:
 `get_preset('fmnist-mlp').train(train, seed=0, checkpoints=4)`, deterministic, cached under <out>/cache/<config hash>/),
