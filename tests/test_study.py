@@ -62,6 +62,9 @@ def test_spread_and_cosine_by_hand():
     assert s.loc['a', 'best'] == 'x' and s.loc['a', 'range'] == pytest.approx(.3) and s.loc['a', 'std'] == pytest.approx(np.std([.4, .1, .2]))
     cos = lds_cosine(pg)
     assert cos.loc['a', 'b'] == pytest.approx((.4 * .1 + .1 * .4) / (np.hypot(.4, .1) ** 2))
+    # centred: the Pearson correlation over the shared groups
+    pg3 = {'a': pd.Series({'x': .4, 'y': .1, 'z': .2}), 'b': pd.Series({'x': .3, 'y': .0, 'z': .5})}
+    assert lds_cosine(pg3, center=True).loc['a', 'b'] == pytest.approx(np.corrcoef([.4, .1, .2], [.3, .0, .5])[0, 1])
 
 def test_objective_vs_lds_agrees_with_selfsup_loss():
     from pwattr.weights import selfsup_loss
