@@ -5,6 +5,7 @@
 # %% ../nbs/10_audit.ipynb #06a57677
 from __future__ import annotations
 import base64, hashlib, html, json, os, time
+from collections import Counter
 from functools import cached_property
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -338,11 +339,12 @@ def group_views(groups:list, # group names of a Contributions (GroupSpec names o
                )->dict: # view -> {group: label}
     "Block and function labels of each group, for the views that say more than the groups"
     params = lambda g: (spec.groups[g] if spec is not None and g in spec.groups else [g + '.weight'])
-    out = {}
-    for view, f in (('block', block_of), ('function', function_of)):
-        lab = {g: '/'.join(dict.fromkeys(f(p) for p in params(g))) for g in groups}
-        if 1 < len(set(lab.values())) < len(groups): out[view] = lab
-    return out
+    label = lambda f: {g: '/'.join(dict.fromkeys(f(p) for p in params(g))) for g in groups}
+    for depth in (1, 2, 3):  # blocks at the shallowest depth where no block holds more than half the groups
+        blocks = label(lambda p: block_of(p, depth))
+        if max(Counter(blocks.values()).values()) <= len(groups) / 2: break
+    views = {'block': blocks, 'function': label(function_of)}
+    return {v: lab for v, lab in views.items() if 1 < len(set(lab.values())) < len(groups)}
 
 # %% ../nbs/10_audit.ipynb #6bdfe118
 @dataclass
