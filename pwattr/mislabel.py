@@ -123,7 +123,8 @@ class MislabelRun:
         g = np.random.default_rng(seed)
         self.learn_q = self.test[torch.from_numpy(np.sort(g.choice(len(self.test), min(n_learn, len(self.test)), replace=False)))]
         check_disjoint(self.learn_q.ids, self.train.ids)
-        self.cache = Path(out) / 'cache' / self.p.config_hash / f'mislabel-f{frac:g}-s{seed}-{grouping}-{proj_dim}'
+        self.cache = Path(out) / 'cache' / self.p.config_hash / (f'mislabel-f{frac:g}-s{seed}-{grouping}-{proj_dim}'
+                                                                  + ('' if n_learn == 100 else f'-l{n_learn}'))  # the learning queries' contributions are cached too
         self._trained = None
 
     @property
