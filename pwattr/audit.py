@@ -322,8 +322,12 @@ class AuditRun:
                                                                   progress=self.progress), f'{name} (streamed)', ids)
             ends = np.cumsum([0] + [len(self.split(s)) for s in splits])
             return tuple(c[a:b] for a, b in zip(ends[:-1], ends[1:]))
-        meth.fit(self.features(kind, oname, 'train'))
-        return tuple(meth.contributions(q) for q in qs)
+        key = _digest(name, oname, self.grouping, self.proj_dim, self.kron_rank, self.seed,
+                      self.n_checkpoints if kind == 'ckpt' else None, [self.split(s).ids for s in ('train', *splits)])
+        def compute():  # the fit (e.g. a 10k x 10k kernel) is the slow part: keep its result
+            meth.fit(self.features(kind, oname, 'train'))
+            return tuple(meth.contributions(q) for q in qs)
+        return cached(self.cache / f'contrib-{name}-{key}.pt', compute, f'{name}: fit and attribute', self.log)
 
     def factors(self):
         "EK-FAC factors of the final model on the training set (cached)"
