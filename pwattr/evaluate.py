@@ -5,6 +5,7 @@
 # %% ../nbs/08_evaluate.ipynb #9bb1fe0e
 from __future__ import annotations
 import copy, math
+from collections import defaultdict
 from dataclasses import dataclass, field
 import numpy as np, pandas as pd, torch
 from scipy.stats import rankdata
@@ -13,7 +14,7 @@ from .groundtruth import GroundTruth
 # %% auto #0
 __all__ = ['spearman_rows', 'subset_predictions', 'bootstrap_ci', 'LDSResult', 'lds', 'seed_agreement', 'group_predictions',
            'PerGroupLDS', 'per_group_lds', 'roc_auc', 'flip_labels', 'mislabel_auc', 'recall_at_k', 'TailPatchResult',
-           'tail_patch', 'ResultsTable']
+           'tail_patch_deltas', 'tail_patch', 'ResultsTable']
 
 # %% ../nbs/08_evaluate.ipynb #51e01029
 def spearman_rows(a, # [Q, S] predictions
@@ -306,6 +307,69 @@ def _take(batch:dict, idx) -> dict:
     idx = torch.as_tensor(np.asarray(idx), dtype=torch.long)
     return {k: v[idx.to(v.device)] for k, v in batch.items()}
 
+def _n_rows(batch:dict)->int: return len(next(iter(batch.values())))
+
+def _check_proponents(proponents, Q:int, N:int, k:int)->dict:
+    "label -> long [Q, k], checked for shape and range"
+    props = {}
+    for lab, p in proponents.items():
+        p = torch.as_tensor(np.asarray(p), dtype=torch.long)
+        if p.ndim != 2 or p.shape[0] != Q or p.shape[1] < k:
+            raise ValueError(f"proponents[{lab!r}] has shape {tuple(p.shape)}: need [Q={Q}, >= k={k}] training positions, best first")
+        p = p[:, :k]
+        if p.numel() and (int(p.min()) < 0 or int(p.max()) >= N):
+            raise ValueError(f"proponents[{lab!r}] holds positions outside 0..{N - 1} (the training batch has {N} examples)")
+        props[lab] = p
+    return props
+
+def tail_patch_deltas(model:torch.nn.Module, # the final trained model (its weights are restored afterwards)
+                      lm_output, # per-example loss: (model, batch) -> [B], e.g. `output_fn('lm_loss')`
+                      query:dict, # batch of Q queries
+                      train:dict, # batch of the N training examples the proponents point into
+                      proponents:dict, # label -> long [Q, >= k] training positions per query, best first
+                      lr:float=1e-3, # SGD step size of the one extra step
+                      k:int=10, # proponents per query
+                      batch_size:int=64, # queries per forward pass after a step
+                      progress:bool=False, # progress bar over the distinct training examples
+                     )->dict: # label -> float64 [Q, k] loss decrease of each query (log-prob increase)
+    "Decrease of each query's loss after one SGD step on each of its proponents alone; each distinct training example is stepped on once for all the (query, label) pairs that list it"
+    if not lr > 0: raise ValueError(f"lr={lr}: the tail-patch step needs a positive learning rate")
+    if not isinstance(proponents, dict): proponents = {'proponents': proponents}
+    Q, N = _n_rows(query), _n_rows(train)
+    props = _check_proponents(proponents, Q, N, k)
+    need = defaultdict(set)                                   # training position -> queries that list it
+    for p in props.values():
+        for q, row in enumerate(p.tolist()):
+            for t in row: need[t].add(q)
+    params = [p for p in model.parameters() if p.requires_grad]
+    saved = [p.detach().clone() for p in params]
+    was_training = model.training; model.eval()
+    def loss_of(qs):
+        return torch.cat([lm_output(model, _take(query, qs[i:i + batch_size])).detach().double().cpu()
+                          for i in range(0, len(qs), batch_size)])
+    delta = {}
+    try:
+        with torch.no_grad(): before = loss_of(list(range(Q)))
+        steps = sorted(need)
+        if progress:
+            from tqdm.auto import tqdm
+            steps = tqdm(steps, desc='tail-patch steps')
+        for t in steps:
+            model.zero_grad(set_to_none=True)
+            lm_output(model, _take(train, [t])).sum().backward()
+            qs = sorted(need[t])
+            with torch.no_grad():
+                for p in params:
+                    if p.grad is not None: p.sub_(lr * p.grad)
+                for q, a in zip(qs, loss_of(qs).tolist()): delta[q, t] = float(before[q]) - a
+                for p, s in zip(params, saved): p.copy_(s)
+    finally:
+        with torch.no_grad():
+            for p, s in zip(params, saved): p.copy_(s)
+        model.zero_grad(set_to_none=True); model.train(was_training)
+    return {lab: np.array([[delta[q, t] for t in row] for q, row in enumerate(p.tolist())], dtype=np.float64).reshape(Q, k)
+            for lab, p in props.items()}
+
 def tail_patch(model:torch.nn.Module, # the final trained model
                lm_output, # per-example loss: (model, batch) -> [B] (e.g. `features.output_fn('lm_loss')`)
                query:dict, # batch of Q queries
@@ -316,29 +380,7 @@ def tail_patch(model:torch.nn.Module, # the final trained model
                n_boot:int=1000, seed:int=0,
               )->TailPatchResult:
     "Mean increase of each query's target log-prob after one SGD step on each of its top-k proponents alone"
-    prop = np.asarray(_np(proponents), dtype=np.int64)[:, :k]
-    Q = len(next(iter(query.values())))
-    if prop.shape[0] != Q: raise ValueError(f"proponents have {prop.shape[0]} rows for {Q} queries")
-    params = [p for p in model.parameters() if p.requires_grad]
-    saved = [p.detach().clone() for p in params]
-    was_training = model.training; model.eval()
-    deltas = np.zeros(prop.shape)
-    try:
-        with torch.no_grad(): before = lm_output(model, query).detach().double().cpu()
-        for qi in range(Q):
-            qb = _take(query, [qi])
-            for c, ti in enumerate(prop[qi]):
-                model.zero_grad(set_to_none=True)
-                lm_output(model, _take(train, [ti])).sum().backward()
-                with torch.no_grad():
-                    for p in params:
-                        if p.grad is not None: p.sub_(lr * p.grad)
-                    deltas[qi, c] = float(before[qi] - lm_output(model, qb).double().cpu()[0])
-                    for p, s in zip(params, saved): p.copy_(s)
-    finally:
-        with torch.no_grad():
-            for p, s in zip(params, saved): p.copy_(s)
-        model.zero_grad(set_to_none=True); model.train(was_training)
+    deltas = tail_patch_deltas(model, lm_output, query, train, {'proponents': proponents}, lr=lr, k=k)['proponents']
     return TailPatchResult(deltas, float(deltas.mean()), bootstrap_ci(deltas.mean(1), n_boot, 0.95, seed), lr)
 
 # %% ../nbs/08_evaluate.ipynb #b151e654

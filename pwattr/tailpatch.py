@@ -5,17 +5,16 @@
 # %% ../nbs/13_language.ipynb #abbf60bb
 from __future__ import annotations
 import hashlib, json, time
-from collections import defaultdict
 from pathlib import Path
 import numpy as np, torch
 from .presets import get_preset
 from .features import output_fn
 from .weights import check_disjoint
-from .evaluate import bootstrap_ci, ResultsTable
+from .evaluate import bootstrap_ci, ResultsTable, tail_patch_deltas
 from .audit import audit, AuditResult, parse_methods, cached, _ground_truth
 
 # %% auto #0
-__all__ = ['random_proponents', 'tail_patch_deltas', 'as_percent', 'tail_patch_proponents', 'tail_patch_study']
+__all__ = ['random_proponents', 'as_percent', 'tail_patch_proponents', 'tail_patch_study']
 
 # %% ../nbs/13_language.ipynb #c5d913d1
 def random_proponents(n_queries:int, # Q queries
@@ -30,73 +29,6 @@ def random_proponents(n_queries:int, # Q queries
     return torch.stack([torch.randperm(n_train, generator=g)[:k] for _ in range(n_queries)])
 
 # %% ../nbs/13_language.ipynb #4a06f351
-def _take(batch:dict, idx)->dict:
-    idx = torch.as_tensor(np.asarray(idx), dtype=torch.long)
-    return {k: v[idx.to(v.device)] for k, v in batch.items()}
-
-def _n_rows(batch:dict)->int: return len(next(iter(batch.values())))
-
-def _check_proponents(proponents, Q:int, N:int, k:int)->dict:
-    "label -> long [Q, k], checked for shape and range"
-    props = {}
-    for lab, p in proponents.items():
-        p = torch.as_tensor(np.asarray(p), dtype=torch.long)
-        if p.ndim != 2 or p.shape[0] != Q or p.shape[1] < k:
-            raise ValueError(f"proponents[{lab!r}] has shape {tuple(p.shape)}: need [Q={Q}, >= k={k}] training positions, best first")
-        p = p[:, :k]
-        if p.numel() and (int(p.min()) < 0 or int(p.max()) >= N):
-            raise ValueError(f"proponents[{lab!r}] holds positions outside 0..{N - 1} (the training batch has {N} examples)")
-        props[lab] = p
-    return props
-
-def tail_patch_deltas(model:torch.nn.Module, # the final trained model (its weights are restored afterwards)
-                      lm_output, # per-example loss: (model, batch) -> [B], e.g. `output_fn('lm_loss')`
-                      query:dict, # batch of Q queries
-                      train:dict, # batch of the N training examples the proponents point into
-                      proponents:dict, # label -> long [Q, >= k] training positions per query, best first
-                      lr:float=1e-3, # SGD step size of the one extra step
-                      k:int=10, # proponents per query
-                      batch_size:int=64, # queries per forward pass after a step
-                      progress:bool=False, # progress bar over the distinct training examples
-                     )->dict: # label -> float64 [Q, k] loss decrease of each query (log-prob increase)
-    "Decrease of each query's loss after one SGD step on each of its proponents alone; each distinct training example is stepped on once for all the (query, label) pairs that list it"
-    if not lr > 0: raise ValueError(f"lr={lr}: the tail-patch step needs a positive learning rate")
-    if not isinstance(proponents, dict): proponents = {'proponents': proponents}
-    Q, N = _n_rows(query), _n_rows(train)
-    props = _check_proponents(proponents, Q, N, k)
-    need = defaultdict(set)                                   # training position -> queries that list it
-    for p in props.values():
-        for q, row in enumerate(p.tolist()):
-            for t in row: need[t].add(q)
-    params = [p for p in model.parameters() if p.requires_grad]
-    saved = [p.detach().clone() for p in params]
-    was_training = model.training; model.eval()
-    def loss_of(qs):
-        return torch.cat([lm_output(model, _take(query, qs[i:i + batch_size])).detach().double().cpu()
-                          for i in range(0, len(qs), batch_size)])
-    delta = {}
-    try:
-        with torch.no_grad(): before = loss_of(list(range(Q)))
-        steps = sorted(need)
-        if progress:
-            from tqdm.auto import tqdm
-            steps = tqdm(steps, desc='tail-patch steps')
-        for t in steps:
-            model.zero_grad(set_to_none=True)
-            lm_output(model, _take(train, [t])).sum().backward()
-            qs = sorted(need[t])
-            with torch.no_grad():
-                for p in params:
-                    if p.grad is not None: p.sub_(lr * p.grad)
-                for q, a in zip(qs, loss_of(qs).tolist()): delta[q, t] = float(before[q]) - a
-                for p, s in zip(params, saved): p.copy_(s)
-    finally:
-        with torch.no_grad():
-            for p, s in zip(params, saved): p.copy_(s)
-        model.zero_grad(set_to_none=True); model.train(was_training)
-    return {lab: np.array([[delta[q, t] for t in row] for q, row in enumerate(p.tolist())], dtype=np.float64).reshape(Q, k)
-            for lab, p in props.items()}
-
 def as_percent(d, # log-probability increases (nats)
               )->np.ndarray:
     "Log-probability increase -> percent increase of the probability: 100 (exp(d) - 1)"

@@ -6,7 +6,8 @@ from pwattr.models import gpt2_lm
 from pwattr.features import output_fn
 from pwattr.evaluate import tail_patch
 from pwattr.audit import audit
-from pwattr.tailpatch import random_proponents, tail_patch_deltas, as_percent, tail_patch_study, tail_patch_proponents, _take
+from pwattr.evaluate import tail_patch_deltas, _take
+from pwattr.tailpatch import random_proponents, as_percent, tail_patch_study, tail_patch_proponents
 
 torch.set_num_threads(1)
 LM = output_fn('lm_loss')
