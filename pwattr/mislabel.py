@@ -11,9 +11,8 @@ import numpy as np, pandas as pd, torch
 from .data import ExampleSet
 from .presets import get_preset, Preset
 from .features import featurize, Projector, output_fn
-from .methods import TracInCP, GradDot, GradCos, TRAK
 from .kronecker import EKFAC, kron_features, fit_kron_factors, fisher_output_for
-from .weights import learn_weights, check_disjoint, GroupWeights
+from .weights import learn_weights, check_disjoint
 from .evaluate import flip_labels, roc_auc, ResultsTable
 from .audit import cached, make_groups, parse_methods, METHODS, LOSS
 
@@ -61,12 +60,6 @@ def auc_interval(scores, # [N] higher = more likely mislabelled
     return auc, float(lo), float(hi)
 
 # %% ../nbs/12_classification.ipynb #0f3bb98f
-def _weights_vec(w, M:int)->torch.Tensor:
-    if w is None: return torch.ones(M, dtype=torch.float64)
-    w = w.w if isinstance(w, GroupWeights) else torch.as_tensor(w)
-    if w.shape != (M,): raise ValueError(f"weights have shape {tuple(w.shape)}; the self-influence has {M} groups")
-    return w.double()
-
 @dataclass
 class MislabelResult:
     "What a mislabel study measured: AUCs with intervals, per-group self-influence, learned weights, the flipped set"
@@ -191,8 +184,8 @@ def mislabel_run(preset:str|Preset='fmnist-mlp', # a classification preset
         t1 = time.time(); r = run.method(name)
         w = learn_weights(r['learn'], k=k, lam=lam, query_ids=list(run.learn_q.ids))
         si = r['si'].double()
-        for wn, wv in (('uniform', None), ('learned', w)):
-            a, lo, hi = auc_interval(si @ _weights_vec(wv, si.shape[1]), run.flipped, n_boot, seed=seed)
+        for wn, wv in (('uniform', torch.ones(si.shape[1])), ('learned', w.w)):
+            a, lo, hi = auc_interval(si @ wv.double(), run.flipped, n_boot, seed=seed)
             res.add(name, wn, 'mislabel AUC', a, lo, hi)
         sis[name], ws[name], groups[name], times[name] = r['si'], w, r['groups'], round(time.time() - t1, 2)
         if log: log(f"[{name}] mislabel AUC {res.rows[-2]['value']:.4f} -> {res.rows[-1]['value']:.4f} with learned weights ({times[name]} s)")

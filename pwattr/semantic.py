@@ -14,7 +14,7 @@ from .grouping import GroupSpec
 from .features import Projector
 from .methods import Contributions
 from .models import AttributeUNet, ATTRIBUTES
-from .weights import GroupWeights, learn_weights, check_disjoint, weights_table
+from .weights import GroupWeights, learn_semantic_weights, check_disjoint, weights_table
 from .evaluate import ResultsTable, bootstrap_ci
 from .diffusion import generate_queries, diffusion_attribution, DIFFUSION_METHODS, METHOD_NAMES
 from .audit import cached
@@ -142,12 +142,10 @@ def learn_weight_sets(S, # contributions [Q, N, M] of all queries of `plan` (Ten
     learn = (plan.split == 'learn').to_numpy()
     sets = ({'general': np.flatnonzero(learn)} if general else {})
     sets.update({a: np.flatnonzero(learn & (plan.attribute == a).to_numpy()) for a in dict.fromkeys(plan.attribute)})
-    out = {}
-    for name, idx in sets.items():
-        if len(idx) == 0: raise ValueError(f"No learning queries for '{name}': the plan needs n_learn >= 1 per attribute")
-        out[name] = learn_weights(X, k=k, lam=lam, query_idx=idx.tolist(), query_ids=[ids[i] for i in idx],
-                                  groups=groups, **kwargs)
-    return out
+    empty = [name for name, idx in sets.items() if len(idx) == 0]
+    if empty: raise ValueError(f"No learning queries for {empty}: the plan needs n_learn >= 1 per attribute")
+    C = Contributions(X, groups or [f'g{j}' for j in range(X.shape[2])], ids)
+    return learn_semantic_weights(C, {n: idx.tolist() for n, idx in sets.items()}, return_weights=True, k=k, lam=lam, **kwargs)[1]
 
 # %% ../nbs/15_semantic.ipynb #b53a1f11
 def _planted_semantic(n_learn=8, n_eval=8, N=60, strength=4., noise=3., seed=0):
