@@ -66,6 +66,14 @@ class Lab:
         if workspace: return f'{self.base}/lab/workspaces/{workspace}/tree/{nb}?reset&token={self.token}'
         return f'{self.base}/lab/tree/{nb}?token={self.token}'
     def log_tail(self, n:int=3000)->str: return self.log.read_text(errors='replace')[-n:]
+    def kernel(self, path:str)->tuple|None:
+        "(kernel id, execution state) of the session open on notebook `path` (relative to the root), by the REST API; None if none"
+        try:
+            with urllib.request.urlopen(f'{self.base}/api/sessions?token={self.token}', timeout=5) as r: sessions = json.load(r)
+        except OSError: return None
+        for s in sessions:
+            if s.get('path') == path and s.get('kernel'): return s['kernel']['id'], s['kernel'].get('execution_state')
+        return None
     def wait_ready(self, timeout:float=60):
         "Block until the server answers /api/status (it boots while the browser starts)"
         t0 = time.time()

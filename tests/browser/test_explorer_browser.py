@@ -54,19 +54,24 @@ def run_all_cells(page):
     page.locator('.lm-MenuBar-itemLabel', has_text=re.compile(r'^Run$')).click(timeout=5_000)
     page.locator('.lm-Menu-itemLabel', has_text=re.compile(r'^Run All Cells$')).click(timeout=5_000)
 
-def run_until(page, selector:str, timeout:float=120):
-    "Run all cells (again if nothing started, e.g. a dialog ate the click) until `selector` is on the page"
-    t0, clicked = time.time(), None
-    while time.time() - t0 < timeout:
+def run_until(page, lab, path:str, done, run, timeout:float=120, failed=None):
+    "Call `run` (a click that runs cells) once the kernel of notebook `path` has been idle for 3 s, until `done()`. "
+    "Click again whenever the kernel sits idle and `done()` is still false: a click eaten by a dialog, or cells sent to a "
+    "kernel JupyterLab replaced while it started, leave the kernel idle with nothing shown. `failed()` returns an error text or None"
+    t0, idle_since, clicked, k = time.time(), None, None, None
+    while not done():
         accept_dialogs(page)
-        if page.locator(selector).count(): return
-        started = page.locator('.jp-InputPrompt', has_text=re.compile(r'\[[0-9*]+\]')).count()   # '[*]:' or '[1]:'
-        if not started and (clicked is None or time.time() - clicked > 15):
-            try: run_all_cells(page)
+        if failed and (err := failed()): raise AssertionError(err)
+        now, k = time.time(), lab.kernel(path)
+        idle_since = (idle_since or now) if k and k[1] == 'idle' else None
+        steady = idle_since is not None and now - idle_since > 3
+        stuck = (k is None or k[1] != 'busy') and now - (clicked or t0) > 45     # no idle state reported: click anyway
+        if (steady or stuck) and (clicked is None or now - clicked > 10):
+            try: run()
             except Exception: page.keyboard.press('Escape')          # a menu half-open under a dialog: retry
-            clicked = time.time()
+            clicked, idle_since = time.time(), None
+        if now - t0 > timeout: raise AssertionError(f"nothing appeared within {timeout} s (kernel id and state: {k})")
         page.wait_for_timeout(300)
-    raise AssertionError(f"{selector} did not appear within {timeout} s")
 
 def test_explorer_in_jupyterlab(jupyterlab, page, artifacts):
     cases = dict(start=expected(0, W_LEARNED), query=expected(1, W_LEARNED), base=expected(1, None))
@@ -76,10 +81,10 @@ def test_explorer_in_jupyterlab(jupyterlab, page, artifacts):
     page.goto(jupyterlab.wait_ready().url('explorer_fixture.ipynb'))
     page.wait_for_selector('.jp-NotebookPanel .jp-Cell', timeout=60_000)
     try:
-        run_until(page, '.pwattr-topk')
-    except Exception:
+        run_until(page, jupyterlab, 'explorer_fixture.ipynb', lambda: page.locator('.pwattr-topk').count(), lambda: run_all_cells(page))
+    except Exception as e:
         page.screenshot(path=str(artifacts / 'explorer_failed.png'), full_page=True)
-        raise AssertionError(f"the explorer did not appear; JupyterLab log:\n{jupyterlab.log_tail()}")
+        raise AssertionError(f"the explorer did not appear ({e}); JupyterLab log:\n{jupyterlab.log_tail()}")
     # the widget shows query q0 under the learned weights
     assert page.locator('.pwattr-topk').first.get_attribute('data-query') == 'q0'
     assert shown_ids(page) == cases['start']
@@ -189,19 +194,13 @@ def test_classification_walkthrough_in_jupyterlab(jupyterlab, page, artifacts):
     P = panel_of(page, '12_classification.ipynb')
     VIEW = f'{P} .pwattr-view .pwattr-topk'      # the live widget's view in this notebook (not a static render)
     page.wait_for_function("([p, n]) => document.querySelectorAll(p + ' .jp-Notebook .jp-Cell').length === n", arg=[P, n_cells], timeout=60_000)
-    accept_dialogs(page)
     # run every cell above the one below the explorer cell: the fast part of the walkthrough, explorer included
-    budget, clicked = 900, None
-    try:
-        while not page.locator(VIEW).count():
-            accept_dialogs(page)
-            running = page.locator(f'{P} .jp-InputPrompt', has_text=re.compile(r'\[[0-9*]+\]')).count()
-            if not running and (clicked is None or time.time() - clicked > 20):
-                page.keyboard.press('Escape'); select_cell(page, P, i_ex + 1); run_all_above(page); clicked = time.time()
-            err = page.locator(f'{P} .jp-OutputArea-output', has_text='Traceback (most recent call last)')
-            if err.count(): raise AssertionError('a cell of the walkthrough raised:\n' + err.first.inner_text()[-3000:])
-            if time.time() - t0 > budget: raise AssertionError(f"the explorer did not appear within {budget} s")
-            page.wait_for_timeout(500)
+    def run():
+        page.keyboard.press('Escape'); select_cell(page, P, i_ex + 1); run_all_above(page)
+    def failed():
+        err = page.locator(f'{P} .jp-OutputArea-output', has_text='Traceback (most recent call last)')
+        return 'a cell of the walkthrough raised:\n' + err.first.inner_text()[-3000:] if err.count() else None
+    try: run_until(page, jupyterlab, 'nbs/12_classification.ipynb', lambda: page.locator(VIEW).count(), run, 900, failed)
     except Exception:
         page.screenshot(path=str(artifacts / 'classification_failed.png'), full_page=True)
         raise
