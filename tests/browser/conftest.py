@@ -96,9 +96,10 @@ def jupyterlab(tmp_path_factory):
     # no "news" prompt, no update checks: nothing may reach the network, no dialog may cover the notebook
     (cfg / 'labconfig' / 'page_config.json').write_text(json.dumps({'disabledExtensions': {
         '@jupyterlab/apputils-extension:announcements': True}}))
-    # every cell attached to the page (no windowing), so a test can click any cell of a long notebook
+    # every cell attached to the page (no windowing), so a test can click any cell of a long notebook; the preferred
+    # kernel starts without a 'Select Kernel' dialog (accepting one late replaced the kernel under the cells in CI)
     nb_settings = tmp / 'settings' / '@jupyterlab' / 'notebook-extension'; nb_settings.mkdir(parents=True)
-    (nb_settings / 'tracker.jupyterlab-settings').write_text(json.dumps({'windowingMode': 'none'}))
+    (nb_settings / 'tracker.jupyterlab-settings').write_text(json.dumps({'windowingMode': 'none', 'autoStartDefaultKernel': True}))
     (cfg / 'jupyter_server_config.json').write_text(json.dumps({'ServerApp': {'jpserver_extensions': {
         'jupyter_lsp': False, 'jupyter_server_terminals': False}}}))      # not needed; faster start
     port, token = free_port(), secrets.token_hex(16)
