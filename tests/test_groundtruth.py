@@ -128,16 +128,16 @@ def test_torchrun_ranks_share_subsets(tmp_path):
 
 GT_DIR = ROOT / 'pwattr' / 'assets' / 'groundtruth'
 
-@pytest.mark.skipif(not (GT_DIR / 'fmnist-mlp.npz').exists(), reason='no committed fmnist-mlp ground truth')
-def test_committed_fmnist_mlp_reproduces():
+@pytest.mark.parametrize('preset', ['fmnist-mlp', 'fmnist-resnet9'])     # the two that retrain in seconds
+def test_committed_groundtruth_reproduces(preset):
     "The committed ground truth matches its preset, and retraining one of its models gives the stored outputs"
     from pwattr.groundtruth import PresetTask
     from pwattr.presets import get_preset
-    gt = GroundTruth.load(GT_DIR / 'fmnist-mlp')
-    p = get_preset('fmnist-mlp')
-    assert gt.config_hash == p.config_hash, 'the fmnist-mlp recipe changed: regenerate with `python -m pwattr.groundtruth --preset fmnist-mlp`'
+    gt = GroundTruth.load(GT_DIR / preset)
+    p = get_preset(preset)
+    assert gt.config_hash == p.config_hash, f'the {preset} recipe changed: regenerate with `python -m pwattr.groundtruth --preset {preset}`'
     assert gt.n_subsets >= 50 and gt.kind == 'margin' and gt.times is not None and (gt.times > 0).all()
-    task = PresetTask('fmnist-mlp', n_queries=gt.meta['n_queries'], query_seed=gt.meta['query_seed'])
+    task = PresetTask(preset, n_queries=gt.meta['n_queries'], query_seed=gt.meta['query_seed'])
     n, batch, qids, kind, out, chash, labels = task.setup()
     assert n == gt.n_train and [str(i) for i in qids] == [str(i) for i in gt.query_ids] and chash == gt.config_hash
     assert (gt.masks == make_subsets(n, gt.n_subsets, gt.meta['alpha'], gt.meta['subset_seed'])[:gt.n_subsets]).all()
