@@ -13,7 +13,7 @@ import numpy as np, pandas as pd, torch
 import matplotlib.pyplot as plt
 from .data import ExampleSet
 from .presets import get_preset, Preset
-from .grouping import GroupSpec, block_of, function_of
+from .grouping import GroupSpec, block_of, function_of, module_of
 from .features import featurize, Projector, output_fn, Features
 from .methods import TracInCP, GradDot, GradCos, TRAK, Contributions
 from .kronecker import EKFAC, LoGRA, kron_features, fit_kron_factors, fisher_output_for
@@ -338,16 +338,30 @@ class AuditRun:
         return cached(self.cache / f'ekfac-factors{self._sfx()}.pt', compute, 'EK-FAC factors', self.log)
 
 # %% ../nbs/10_audit.ipynb #5bdf45c6
+def _typed_function(p:str, types:dict)->str|None:
+    "The owning module's class name when its path names no function (only containers and nn.Sequential indices)"
+    path = module_of(p); parts = path.split('.')
+    if not parts[-1].isdigit() or function_of(p) != '.'.join(q for q in parts if not q.isdigit()): return None
+    return types.get(path)
+
 def group_views(groups:list, # group names of a Contributions (GroupSpec names or layer names)
                 spec:GroupSpec|None=None, # the spec the names come from (None: names are module paths)
+                model:torch.nn.Module|None=None, # names layers by class (Conv2d, GroupNorm) where paths are only indices
                )->dict: # view -> {group: label}
     "Block and function labels of each group, for the views that say more than the groups"
     params = lambda g: (spec.groups[g] if spec is not None and g in spec.groups else [g + '.weight'])
     label = lambda f: {g: '/'.join(dict.fromkeys(f(p) for p in params(g))) for g in groups}
-    for depth in (1, 2, 3):  # blocks at the shallowest depth where no block holds more than half the groups
+    fits = lambda lab: max(Counter(lab.values()).values()) <= len(groups) / 2   # no block holds more than half the groups
+    for depth in (1, 2, 3):  # blocks at the shallowest depth that fits
         blocks = label(lambda p: block_of(p, depth))
-        if max(Counter(blocks.values()).values()) <= len(groups) / 2: break
-    views = {'block': blocks, 'function': label(function_of)}
+        if fits(blocks): break
+    functions = label(function_of)
+    types = {n: type(m).__name__ for n, m in model.named_modules()} if model is not None else {}
+    if types and any(_typed_function(p, types) for g in groups for p in params(g)):   # e.g. nn.Sequential conv blocks
+        functions = label(lambda p: _typed_function(p, types) or function_of(p))
+        top = label(lambda p: p.split('.')[0])   # then the stages ('layer1'), not 'layer1.0' and 'layer1.1'
+        if fits(top): blocks = top
+    views = {'block': blocks, 'function': functions}
     return {v: lab for v, lab in views.items() if 1 < len(set(lab.values())) < len(groups)}
 
 # %% ../nbs/10_audit.ipynb #6bdfe118
@@ -412,7 +426,7 @@ def audit(preset:str='fmnist-mlp', # preset name (see `pwattr.presets.PRESETS`)
         c_eval, c_learn, *c_show = run.contributions(name, ('eval', 'learn', 'show') if n_show else ('eval', 'learn'))
         w = learn_weights(c_learn, k=k, lam=lam, query_ids=list(run.learn_q.ids))
         res.add(name, 'uniform', 'LDS', lds(c_eval, gt)).add(name, 'learned', 'LDS', lds(c_eval, gt, w=w.w))
-        views = group_views(c_eval.groups, run.groups)
+        views = group_views(c_eval.groups, run.groups, run.model())
         per_group[name] = per_group_lds(c_eval, gt, views=views, cross=len(views) == 2)
         weights[name], contribs[name], times[name] = w, c_eval, round(time.time() - t0, 2)
         if c_show: shown[name] = c_show[0]

@@ -138,7 +138,7 @@ def study_preset(preset:str, # a preset with a committed ground truth
     for m in parse_methods(methods):
         ce, cl = run.contributions(m)
         _, ws[m] = compare_weights(ce, cl, gt, m, settings, oracle, res)
-        views = group_views(ce.groups, run.groups)
+        views = group_views(ce.groups, run.groups, run.model())
         pg[m] = per_group_lds(ce, gt, views=views, cross=len(views) == 2)
     return PresetStudy(preset, res, pg, ws, run)
 
