@@ -219,6 +219,11 @@ class AuditRun:
     @cached_property
     def groups(self)->GroupSpec: return make_groups(self.model(), self.grouping)  # built once, not per use
 
+    def group_lds(self, c:Contributions):
+        "LDS of each group of `c` alone and of its block / function views (`group_views`), crossed when both exist"
+        views = group_views(c.groups, self.groups, self.model())
+        return per_group_lds(c, self.gt, views=views, cross=len(views) == 2)
+
     def generated(self, purpose:str, # 'learn' | 'show'
                   n:int)->ExampleSet:
         "`n` seeded samples of the trained model with their trajectories (cached; see `generation_seeds`)"
@@ -426,8 +431,7 @@ def audit(preset:str='fmnist-mlp', # preset name (see `pwattr.presets.PRESETS`)
         c_eval, c_learn, *c_show = run.contributions(name, ('eval', 'learn', 'show') if n_show else ('eval', 'learn'))
         w = learn_weights(c_learn, k=k, lam=lam, query_ids=list(run.learn_q.ids))
         res.add(name, 'uniform', 'LDS', lds(c_eval, gt)).add(name, 'learned', 'LDS', lds(c_eval, gt, w=w.w))
-        views = group_views(c_eval.groups, run.groups, run.model())
-        per_group[name] = per_group_lds(c_eval, gt, views=views, cross=len(views) == 2)
+        per_group[name] = run.group_lds(c_eval)
         weights[name], contribs[name], times[name] = w, c_eval, round(time.time() - t0, 2)
         if c_show: shown[name] = c_show[0]
         if log: log(f"[{name}] LDS {res.rows[-2]['value']:.4f} -> {res.rows[-1]['value']:.4f} with learned weights ({times[name]} s)")

@@ -131,15 +131,14 @@ def study_preset(preset:str, # a preset with a committed ground truth
                  **run_kw, # passed to `AuditRun` (proj_dim, n_learn, ... must match the cached run to reuse it)
                 )->PresetStudy:
     "LDS without / with learned / with oracle weights and per-group LDS of every method on one preset"
-    from pwattr.audit import AuditRun, group_views, parse_methods
+    from pwattr.audit import AuditRun, parse_methods
     gt = GroundTruth.load(GT_DIR / f'{preset}.npz')
     run = AuditRun(preset, gt, Path(out or f'runs/{preset}'), progress=False, log=None, **run_kw)
     res, ws, pg = ResultsTable(), {}, {}
     for m in parse_methods(methods):
         ce, cl = run.contributions(m)
         _, ws[m] = compare_weights(ce, cl, gt, m, settings, oracle, res)
-        views = group_views(ce.groups, run.groups, run.model())
-        pg[m] = per_group_lds(ce, gt, views=views, cross=len(views) == 2)
+        pg[m] = run.group_lds(ce)
     return PresetStudy(preset, res, pg, ws, run)
 
 # %% ../nbs/16_study.ipynb #78f20a16
