@@ -20,6 +20,7 @@ from .kronecker import EKFAC, LoGRA, kron_features, fit_kron_factors, fisher_out
 from .diffusion import (DIFFUSION_METHODS, METHOD_NAMES, SharedNoise, timestep_features,
                               journey_features, generate_queries)
 from .weights import learn_weights, check_disjoint
+from .safe import safe_weights, refit_from, query_matrix
 from .evaluate import lds, per_group_lds, ResultsTable
 from .groundtruth import GroundTruth, GT_DIR
 from .plots import plot_lds_table, plot_group_lds, plot_block_function, plot_weights, plot_topk_gallery, figure_png
@@ -193,7 +194,7 @@ class AuditRun:
                              f"{len(self.train)}: regenerate it with `python -m pwattr.groundtruth --preset {self.p.name}`.")
         self.eval_q = self.test[self.test.index_of(gt.query_ids)]
         self.cache = self.out / 'cache' / self.p.config_hash
-        self._model = None
+        self._model, self._refits = None, {}
         if self.learn_from == 'test': self.learn_q   # an exhausted test split fails here, before any work
 
     def _train(self):
@@ -334,6 +335,35 @@ class AuditRun:
             return tuple(meth.contributions(q) for q in qs)
         return cached(self.cache / f'contrib-{name}-{key}.pt', compute, f'{name}: fit and attribute', self.log)
 
+    def refit(self, name:str):
+        "(`KernelRefit`, split -> query features [Q, D]) of a global ridge-kernel method (TRAK, D-TRAK, DAS, JourneyTRAK); None for others"
+        if name not in ('trak', 'dtrak', 'das', 'journeytrak'): return None
+        if name not in self._refits:
+            if self.p.domain == 'diffusion' and name in DIFFUSION_METHODS:
+                m, feats = diffusion_method(name), lambda s: self.diffusion_features(name, s)
+            else:
+                kind, out_of, make = METHODS[name]; oname = out_of(self.p)
+                m, feats = make(self), lambda s: self.features(kind, oname, s)
+            self._refits[name] = (refit_from(m.fit(feats('train')), self.device), lambda s: query_matrix(feats(s)))
+        return self._refits[name]
+
+    def weigh(self, name:str, # the method
+              learn:dict, # method -> Contributions of the learning queries (every other method is a reference)
+              k:int=20, lam:float=1e-4, # the paper's top-k and penalty
+             )->tuple: # (the paper's GroupWeights, the safe GroupWeights)
+        "The paper's weights of method `name`, and the safe weights the gate makes of them (see `pwattr.safe`)"
+        paper = learn_weights(learn[name], k=k, lam=lam, query_ids=list(self.learn_q.ids))
+        refs = {r: c.S.sum(-1) for r, c in learn.items() if r != name}
+        rf = self.refit(name)
+        return paper, safe_weights(learn[name], refs, rf and rf[0], rf and rf[1]('learn'), k=k, lam=lam, paper=paper)
+
+    def weighted_scores(self, name:str, c:Contributions, # the method and its contributions of `split`
+                        w, # GroupWeights (or weights [M], applied as S @ w)
+                        split:str='eval')->torch.Tensor: # [Q, N]
+        "Scores of a split under weights `w`: S @ w, or the refitted kernel for weights with settings['apply'] == 'refit'"
+        if (getattr(w, 'settings', None) or {}).get('apply') != 'refit': return c.scores(getattr(w, 'w', w))
+        rf, feats = self.refit(name); return rf.scores(feats(split), w)
+
     def factors(self):
         "EK-FAC factors of the final model on the training set (cached)"
         def compute():
@@ -376,19 +406,29 @@ class AuditResult:
     preset: str
     results: ResultsTable # method x weights x metric
     per_group: dict # method -> PerGroupLDS
-    weights: dict # method -> GroupWeights
+    weights: dict # method -> GroupWeights applied by default (safe: the gate's verdict in `.verdict`)
     contributions: dict # method -> Contributions of the evaluation queries
     out: Path # the report directory
     settings: dict = field(default_factory=dict)
     times: dict = field(default_factory=dict)
     showcase: dict = field(default_factory=dict) # generated gallery samples: {'queries': ExampleSet, 'contributions': {method: Contributions}}
     run: AuditRun|None = field(default=None, repr=False) # the run's shared state: data, queries, model, cache
+    paper: dict = field(default_factory=dict) # method -> the paper's learned weights (reported beside the safe ones)
+
+    @property
+    def verdicts(self)->dict:
+        "method -> one sentence: whether the safe weights are applied, and why"
+        return {m: w.verdict for m, w in self.weights.items() if w.verdict}
 
     def table(self)->pd.DataFrame:
-        "LDS per method without and with learned weights, with intervals"
+        "LDS per method: uniform, the paper's weights, the safe weights (the default), and the gains over uniform"
         d = self.results.df; d = d[d.metric == 'LDS']
         t = d.pivot_table(index='method', columns='weights', values='value', sort=False)
-        t['gain'] = t['learned'] - t['uniform']
+        t.columns.name = None
+        for c in ('paper', 'safe'):
+            if c in t: t[f'{c} gain'] = t[c] - t['uniform']
+        if self.weights: t['safe weights'] = [('applied' if self.weights[m].info.get('gate', {}).get('use') else 'uniform')
+                                              if m in self.weights else '' for m in t.index]
         return t
     def __repr__(self): return f"AuditResult({self.preset!r}, report={self.out/'report.html'})\n{self.table().round(4)}"
     def _repr_html_(self):
@@ -425,16 +465,21 @@ def audit(preset:str='fmnist-mlp', # preset name (see `pwattr.presets.PRESETS`)
     gt = _ground_truth(p, gt, gt_subsets, workers, out, device, log)
     run = AuditRun(p, gt, out, grouping, proj_dim, n_learn, seed=seed, device=device, progress=progress, log=log,
                    learn_from=src, gen_steps=gen_steps, n_show=n_show, K=K, journey_steps=journey_steps)
-    res, per_group, weights, contribs, times, shown = ResultsTable(), {}, {}, {}, {}, {}
-    for name in names:
+    res, per_group, weights, paper, contribs, times, shown, learn = ResultsTable(), {}, {}, {}, {}, {}, {}, {}
+    for name in names:   # every method's contributions first: each is a reference for the others' weights
         t0 = time.time()
-        c_eval, c_learn, *c_show = run.contributions(name, ('eval', 'learn', 'show') if n_show else ('eval', 'learn'))
-        w = learn_weights(c_learn, k=k, lam=lam, query_ids=list(run.learn_q.ids))
-        res.add(name, 'uniform', 'LDS', lds(c_eval, gt)).add(name, 'learned', 'LDS', lds(c_eval, gt, w=w.w))
-        per_group[name] = run.group_lds(c_eval)
-        weights[name], contribs[name], times[name] = w, c_eval, round(time.time() - t0, 2)
+        contribs[name], learn[name], *c_show = run.contributions(name, ('eval', 'learn', 'show') if n_show else ('eval', 'learn'))
         if c_show: shown[name] = c_show[0]
-        if log: log(f"[{name}] LDS {res.rows[-2]['value']:.4f} -> {res.rows[-1]['value']:.4f} with learned weights ({times[name]} s)")
+        times[name] = round(time.time() - t0, 2)
+    for name in names:
+        t0 = time.time(); c_eval, c_learn = contribs[name], learn[name]
+        paper[name], weights[name] = run.weigh(name, learn, k, lam); w = weights[name]
+        res.add(name, 'uniform', 'LDS', lds(c_eval, gt)).add(name, 'paper', 'LDS', lds(c_eval, gt, w=paper[name].w))
+        res.add(name, 'safe', 'LDS', lds(run.weighted_scores(name, c_eval, w), gt))
+        per_group[name] = run.group_lds(c_eval)
+        times[name] = round(times[name] + time.time() - t0, 2)
+        if log: log(f"[{name}] LDS {res.rows[-3]['value']:.4f} uniform, {res.rows[-2]['value']:.4f} paper, "
+                    f"{res.rows[-1]['value']:.4f} safe ({times[name]} s): {w.verdict}")
     times['total'] = round(time.time() - t_start, 2)
     settings = dict(preset=p.name, config_hash=p.config_hash, methods=names, grouping=grouping, k=k, lam=lam,
                     proj_dim=run.proj_dim, n_learn=len(run.learn_q), n_eval=len(run.eval_q), n_train=len(run.train),
@@ -442,7 +487,7 @@ def audit(preset:str='fmnist-mlp', # preset name (see `pwattr.presets.PRESETS`)
     if src == 'generated': settings.update(gen_steps=gen_steps, n_show=n_show)
     if p.domain == 'diffusion': settings.update(K=K, journey_steps=journey_steps, noise='shared')
     showcase = {'queries': run.show_q, 'contributions': shown} if shown else {}
-    r = AuditResult(p.name, res, per_group, weights, contribs, out, settings, times, showcase, run)
+    r = AuditResult(p.name, res, per_group, weights, contribs, out, settings, times, showcase, run, paper)
     if report: write_report(r, run)
     return r
 
@@ -486,7 +531,7 @@ def write_report(r:AuditResult, run:AuditRun, n_gallery:int=3)->Path:
     else: qset, cg, what = run.eval_q, r.contributions[first], 'evaluation query'
     for q in range(min(n_gallery, len(qset))):
         fig = plot_topk_gallery(cg, q, run.train, qset, k=6,
-                                weights={'without weights': None, 'learned weights': r.weights[first]},
+                                weights={'without weights': None, **({'safe weights': r.weights[first]} if r.weights[first].settings.get('apply') == 'linear' else {})},
                                 title=f'{first}: {what} {qset.ids[q]}')
         secs.append(_img(f'gallery-{q}', f'{first}: top proponents of {what} {qset.ids[q]}', fig, out))
     results = {'settings': r.settings, 'times_s': r.times, 'results': r.results.rows,
@@ -541,4 +586,6 @@ def main(argv=None):
                    gen_steps=args.gen_steps, n_show=args.n_show, K=args.K, journey_steps=args.journey_steps)
     except (KeyError, ValueError, FileNotFoundError) as e: ap.exit(2, f'pwattr audit: error: {e.args[0] if e.args else e}\n')  # no traceback for bad input
     print(r.table().round(4).to_string())
+    print('\nsafe weights (applied by default; the paper\'s are reported beside them):')
+    for m, v in r.verdicts.items(): print(f"  {m}: {v}")
     print(f"\nreport: {(r.out / 'report.html').resolve()}\nplots, results.json and weights/: {r.out.resolve()}")
