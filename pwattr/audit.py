@@ -58,7 +58,7 @@ METHODS = {  # name -> (features kind, output name of the preset, factory(ctx) -
     'gradcos':     ('final', lambda p: LOSS[p.domain], lambda c: GradCos()),
     'trak':        ('final', _trak_output, lambda c: TRAK(kernel='global', use_q=c.p.domain == 'classification')),
     'trak-block':  ('final', _trak_output, lambda c: TRAK(kernel='block', use_q=c.p.domain == 'classification')),
-    'ekfac':       ('kron', lambda p: LOSS[p.domain], lambda c: EKFAC(c.factors())),
+    'ekfac':       ('kron', lambda p: LOSS[p.domain], lambda c, damping_scale=0.1: EKFAC(c.factors(), damping_scale=damping_scale)),
     'logra':       ('kron-proj', lambda p: LOSS[p.domain], lambda c: LoGRA()),
     # diffusion only: pwattr.diffusion's recipes (on a diffusion preset 'tracin' and 'trak' follow them too)
     'dtrak':       ('diffusion', lambda p: DIFFUSION_METHODS['dtrak'][0], lambda c: diffusion_method('dtrak')),
@@ -306,6 +306,7 @@ class AuditRun:
 
     def contributions(self, name:str, # a key of `METHODS`
                       splits=('eval', 'learn'), # query splits to attribute
+                      damping_scale:float|None=None, # EK-FAC only: damping relative to the mean corrected eigenvalue (None: the method's 0.1)
                      )->tuple: # one Contributions per split
         "Fit method `name` on the training side and attribute the query splits (default: evaluation, learning)"
         kind, out_of, make = METHODS[name]; oname = out_of(self.p)
@@ -319,10 +320,11 @@ class AuditRun:
             return cached(self.cache / f'contrib-diffusion-{name}-{key}.pt', compute, f'{name}: fit and attribute', self.log)
         if kind == 'diffusion': raise ValueError(f"{name} attributes diffusion models only; {self.p.name} is a {self.p.domain} preset.")
         qs = [self.features(kind, oname, s) for s in splits]
-        meth = make(self)
+        if damping_scale is not None and name != 'ekfac': raise ValueError(f"damping_scale applies to 'ekfac' only, not {name!r}")
+        meth = make(self) if damping_scale is None else make(self, damping_scale=damping_scale)
         if kind == 'kron':  # EK-FAC: training gradients are streamed batch by batch, never stored (cached result)
             ids = [i for s in splits for i in self.split(s).ids]
-            tag = '' if tuple(splits) == ('eval', 'learn') else '-' + '-'.join(splits)
+            tag = ('' if tuple(splits) == ('eval', 'learn') else '-' + '-'.join(splits)) + ('' if damping_scale is None else f'-d{damping_scale:g}')
             c = self._checked(self.cache / f'contrib-{name}-{self.grouping}{self._sfx()}{self._gen_tag("learn")}{tag}.pt',
                               lambda: meth.contributions_streamed(self.model(), self.train, output_fn(oname), Features.cat(qs),
                                                                   progress=self.progress), f'{name} (streamed)', ids)

@@ -152,11 +152,12 @@ def safe_study(preset:str, # a preset with a committed ground truth
                k:int=20, lam:float=1e-4, # the paper's top-k and penalty
                oracle:bool=True, # add the cross-fitted oracle
                ridge:bool=True, # global ridge kernels: the ridge chosen by agreement, and LDS over the ridge grid
+               damping=(), # EK-FAC damping scales to choose among by agreement (each costs one streamed EK-FAC pass); () for none
                **run_kw, # passed to `AuditRun`
               )->PresetStudy:
     "LDS with uniform, the paper's, the safe (default) and oracle weights of every method on one preset, with paired gains"
     from pwattr.audit import AuditRun, parse_methods
-    from pwattr.safe import ridge_by_agreement, chosen_ridge, RIDGE_GRID
+    from pwattr.safe import ridge_by_agreement, chosen_ridge, agreement_gate
     gt = GroundTruth.load(GT_DIR / f'{preset}.npz')
     run = AuditRun(preset, gt, Path(out or f'runs/{preset}'), progress=False, log=None, **run_kw)
     names = parse_methods(methods); learn = {m: run.contributions(m)[1] for m in names}
@@ -174,6 +175,15 @@ def safe_study(preset:str, # a preset with a committed ground truth
             t = g.table.assign(lam_rel=[float(c.split('=')[1]) for c in g.table.candidate])
             ridges[m] = t.assign(lds=[lds(at(r), gt).mean for r in t.lam_rel], own=np.isclose(t.lam_rel, own),
                                  chosen=np.isclose(t.lam_rel, chosen_ridge(g, own)))[['lam_rel', 'lds', 'G', 'lower', 'own', 'chosen']]
+        if m == 'ekfac' and len(damping):
+            cs = {d: run.contributions(m, damping_scale=d) for d in damping}
+            refs = {r: c.S.sum(-1) for r, c in learn.items() if r != m}
+            g = agreement_gate({f'damping={d:g}': (torch.ones(len(ce.groups)), lambda w, d=d: cs[d][1].S.sum(-1)) for d in damping},
+                               learn[m].S.sum(-1), refs, shrink=(1.0,))
+            pick = float(g.chosen.split('=')[1]) if g.use else 0.1
+            sc['damping (agreement)'] = cs[pick][0].scores() if pick in cs else ce.scores()
+            ridges[m] = g.table.assign(lam_rel=list(damping), lds=[lds(cs[d][0], gt).mean for d in damping],
+                                       own=np.isclose(list(damping), 0.1), chosen=np.isclose(list(damping), pick))[['lam_rel', 'lds', 'G', 'lower', 'own', 'chosen']]
         _, w = compare_weights(ce, learn[m], gt, m, {}, oracle, res, scores=sc)
         ws[m] = {**w, 'paper': paper, 'safe': safe}
     return PresetStudy(preset, res, {}, ws, run, ridges)
