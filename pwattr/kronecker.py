@@ -281,7 +281,6 @@ def _n_examples(data):
     if isinstance(data, dict): return len(next(iter(data.values())))
     if hasattr(data, 'dataset') and hasattr(data.dataset, '__len__'): return len(data.dataset)
     if hasattr(data, '__getitem__') and hasattr(data, '__len__') and not isinstance(data, (list, tuple)): return len(data)
-    if isinstance(data, dict): return len(next(iter(data.values())))
     return None
 
 def kron_features(model:nn.Module, # the model (captured in eval mode, see `attribution_mode`)
@@ -299,7 +298,7 @@ def kron_features(model:nn.Module, # the model (captured in eval mode, see `attr
     "Per-example per-layer gradient features captured with hooks, projected on both sides when `rank` is given"
     Features = _features_cls()
     from pwattr.features import attribution_mode
-    if not (isinstance(data, dict) or (hasattr(data, 'batch') and hasattr(data, 'ids'))):
+    if not (isinstance(data, (dict, list, tuple)) or (hasattr(data, 'batch') and hasattr(data, 'ids'))):   # a list: batches
         from pwattr.features import Examples
         try: data = Examples(data, keys)
         except TypeError: pass    # an iterable of batches

@@ -298,6 +298,8 @@ def test_featurize_and_kron_from_datasets_and_loaders():
         assert f.ids == ref.ids; rel_close(f.x, ref.x); rel_close(f.extras['q'], ref.extras['q'])
         k = kron_features(m, src, Margin(), batch_size=4)
         assert k.ids == kref.ids; rel_close(k.x, kref.x)
+    batches = [{k: v[i:i + 4] for k, v in b.items()} for i in range(0, 10, 4)]   # a list stays a list of batches
+    rel_close(kron_features(m, batches, Margin()).x, kref.x)
     f = featurize(m, 'margin', TensorDataset(b['y'], b['x']), gs, progress=False, keys=('y', 'x'))
     rel_close(f.x, ref.x)
     with pytest.raises(TypeError, match='random access'): Examples(iter([1]))
