@@ -62,7 +62,8 @@ def timestep_features(model:nn.Module, # UNet2DModel, AttributeUNet (UNet2DCondi
     groups = groups if groups is not None else GroupSpec.preset(model)
     if normalize is None: normalize = bool(getattr(out_fn, 'normalize', False))
     dev = torch.device(device) if device is not None else next(model.parameters()).device
-    was = model.training; model.to(dev).eval()
+    from pwattr.features import attribution_mode
+    mode = attribution_mode(model.to(dev), 'timestep_features'); mode.__enter__()   # eval mode, restored in `finally`
     N, ids, get = _data(data)
     dims = projector.dims_for(groups) if projector is not None else groups.sizes
     xs, steps, ex = [], [], {'out': [], 'residual': [], 'mse': [], 'grad_norm': []}
@@ -93,7 +94,7 @@ def timestep_features(model:nn.Module, # UNet2DModel, AttributeUNet (UNet2DCondi
                 with torch.no_grad(): mse = (out_fn.predict(model, b) - b['noise']).float().pow(2).flatten(2).mean(2)
                 xs.append(x.cpu()); ex['out'].append(out.float().cpu()); ex['mse'].append(mse.cpu())
                 ex['residual'].append(mse.mean(1).sqrt().cpu()); bar.update(len(idx))
-    finally: model.train(was)
+    finally: mode.__exit__(None, None, None)
     extras = {k: torch.cat(v) for k, v in ex.items() if v}
     meta = {'fingerprint': model_fingerprint(model), 'groups_fingerprint': groups.fingerprint(),
             'output_fn': _cfg(out_fn.config()), 'projection': _cfg(projector.config()) if projector is not None else None,

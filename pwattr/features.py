@@ -4,7 +4,7 @@
 
 # %% ../nbs/03_features.ipynb #e605ee07
 from __future__ import annotations
-import copy, hashlib, json, math, time, warnings, difflib
+import copy, hashlib, json, math, re, time, warnings, weakref, difflib
 from dataclasses import dataclass, field
 from contextlib import contextmanager
 import numpy as np
@@ -16,8 +16,9 @@ from .grouping import GroupSpec
 
 # %% auto #0
 __all__ = ['OUTPUT_FNS', 'OutputFn', 'CrossEntropy', 'Margin', 'LMLoss', 'ddpm_alphas_cumprod', 'DiffusionLoss', 'DTRAKOutput',
-           'DASOutput', 'output_fn', 'vmap_friendly', 'per_example_grads', 'timestep_normalized_grads', 'group_grads',
-           'Projector', 'Features', 'model_fingerprint', 'featurize']
+           'DASOutput', 'output_fn', 'vmap_friendly', 'attribution_mode', 'per_example_grads',
+           'timestep_normalized_grads', 'group_grads', 'Projector', 'Features', 'Examples', 'model_fingerprint',
+           'featurize']
 
 # %% ../nbs/03_features.ipynb #ddf98e3e
 def _logits(out):
@@ -47,41 +48,84 @@ class OutputFn:
         return {'name': self.name, **{k: v for k, v in vars(self).items() if not k.startswith('_')}}
     def __repr__(self): return f"{type(self).__name__}({', '.join(f'{k}={v!r}' for k, v in self.config().items() if k != 'name')})"
 
+def _forward_args(model)->set:
+    "Names of the keyword arguments `model.forward` accepts"
+    import inspect
+    try: return set(inspect.signature(getattr(model, 'forward', model)).parameters)   # a module, or a plain callable
+    except (TypeError, ValueError): return set()
+
+_NOT_INPUTS = {'labels', 'label', 'return_dict', 'output_attentions', 'output_hidden_states', 'use_cache'}
+def _other_inputs(model, batch:dict, skip:tuple)->dict:
+    "The batch's other tensors that `model.forward` takes by name (attention_mask, token_type_ids, position_ids...)"
+    args = _forward_args(model)
+    return {k: v for k, v in batch.items() if k in args and k not in skip and k not in _NOT_INPUTS and torch.is_tensor(v)}
+
 class CrossEntropy(OutputFn):
-    "Cross-entropy loss of the label: `-log p_y`"
+    "Cross-entropy loss of the label: `-log p_y`; the batch's other inputs the model takes (attention_mask...) are passed on"
     name = 'cross_entropy'
     def __init__(self, x:str='x', y:str='y'): self.x, self.y = x, y
+    def _logits(self, model, batch): return _logits(model(batch[self.x], **_other_inputs(model, batch, (self.x, self.y))))
     def __call__(self, model, batch):
-        return F.cross_entropy(_logits(model(batch[self.x])), batch[self.y], reduction='none')
+        return F.cross_entropy(self._logits(model, batch), batch[self.y], reduction='none')
 
 class Margin(OutputFn):
     "TRAK's margin `logit_y - logsumexp_{j != y} logit_j` (= log p/(1-p)), with `Q = 1 - p_y`"
     name = 'margin'
     def __init__(self, x:str='x', y:str='y'): self.x, self.y = x, y
+    _logits = CrossEntropy._logits
     def __call__(self, model, batch):
-        logits = _logits(model(batch[self.x])); y = batch[self.y]
+        logits = self._logits(model, batch); y = batch[self.y]
         correct = logits.gather(1, y[:, None])[:, 0]
         others = logits.masked_fill(torch.arange(logits.shape[1], device=y.device) == y[:, None], float('-inf'))
         return correct - torch.logsumexp(others, dim=1)
     def q(self, model, batch):
         with torch.no_grad():
-            p = torch.softmax(_logits(model(batch[self.x])).float(), 1).gather(1, batch[self.y][:, None])[:, 0]
+            p = torch.softmax(self._logits(model, batch).float(), 1).gather(1, batch[self.y][:, None])[:, 0]
         return 1 - p
 
+def _max_positions(model)->int|None:
+    "The longest sequence a transformers model's position embeddings take (None: unknown or unbounded)"
+    cfg = getattr(model, 'config', None)
+    if cfg is None or getattr(cfg, 'position_embedding_type', 'absolute') not in ('absolute', None): return None
+    if getattr(cfg, 'rope_theta', None) is not None or getattr(cfg, 'rope_parameters', None) is not None: return None
+    return getattr(cfg, 'n_positions', None) or getattr(cfg, 'max_position_embeddings', None)
+
 class LMLoss(OutputFn):
-    "Next-token cross-entropy of a causal LM over the non-padding tokens, mean or sum per sequence"
+    "Next-token cross-entropy of a causal LM over the scored tokens (not padding, not `labels == -100`), mean or sum per sequence"
     name = 'lm_loss'
     def __init__(self, reduction:str='mean', # 'mean' | 'sum' over the predicted tokens
-                 input_ids:str='input_ids', attention_mask:str='attention_mask', pass_mask:bool=True):
+                 input_ids:str='input_ids', attention_mask:str='attention_mask', pass_mask:bool=True,
+                 labels:str='labels', # batch key of HF-style labels (unshifted, -100 = not scored); absent: the input ids
+                 position_ids:bool=True, # with a mask, pass positions counted from each sequence's first token (left padding)
+                 truncate:bool=False, # sequences longer than the model's positions: False raises, True keeps the first ones
+                ):
         if reduction not in ('mean', 'sum'): raise ValueError(f"reduction must be 'mean' or 'sum', got {reduction!r}")
         self.reduction, self.input_ids, self.attention_mask, self.pass_mask = reduction, input_ids, attention_mask, pass_mask
+        self._labels, self._position_ids, self._truncate = labels, position_ids, truncate
+    def config(self)->dict:   # the new options only when they differ from the defaults: stores written before stay valid
+        new = {'labels': (self._labels, 'labels'), 'position_ids': (self._position_ids, True), 'truncate': (self._truncate, False)}
+        return {**super().config(), **{k: v for k, (v, d) in new.items() if v != d}}
     def __call__(self, model, batch):
-        ids = batch[self.input_ids]; mask = batch.get(self.attention_mask)
-        kw = {'attention_mask': mask} if (self.pass_mask and mask is not None) else {}
+        ids = batch[self.input_ids]; mask = batch.get(self.attention_mask); lab = batch.get(self._labels)
+        n = _max_positions(model)
+        if n is not None and ids.shape[1] > n:
+            if not self._truncate:
+                raise ValueError(f"Sequences of {ids.shape[1]} tokens are longer than the model's {n} positions "
+                                 f"(config n_positions / max_position_embeddings). Cut them to {n} tokens, or use "
+                                 "LMLoss(truncate=True) to score only the first ones.")
+            ids, mask, lab = ids[:, :n], None if mask is None else mask[:, :n], None if lab is None else lab[:, :n]
+        kw = {}
+        if self.pass_mask and mask is not None:
+            kw['attention_mask'] = mask
+            if self._position_ids and 'position_ids' in _forward_args(model):
+                kw['position_ids'] = (mask.long().cumsum(-1) - 1).clamp_min(0)
         logits = _logits(model(ids, **kw))[:, :-1]
-        nll = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), ids[:, 1:].reshape(-1),
+        tgt = (ids if lab is None else lab)[:, 1:]
+        nll = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), tgt.clamp_min(0).reshape(-1),
                               reduction='none').view(ids.shape[0], -1)
-        m = torch.ones_like(nll) if mask is None else mask[:, 1:].to(nll.dtype)
+        # a token is scored when it and the one predicting it are real (left padding: the first token has no context)
+        m = torch.ones_like(nll) if mask is None else (mask[:, 1:] * mask[:, :-1]).to(nll.dtype)
+        if lab is not None: m = m * (tgt != -100).to(nll.dtype)
         s = (nll * m).sum(1)
         return s if self.reduction == 'sum' else s / m.sum(1).clamp_min(1)
 
@@ -89,12 +133,6 @@ class LMLoss(OutputFn):
 def ddpm_alphas_cumprod(T:int=1000, beta_start:float=1e-4, beta_end:float=0.02)->Tensor:
     "abar_t of the DDPM linear beta schedule (float64)"
     return torch.cumprod(1 - torch.linspace(beta_start, beta_end, T, dtype=torch.float64), 0)
-
-def _forward_args(model)->set:
-    "Names of the keyword arguments `model.forward` accepts"
-    import inspect
-    try: return set(inspect.signature(model.forward).parameters)
-    except (TypeError, ValueError): return set()
 
 class _DiffusionOutput(OutputFn):
     def __init__(self, K:int=10, # timesteps per example
@@ -204,15 +242,36 @@ def vmap_friendly(model:nn.Module):
     finally:
         for m, _ in changed: m.set_attn_implementation('sdpa')
 
-_warned = set()
-def per_example_grads(model:nn.Module, # the model (put it in eval mode: no dropout, no batch statistics)
+_warned, _warned_train = set(), weakref.WeakKeyDictionary()   # model -> entry points that warned about train mode
+@contextmanager
+def attribution_mode(model:nn.Module, # the model to attribute
+                     who:str='pwattr', # the entry point, named in the warning
+                    ):
+    "Attribute in eval mode (no dropout, BatchNorm's running statistics); warn once when the model was in train mode; restore every module's mode after"
+    modes = [(m, m.training) for m in model.modules()]
+    if model.training and who not in _warned_train.setdefault(model, set()):
+        _warned_train[model].add(who)
+        warnings.warn(f"{who}: {type(model).__name__} is in train mode. pwattr attributes in eval mode (dropout off, "
+                      "BatchNorm on its running statistics, so the same example always gets the same gradient) and "
+                      "puts the model back in train mode afterwards. Call model.eval() first to silence this.",
+                      UserWarning, stacklevel=3)
+    model.eval()
+    try: yield model
+    finally:
+        for m, t in modes: m.training = t
+
+def per_example_grads(model:nn.Module, # the model (attributed in eval mode, see `attribution_mode`)
                       out_fn:OutputFn, # per-example scalar output
                       batch:dict, # tensors with leading dim B (already `prepare`d)
                       groups:GroupSpec|None=None, # attributed parameters; None: all trainable ones
                       chunk_size:int|None=None, # examples per vmap call (memory); None: all at once
                       method:str='auto', # 'auto' (vmap, loop on failure) | 'vmap' | 'loop'
                      )->tuple: # ({param name: [B, numel]}, outputs [B])
-    "Per-example gradients of `out_fn` w.r.t. the attributed parameters, flattened per tensor"
+    "Per-example gradients of `out_fn` w.r.t. the attributed parameters, flattened per tensor (in eval mode)"
+    with attribution_mode(model, 'per_example_grads'):
+        return _per_example_grads(model, out_fn, batch, groups, chunk_size, method)
+
+def _per_example_grads(model, out_fn, batch, groups, chunk_size, method):
     groups = groups if groups is not None else GroupSpec.by_tensor(model)
     attr = groups.parameters(model)
     p0 = {n: p.detach() for n, p in attr.items()}
@@ -228,7 +287,7 @@ def per_example_grads(model:nn.Module, # the model (put it in eval mode: no drop
             if key not in _warned:
                 _warned.add(key)
                 warnings.warn(f"vmap could not run {key[1]} on {key[0]} ({type(e).__name__}: {str(e)[:160]}); "
-                              "using a per-example loop (same result, slower).")
+                              "using a per-example loop (same gradients in eval mode, slower).")
     return _loop_grads(model, out_fn, batch, p0, rest, B)
 
 def _vmap_grads(model, out_fn, batch, p0, rest, B, chunk):
@@ -236,6 +295,7 @@ def _vmap_grads(model, out_fn, batch, p0, rest, B, chunk):
         out = out_fn(_Functional(model, {**rest, **p}), {k: v.unsqueeze(0) for k, v in ex.items()})
         return out.reshape(-1)[0], out.detach().reshape(-1)[0]
     g = vmap(grad(f, has_aux=True), in_dims=(None, 0))
+    batch = _additive_mask(model, batch)
     grads, outs = {n: [] for n in p0}, []
     with vmap_friendly(model), warnings.catch_warnings():
         warnings.filterwarnings('ignore', message='There is a performance drop')   # SDPA's batching fallback
@@ -244,6 +304,15 @@ def _vmap_grads(model, out_fn, batch, p0, rest, B, chunk):
             for n in p0: grads[n].append(gs[n].reshape(gs[n].shape[0], -1))
             outs.append(o)
     return {n: v[0] if len(v) == 1 else torch.cat(v) for n, v in grads.items()}, torch.cat(outs)  # one chunk: no copy
+
+_ENCODERS = re.compile(r'(Bert|Roberta|Electra|Albert|Camembert|XLMRoberta|Deberta\w*)Model$')
+def _additive_mask(model, batch, key='attention_mask'):
+    "For a bidirectional transformers encoder (BERT, DistilBERT...), the 2-D padding mask as the 4-D additive mask it builds itself (its own mask code is not vmap-able)"
+    m = batch.get(key)
+    if m is None or m.ndim != 2 or not any(_ENCODERS.search(type(s).__name__) for s in model.modules()): return batch
+    if getattr(getattr(model, 'config', None), 'is_decoder', False): return batch
+    dt = next(model.parameters()).dtype
+    return {**batch, key: (1 - m[:, None, None, :].to(dt)) * torch.finfo(dt).min}
 
 def _loop_grads(model, out_fn, batch, p0, rest, B):
     grads, outs = {n: [] for n in p0}, []
@@ -432,14 +501,60 @@ class Features:
         if len(self.groups) > 30: rows.append(f"| ... {len(self.groups) - 30} more | | |")
         return '\n'.join(rows)
 
+# %% ../nbs/03_features.ipynb #148e77f3
+def _to_batch(b, keys:tuple)->dict:
+    "A collated item or batch as a dict of tensors: mappings keep their tensor entries, tuples / lists / a bare tensor are named by `keys`"
+    if torch.is_tensor(b): b = (b,)
+    if hasattr(b, 'keys'): return {k: v for k, v in dict(b).items() if torch.is_tensor(v)}
+    if isinstance(b, (tuple, list)):
+        if len(b) > len(keys): raise ValueError(f"Items have {len(b)} parts but only keys {tuple(keys)} name them: "
+                                                f"pass keys=(...) with {len(b)} names, e.g. ('x', 'y', 'w').")
+        return {k: v for k, v in zip(keys, b) if torch.is_tensor(v)}
+    raise TypeError(f"Cannot make a batch dict from a {type(b).__name__}: items should be dicts, tuples or tensors.")
+
+class Examples:
+    "Random access to a torch `Dataset`, a `DataLoader` (its dataset and collate_fn) or an HF `datasets.Dataset`, as `ExampleSet` offers it (`ids`, `batch(idx)`)"
+    def __init__(self, data, # torch Dataset (map-style), DataLoader, or datasets.Dataset
+                 keys:tuple=('x', 'y'), # names of the parts of tuple items (x, y) or a bare tensor (x)
+                 ids:list|None=None, # example ids; None: 0..N-1 (an 'id' column of an HF dataset is not used)
+                ):
+        from torch.utils.data import DataLoader, IterableDataset
+        from torch.utils.data._utils.collate import default_collate
+        self.keys, self._collate, self._hf = tuple(keys), default_collate, None
+        if isinstance(data, DataLoader):
+            self._collate = data.collate_fn if data.batch_size is not None else default_collate
+            data = data.dataset
+        if type(data).__module__.split('.')[0] == 'datasets' and hasattr(data, 'with_format'):
+            self._hf = data.with_format('torch')
+        elif isinstance(data, IterableDataset) or not (hasattr(data, '__getitem__') and hasattr(data, '__len__')):
+            raise TypeError(f"{type(data).__name__} has no random access (__getitem__ and __len__): featurize needs to "
+                            "read examples by index so that batches and stores are reproducible. Wrap the examples in "
+                            "a map-style Dataset or a dict of tensors.")
+        self.data = data
+        self.ids = list(range(len(data))) if ids is None else list(ids)
+        if len(self.ids) != len(data): raise ValueError(f"{len(self.ids)} ids for {len(data)} examples.")
+
+    def __len__(self): return len(self.data)
+    def batch(self, idx)->dict:
+        "The examples at positions `idx` as one dict of tensors"
+        idx = torch.as_tensor(idx).reshape(-1).tolist()
+        if self._hf is not None:
+            cols = self._hf[idx]
+            ragged = [k for k, v in cols.items() if isinstance(v, list) and v and torch.is_tensor(v[0])]
+            if ragged: raise ValueError(f"Columns {ragged} have rows of different lengths: pad them to one length "
+                                        "(e.g. tokenizer(..., padding='max_length')) before featurizing.")
+            return {k: v for k, v in cols.items() if torch.is_tensor(v)}
+        return _to_batch(self._collate([self.data[i] for i in idx]), self.keys)
+    def __repr__(self): return f"Examples({len(self)} from {type(self.data).__name__}, keys={self.keys})"
+
 # %% ../nbs/03_features.ipynb #5de97df6
 def model_fingerprint(model:nn.Module)->str:
     "sha256 of every parameter and buffer (names, dtypes, shapes, values)"
     h = hashlib.sha256()
     for n, t in list(model.named_parameters()) + list(model.named_buffers()):
         t = t.detach().cpu().contiguous()
-        h.update(f"{n}|{t.dtype}|{tuple(t.shape)}".encode())
-        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b'')
+        h.update(f"{n}|{t.dtype}|{tuple(t.shape)}".encode())   # 0-d tensors (BatchNorm's num_batches_tracked) as 1-d:
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b'')   # same bytes
     return h.hexdigest()[:16]
 
 def _jsonable(v):
@@ -450,14 +565,15 @@ def _jsonable(v):
     if isinstance(v, (list, tuple)): return [_jsonable(x) for x in v]
     return v
 
-def _as_data(data):
-    "(N, ids, get_batch(idx)) for an ExampleSet-like object or a dict of tensors"
+def _as_data(data, keys=('x', 'y')):
+    "(N, ids, get_batch(idx)) for an ExampleSet-like object, a dict of tensors, or anything `Examples` takes"
     if hasattr(data, 'batch') and hasattr(data, 'ids'):
         return len(data), list(data.ids), lambda idx: data.batch(idx)
     if isinstance(data, dict):
         N = len(next(iter(data.values())))
         return N, list(range(N)), lambda idx: {k: v[idx] for k, v in data.items()}
-    raise TypeError(f"featurize needs an ExampleSet (with .batch and .ids) or a dict of tensors, got {type(data).__name__}.")
+    ex = Examples(data, keys)
+    return len(ex), ex.ids, ex.batch
 
 def _dist():
     d = torch.distributed
@@ -476,7 +592,7 @@ def _parse_ckpt(c):
 
 def featurize(model:nn.Module, # the model (a template when `checkpoints` is given)
               out_fn:OutputFn|str, # output function or its name ('margin', 'lm_loss', 'diffusion_loss', ...)
-              data, # ExampleSet (or a dict of tensors with leading dim N; ids = 0..N-1)
+              data, # ExampleSet, dict of tensors, torch Dataset, DataLoader or HF datasets.Dataset (see `Examples`)
               groups:GroupSpec|None=None, # attributed parameter groups; None: `GroupSpec.preset(model)`
               projector:Projector|None=None, # None: raw per-group gradients
               batch_size:int=32, # examples per batch (= per stored chunk)
@@ -489,9 +605,11 @@ def featurize(model:nn.Module, # the model (a template when `checkpoints` is giv
               store:str|None=None, # directory of a resumable FeatureStore (one subfolder per model/checkpoint)
               dtype:str='float32', # 'float32' | 'float16' features
               extras:tuple=('out', 'q'), # per-example extras to record
+              keys:tuple=('x', 'y'), # batch keys of tuple items / batches (Dataset, DataLoader)
              )->Features|list:
-    "Per-example per-group (projected) gradient features of `data`"
+    "Per-example per-group (projected) gradient features of `data`, computed in eval mode (see `attribution_mode`)"
     out_fn = output_fn(out_fn)
+    if not (isinstance(data, dict) or (hasattr(data, 'batch') and hasattr(data, 'ids'))): data = Examples(data, keys)
     if checkpoints is not None and models is not None: raise ValueError("Give `checkpoints` or `models`, not both.")
     if checkpoints is not None or models is not None:
         res = []
@@ -513,8 +631,13 @@ def _featurize_one(model, out_fn, data, groups, projector, batch_size, chunk_siz
     if dtype not in ('float32', 'float16'): raise ValueError(f"dtype must be 'float32' or 'float16', got {dtype!r}")
     groups = groups if groups is not None else GroupSpec.preset(model)
     dev = torch.device(device) if device is not None else next(model.parameters()).device
-    was_training = model.training
-    model.to(dev).eval()
+    with attribution_mode(model.to(dev), 'featurize'):
+        return _featurize_eval(model, out_fn, data, groups, projector, batch_size, chunk_size, dev, progress, method,
+                               store, dtype, extras, ckpt)
+
+def _featurize_eval(model, out_fn, data, groups, projector, batch_size, chunk_size, dev, progress, method,
+                    store, dtype, extras, ckpt):
+    from tqdm.auto import tqdm
     N, ids, get = _as_data(data)
     dims = projector.dims_for(groups) if projector is not None else groups.sizes
     meta = {'fingerprint': model_fingerprint(model), 'groups_fingerprint': groups.fingerprint(),
@@ -540,31 +663,28 @@ def _featurize_one(model, out_fn, data, groups, projector, batch_size, chunk_siz
 
     n_chunks = math.ceil(N / batch_size)
     rank, world = _dist()
-    try:
-        if store is None:
-            xs, exs = [], []
-            with tqdm(total=N, unit='ex', disable=not progress, desc='featurize') as bar:
-                for c in range(n_chunks):
-                    x, ex = run(c); xs.append(x); exs.append(ex); bar.update(len(x))
-            x = torch.cat(xs) if xs else torch.zeros(0, sum(dims), dtype=tdt)
-            ex = {k: torch.cat([e[k] for e in exs]) for k in (exs[0] if exs else {})}
-            return Features(x, groups.names, dims, ids, ex, meta)
-        from pwattr.store import FeatureStore
-        spec = {'n': N, 'groups': groups.names, 'dims': dims, 'group_spec': groups.to_dict(),
-                'fingerprint': meta['fingerprint'], 'output_fn': meta['output_fn'], 'projection': meta['projection'],
-                'dtype': dtype, 'ids': _jsonable(ids), 'chunk_size': batch_size, 'checkpoint': _jsonable(ckpt),
-                'extras': [e for e in extras if e != 'q' or getattr(type(out_fn), 'q') is not OutputFn.q]}
-        if rank == 0: st = FeatureStore.create(store, spec, clean=True)
-        _barrier()
-        if rank != 0: st = FeatureStore.create(store, spec, clean=False)
-        todo = st.missing(rank, world)
-        with tqdm(total=sum(st.rows(c)[1] - st.rows(c)[0] for c in todo), unit='ex', desc='featurize',
-                  disable=not progress or rank != 0) as bar:
-            for c in todo:
-                x, ex = run(c); st.write_chunk(c, x, ex, rank=rank, world=world); bar.update(len(x))
-        _barrier()
-        if rank == 0: st.finalize()
-        _barrier()
-        return st.load()
-    finally:
-        model.train(was_training)
+    if store is None:
+        xs, exs = [], []
+        with tqdm(total=N, unit='ex', disable=not progress, desc='featurize') as bar:
+            for c in range(n_chunks):
+                x, ex = run(c); xs.append(x); exs.append(ex); bar.update(len(x))
+        x = torch.cat(xs) if xs else torch.zeros(0, sum(dims), dtype=tdt)
+        ex = {k: torch.cat([e[k] for e in exs]) for k in (exs[0] if exs else {})}
+        return Features(x, groups.names, dims, ids, ex, meta)
+    from pwattr.store import FeatureStore
+    spec = {'n': N, 'groups': groups.names, 'dims': dims, 'group_spec': groups.to_dict(),
+            'fingerprint': meta['fingerprint'], 'output_fn': meta['output_fn'], 'projection': meta['projection'],
+            'dtype': dtype, 'ids': _jsonable(ids), 'chunk_size': batch_size, 'checkpoint': _jsonable(ckpt),
+            'extras': [e for e in extras if e != 'q' or getattr(type(out_fn), 'q') is not OutputFn.q]}
+    if rank == 0: st = FeatureStore.create(store, spec, clean=True)
+    _barrier()
+    if rank != 0: st = FeatureStore.create(store, spec, clean=False)
+    todo = st.missing(rank, world)
+    with tqdm(total=sum(st.rows(c)[1] - st.rows(c)[0] for c in todo), unit='ex', desc='featurize',
+              disable=not progress or rank != 0) as bar:
+        for c in todo:
+            x, ex = run(c); st.write_chunk(c, x, ex, rank=rank, world=world); bar.update(len(x))
+    _barrier()
+    if rank == 0: st.finalize()
+    _barrier()
+    return st.load()

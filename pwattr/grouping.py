@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 # %% auto #0
-__all__ = ['module_of', 'block_of', 'function_of', 'GroupSpec', 'model_kind']
+__all__ = ['module_of', 'adapted_module', 'block_of', 'function_of', 'GroupSpec', 'model_kind', 'hf_layer_list']
 
 # %% ../nbs/02_grouping.ipynb #990e59f5
 _LEAVES = {'weight', 'bias'}
@@ -32,21 +32,38 @@ def _levels(path):
         else: out.append(p)
     return out
 
+_ADAPTER = re.compile(r'\.(lora_(?:A|B|embedding_A|embedding_B|magnitude_vector)|base_layer)(\.[^.]+)?$')
+def adapted_module(path:str, # a module path, e.g. 'base_model.model.model.layers.0.self_attn.q_proj.lora_A.default'
+                  )->str: # the module a peft adapter adapts ('model.layers.0.self_attn.q_proj'); other paths unchanged
+    "Module path with a peft adapter's own levels (`lora_A.default`, `base_layer`) and peft's `base_model.model.` wrapper removed"
+    p = _ADAPTER.sub('', path)
+    return p[len('base_model.model.'):] if p.startswith('base_model.model.') else p
+
+_HF_BASES = {'model', 'base_model', 'bert', 'distilbert', 'roberta', 'electra', 'albert', 'deberta'}
+def _strip_bases(levels:list)->list:
+    "Drop the leading wrapper levels of transformers / peft models ('model.layers.3' -> 'layers.3', 'bert.encoder.layer.0' -> 'layer.0')"
+    i = 0
+    while i < len(levels) - 1 and (levels[i] in _HF_BASES or
+                                   (levels[i] in ('encoder', 'decoder', 'transformer') and re.fullmatch(r'layers?\.\d+', levels[i + 1]))):
+        i += 1
+    return levels[i:]
+
 def block_of(name:str, # a parameter name
              depth:int=1, # number of levels kept; a level is a name plus the indices after it
-            )->str: # e.g. 'up_blocks.1' (depth 1), 'transformer.h.0' (depth 2)
-    "Block of parameter `name`: its first `depth` levels, a level being a name with its indices ('up_blocks.1')"
-    return '.'.join(_levels(module_of(name))[:depth])
+            )->str: # e.g. 'up_blocks.1' (depth 1), 'transformer.h.0' (depth 2), 'layers.3' (a Llama's 'model.layers.3...')
+    "Block of parameter `name`: its first `depth` levels, a level being a name with its indices ('up_blocks.1'); transformers' wrapper levels skipped"
+    return '.'.join(_strip_bases(_levels(adapted_module(module_of(name))))[:depth])
 
 def function_of(name:str, # a parameter name
                )->str: # e.g. 'attn1.to_out', 'attn.c_attn', 'resnets.conv1', 'time_embedding', 'conv_in'
     "What the layer owning `name` does, wherever it sits: the index-free module path, at most its last two parts"
-    parts = [p for p in module_of(name).split('.') if not p.isdigit()]
+    parts = [p for p in adapted_module(module_of(name)).split('.') if not p.isdigit()]
     if not parts: return name
     for p in parts:
         if p in ('time_embedding', 'class_embedding', 'add_embedding'): return p
-    tail = [p for p in parts[-3:] if p not in _DROP | _WRAPPERS] or parts[-1:]
-    tail = tail[-2:]
+    cand = [p for p in parts[-3:] if p not in _DROP | _WRAPPERS] or parts[-1:]
+    tail = cand[-2:]
+    if tail[0] in ('output', 'self') and len(cand) > 2: tail = cand[-3:]   # BERT: 'attention.output.dense' vs FFN 'output.dense'
     if tail[0] == 'attentions': tail = ['attn'] + tail[1:]   # UNet2DModel attention: 'attn.to_q'
     return '.'.join(tail)
 
@@ -179,6 +196,8 @@ class GroupSpec:
         "Sensible default groups for known model families, at the granularity `level`"
         kind = model_kind(model)
         if level == 'tensor': return cls.by_tensor(model, include, exclude)
+        if level == 'module' and kind == 'peft':   # an adapter's A and B (and magnitude) together, named by the module they adapt
+            return cls.by_key(model, lambda n: adapted_module(module_of(n)), include, exclude)
         if level == 'module': return cls.by_module(model, include, exclude)
         if level == 'function': return cls.by_function(model, include, exclude)
         if level == 'block':
@@ -187,6 +206,9 @@ class GroupSpec:
             if kind == 'vit':
                 return cls.by_key(model, lambda n: block_of(n, 2 if n.startswith(('encoder.', 'vit.')) else 1),
                                   include, exclude)
+            if kind in ('bert', 'hf', 'peft'):   # embeddings, one group per layer of the config's layer list, head
+                layers = hf_layer_list(model)
+                return cls.by_key(model, lambda n: _hf_block(n, layers), include, exclude)
             # a wrapped UNet ('unet.down_blocks.0...'): look one level deeper
             return cls.by_key(model, lambda n: block_of(n, 2 if n.split('.')[0] in _WRAPPERS else 1), include, exclude)
         raise ValueError(f"Unknown level '{level}'." + _close(level, ['tensor', 'module', 'block', 'function']))
@@ -268,10 +290,26 @@ def _common(labels):
     s = list(OrderedDict.fromkeys(labels))
     return s[0] if len(s) == 1 else 'mixed'
 
+_ENCODER = re.compile(r'^(Bert|DistilBert|Roberta|XLMRoberta|Camembert|Electra|Albert|Deberta\w*)Model$')
 def model_kind(model:nn.Module)->str:
-    "'gpt2' | 'unet' | 'vit' | 'torch': the family a preset is chosen for"
+    "'peft' | 'gpt2' | 'unet' | 'vit' | 'bert' (BERT-style encoders) | 'hf' (any other transformers model: Llama...) | 'torch'"
     names = {type(m).__name__ for m in model.modules()}
+    if any(n.startswith('Peft') or n == 'LoraModel' for n in names): return 'peft'
     if any(n.startswith('GPT2') for n in names) or any(n == 'Conv1D' for n in names): return 'gpt2'
     if any(n.startswith('UNet2D') for n in names): return 'unet'
     if any('ViT' in n or 'VisionTransformer' in n for n in names): return 'vit'
+    if any(_ENCODER.match(n) for n in names): return 'bert'
+    if any(c.__name__ == 'PreTrainedModel' for c in type(model).__mro__): return 'hf'
     return 'torch'
+
+def hf_layer_list(model:nn.Module, # a transformers model (or a peft model around one)
+                 )->str|None: # qualified name of its list of layers, e.g. 'model.layers', 'bert.encoder.layer'; None if not found
+    "The `nn.ModuleList` holding a transformers model's `config.num_hidden_layers` layers"
+    n = getattr(getattr(model, 'config', None), 'num_hidden_layers', None)
+    if not n: return None
+    return next((name for name, m in model.named_modules() if isinstance(m, nn.ModuleList) and len(m) == n), None)
+
+def _hf_block(name:str, layers:str|None)->str:
+    "'layers.N' (the last part of the layer list's name, with the index) inside the layer list; else the first level after the wrappers"
+    if layers and name.startswith(layers + '.'): return f"{layers.rpartition('.')[2]}.{name[len(layers) + 1:].split('.')[0]}"
+    return block_of(name, 1)

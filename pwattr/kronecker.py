@@ -4,7 +4,7 @@
 
 # %% ../nbs/05_kronecker.ipynb #2cf9a9d7
 from __future__ import annotations
-import dataclasses, difflib, math, re, zlib
+import dataclasses, difflib, math, re, warnings, zlib
 from types import SimpleNamespace
 from fastcore.basics import patch_to
 from dataclasses import dataclass, field
@@ -15,11 +15,11 @@ from torch import Tensor
 from .methods import Method, Contributions, _rows, _spans
 
 # %% auto #0
-__all__ = ['layer_kind', 'layer_shape', 'kron_layers', 'layer_input', 'output_grad', 'to_param_grads', 'KronCapture', 'kron_grad',
-           'kron_grads', 'kron_projection', 'iter_batches', 'kron_features', 'default_logits', 'SampledCrossEntropy',
-           'SampledLMLoss', 'ExactFisherCrossEntropy', 'GaussNewtonOutputs', 'fisher_output_for', 'KronFactors',
-           'fit_kron_factors', 'ekfac_precondition', 'EKFAC', 'damped_inverse', 'LoGRA', 'stream_contributions',
-           'stream_self_influence']
+__all__ = ['layer_kind', 'layer_shape', 'layer_group_map', 'kron_coverage', 'kron_layers', 'layer_input', 'output_grad',
+           'to_param_grads', 'KronCapture', 'kron_grad', 'kron_grads', 'kron_projection', 'iter_batches',
+           'kron_features', 'default_logits', 'SampledCrossEntropy', 'SampledLMLoss', 'ExactFisherCrossEntropy',
+           'GaussNewtonOutputs', 'fisher_output_for', 'KronFactors', 'fit_kron_factors', 'ekfac_precondition', 'EKFAC',
+           'damped_inverse', 'LoGRA', 'stream_contributions', 'stream_self_influence']
 
 # %% ../nbs/05_kronecker.ipynb #856a11bb
 def layer_kind(m:nn.Module)->str|None:
@@ -39,6 +39,42 @@ def layer_shape(m:nn.Module)->tuple[int,int]:
         return m.out_channels, m.in_channels * math.prod(m.kernel_size) + b
     raise TypeError(f"{type(m).__name__} is not a Linear, GPT-2 Conv1D or Conv2d layer")
 
+def layer_group_map(groups, # a GroupSpec over Linear / Conv1D / Conv2d parameters
+                   )->dict: # layer name -> group name, for `Contributions.merge_groups`
+    "The group of each captured layer, where every layer's parameters lie in one group (else a ValueError naming the split layers)"
+    out, split = {}, []
+    for p in groups.params:
+        layer, g = p.rpartition('.')[0], groups.owner[p]
+        if out.setdefault(layer, g) != g: split.append(layer)
+    if split: raise ValueError(f"Layers {list(dict.fromkeys(split))[:4]} have parameters in several groups (e.g. weight and "
+                               "bias apart, as GroupSpec.by_tensor makes them): Kronecker capture gives one gradient per "
+                               "layer, weight and bias together, so such groups cannot be rebuilt from it.")
+    return out
+
+def _warn_layer_groups(groups, owners):
+    "Say so when a GroupSpec's groups are not one per layer: Kronecker features always are"
+    per_layer = len(groups) == len(owners) and all(len({p.rpartition('.')[0] for p in ps}) == 1 for ps in groups.groups.values())
+    if per_layer: return
+    try: layer_group_map(groups); hint = "merge the contributions with C.merge_groups(layer_group_map(groups))"
+    except ValueError: hint = ("note that a layer's weight and bias are captured together, so group by module "
+                               "(GroupSpec.by_module) or coarser, then merge with C.merge_groups(layer_group_map(groups))")
+    warnings.warn(f"Kronecker features have one group per layer ({len(owners)} layers), not the {len(groups)} groups of the "
+                  f"GroupSpec given: the GroupSpec only chooses which layers are captured. To get your groups, {hint}.",
+                  UserWarning, stacklevel=3)
+
+def kron_coverage(model:nn.Module, # the model
+                  layers=None, # what `kron_layers` takes; None: every supported layer
+                 )->dict: # {'covered': [...], 'partial': [...], 'not_covered': [...]} trainable parameter names
+    "Which trainable parameters Kronecker capture (EK-FAC, LoGRA) attributes; 'partial': a tied weight, attributed only through its use in a captured layer"
+    layers = layers if isinstance(layers, dict) else kron_layers(model, layers)
+    cap = {id(p) for m in layers.values() for p in (m.weight, getattr(m, 'bias', None)) if p is not None}
+    elsewhere = {id(p) for n, m in model.named_modules(remove_duplicate=False) if n not in layers
+                 for p in m._parameters.values() if p is not None}
+    out = {'covered': [], 'partial': [], 'not_covered': []}
+    for n, p in model.named_parameters():
+        if p.requires_grad: out['not_covered' if id(p) not in cap else 'partial' if id(p) in elsewhere else 'covered'].append(n)
+    return out
+
 def kron_layers(model:nn.Module, # the model whose layers are captured
                 include=None, # None (every supported layer), a regex, or a list of module names
                )->dict: # module name -> module, in model order
@@ -50,6 +86,7 @@ def kron_layers(model:nn.Module, # the model whose layers are captured
         bad = [o for o in owners if o not in mods]
         if bad: raise ValueError(f"GroupSpec parameters of {bad[:3]} are not in Linear/Conv1D/Conv2d layers; Kronecker "
                                  f"capture handles only those (e.g. GroupSpec.by_module(model, include=...) on {list(mods)[:3]}...)")
+        _warn_layer_groups(include, owners)
         include = owners
     if isinstance(include, str): 
         out = {n: m for n, m in mods.items() if re.search(include, n)}
@@ -182,8 +219,14 @@ def iter_batches(data, # an ExampleSet (has .batch(idx) and .ids), a dict of ten
                  batch_size:int=64, # examples per batch (ExampleSet / dict)
                  device=None, # move tensors there (None: leave them)
                  output_fn=None, # its `prepare(batch, ids)` is applied when it has one
+                 keys:tuple=('x', 'y'), # names of the parts of tuple items / batches (Dataset, DataLoader)
                 ): # yields (ids, batch)
     "Batches of `data` with their example ids"
+    from pwattr.features import Examples, _to_batch
+    from torch.utils.data import Dataset, DataLoader, IterableDataset
+    if isinstance(data, (Dataset, DataLoader)) and not isinstance(data, IterableDataset) \
+       and not isinstance(getattr(data, 'dataset', None), IterableDataset) \
+       or type(data).__module__.split('.')[0] == 'datasets': data = Examples(data, keys)
     if hasattr(data, 'batch') and hasattr(data, 'ids'):
         ids_all, N = list(data.ids), len(data)
         gen = ((ids_all[i:i + batch_size], data.batch(list(range(i, min(i + batch_size, N))))) for i in range(0, N, batch_size))
@@ -194,6 +237,7 @@ def iter_batches(data, # an ExampleSet (has .batch(idx) and .ids), a dict of ten
         def _g():
             n = 0
             for b in data:
+                if not isinstance(b, dict): b = _to_batch(b, keys)
                 B = len(next(iter(b.values()))); yield list(range(n, n + B)), b; n += B
         gen = _g()
     for ids, b in gen:
@@ -211,9 +255,9 @@ def _features_cls():
     except ImportError as e: raise ImportError("pwattr.features (the Features type) is needed to build features") from e
     return Features
 
-def _kron_batches(model, data, output_fn, layers, P, batch_size, device, dtype, bar=None):
+def _kron_batches(model, data, output_fn, layers, P, batch_size, device, dtype, bar=None, keys=('x', 'y')):
     "Yield (ids, x [B, D] per-layer gradients concatenated in layer order, out [B], q [B] | None), one batch at a time"
-    for bid, b in iter_batches(data, batch_size, device, output_fn):
+    for bid, b in iter_batches(data, batch_size, device, output_fn, keys):
         if bar is not None: bar.update(len(bid))
         with torch.enable_grad(), KronCapture(layers) as cap:
             out = output_fn(model, b)
@@ -232,13 +276,15 @@ def _kron_setup(model, layers, rank, seed, device):
     return layers, device, P, {n: _proj_shape(m, P[n]) for n, m in layers.items()}
 
 def _n_examples(data):
-    "Number of examples when known up front (ExampleSet, dict of tensors), else None (an iterable of batches)"
+    "Number of examples when known up front (ExampleSet, dict of tensors, Dataset, DataLoader), else None (an iterable of batches)"
     if hasattr(data, 'batch') and hasattr(data, 'ids'): return len(data)
     if isinstance(data, dict): return len(next(iter(data.values())))
+    if hasattr(data, 'dataset') and hasattr(data.dataset, '__len__'): return len(data.dataset)
+    if hasattr(data, '__getitem__') and hasattr(data, '__len__') and not isinstance(data, (list, tuple)): return len(data)
     return None
 
-def kron_features(model:nn.Module, # the model (put in eval mode while capturing: no dropout, no batch statistics)
-                  data, # ExampleSet, dict of tensors, or iterable of batch dicts
+def kron_features(model:nn.Module, # the model (captured in eval mode, see `attribution_mode`)
+                  data, # ExampleSet, dict of tensors, torch Dataset, DataLoader, HF datasets.Dataset, or iterable of batch dicts
                   output_fn, # OutputFn: (model, batch) -> per-example scalar [B]
                   layers=None, # None (all Linear/Conv1D/Conv2d), a regex, a list of module names, a GroupSpec, or a dict
                   rank=None, # None: full per-layer gradients (EK-FAC); int r or (r_out, r_in): LoGRA projection
@@ -247,25 +293,30 @@ def kron_features(model:nn.Module, # the model (put in eval mode while capturing
                   device=None, # default: the model's device
                   dtype=torch.float32, # dtype of the stored features
                   progress:bool=False, # tqdm bar with examples/s
+                  keys:tuple=('x', 'y'), # names of the parts of tuple items / batches (Dataset, DataLoader)
                  ): # Features: one group per layer, each block a flattened [r_out, r_in] gradient matrix
     "Per-example per-layer gradient features captured with hooks, projected on both sides when `rank` is given"
     Features = _features_cls()
+    from pwattr.features import attribution_mode
+    if not (isinstance(data, (dict, list, tuple)) or (hasattr(data, 'batch') and hasattr(data, 'ids'))):   # a list: batches
+        from pwattr.features import Examples
+        try: data = Examples(data, keys)
+        except TypeError: pass    # an iterable of batches
     layers, device, P, shapes = _kron_setup(model, layers, rank, seed, device)
     xs, ids, outs, qs = [], [], [], []
-    was_training = model.training; model.eval()
     from tqdm.auto import tqdm
-    bar = tqdm(total=len(data) if hasattr(data, '__len__') and not isinstance(data, dict) else None, unit='ex',
-               desc='kron_features', disable=not progress)
+    bar = tqdm(total=_n_examples(data), unit='ex', desc='kron_features', disable=not progress)
     N, X = _n_examples(data), None    # known size: fill one preallocated matrix instead of concatenating (half the peak)
-    try:
-        for bid, x, out, q in _kron_batches(model, data, output_fn, layers, P, batch_size, device, dtype, bar):
+    with attribution_mode(model, 'kron_features'):
+      try:
+        for bid, x, out, q in _kron_batches(model, data, output_fn, layers, P, batch_size, device, dtype, bar, keys):
             if N is None: xs.append(x)
             else:
                 if X is None: X = x.new_empty(N, x.shape[1])
                 X[len(ids):len(ids) + len(bid)] = x
             ids += bid; outs.append(out)
             if q is not None: qs.append(q)
-    finally: model.train(was_training); bar.close()
+      finally: bar.close()
     if N is not None and len(ids) != N: raise RuntimeError(f"Expected {N} examples from the data but captured {len(ids)}.")
     if X is None: X = torch.cat(xs)
     extras = {'out': torch.cat(outs)}
@@ -274,7 +325,8 @@ def kron_features(model:nn.Module, # the model (put in eval mode while capturing
     cfg = output_fn.config() if hasattr(output_fn, 'config') else {'name': repr(output_fn)}
     meta = dict(layout='kron', fingerprint=model_fingerprint(model), output_fn=cfg,
                 projection=None if rank is None else {'kind': 'kronecker', 'rank': rank, 'seed': seed},
-                layers={n: dict(kind=layer_kind(m), shape=list(layer_shape(m)), proj_shape=list(shapes[n])) for n, m in layers.items()})
+                layers={n: dict(kind=layer_kind(m), shape=list(layer_shape(m)), proj_shape=list(shapes[n])) for n, m in layers.items()},
+                coverage=kron_coverage(model, layers))
     return Features(X, list(layers), [o * i for o, i in shapes.values()], ids, extras, meta)
 
 # %% ../nbs/05_kronecker.ipynb #c914599f
@@ -418,8 +470,8 @@ def fit_kron_factors(model:nn.Module, # the model
         if m is not None and layer_kind(layers[n]) != 'conv2d' and m.shape == a.shape[:2]: a = a * m[..., None].to(a)
         a = a.reshape(-1, a.shape[-1]).double(); A[n] += a.T @ a
     count, first = [0, 0], next(iter(layers))
-    was_training = model.training; model.eval()
-    try:
+    from pwattr.features import attribution_mode
+    with attribution_mode(model, 'fit_kron_factors'):
         _fisher_passes(model, data, fisher_output, layers, batch_size, device, torch.Generator().manual_seed(seed), cov)
         if not count[0]: raise ValueError("fit_kron_factors got no examples: `data` is empty.")
         QA, eA, QS, eS = {}, {}, {}, {}
@@ -430,7 +482,6 @@ def fit_kron_factors(model:nn.Module, # the model
             lam[n] += kron_grad(a.double(), d.double(), QA[n], QS[n]).pow(2).sum(0)
             if n == first and k == 0: count[1] += a.shape[0]
         _fisher_passes(model, data, fisher_output, layers, batch_size, device, torch.Generator().manual_seed(seed + 1), corr)
-    finally: model.train(was_training)
     lam = {n: v / count[1] for n, v in lam.items()}
     N = count[1]
     return KronFactors(shapes, QA, eA, QS, eS, lam, N, meta=dict(fisher_output=repr(fisher_output), seed=seed))
@@ -445,6 +496,14 @@ def ekfac_precondition(G:Tensor, # [N, n_out, n_in] per-example layer gradients
     return (QS @ (R / (lam + damping)) @ QA.T).to(G.dtype)
 
 # %% ../nbs/05_kronecker.ipynb #66e8ed98
+def _coverage_of(f)->dict|None: return (getattr(f, 'meta', None) or {}).get('coverage')
+def _covered(method, kind:str)->list:
+    "Parameter names of one coverage kind, from the features the method was fitted on"
+    cov = getattr(method, 'coverage', None)
+    if cov is None: raise RuntimeError(f"{method.name} knows its coverage once fitted on features from kron_features "
+                                       "(features made before this version have none: make them again).")
+    return list(cov[kind])
+
 def _check_kron(f, what):
     meta = getattr(f, 'meta', None) or {}
     if meta.get('layout') != 'kron':
@@ -475,7 +534,9 @@ class EKFAC(Method):
             if d != o * i: raise ValueError(f"Layer {g!r}: features have {d} dims but EK-FAC needs the full {o}x{i} gradient "
                                             f"(they were projected with rank={meta.get('rank')!r}); build features with rank=None.")
 
-    def _fit(self, comps): self._validate(comps[0])
+    def _fit(self, comps): self._validate(comps[0]); self.coverage = _coverage_of(comps[0])
+    covered = property(lambda self: _covered(self, 'covered'))
+    not_covered = property(lambda self: _covered(self, 'not_covered') + _covered(self, 'partial'))
 
     def _precond(self, X, groups, dims):
         out, f, offs = [], self.factors, np.cumsum([0] + list(dims))
@@ -517,7 +578,10 @@ class LoGRA(Method):
                  **kw):
         super().__init__(**kw); self.damping, self.damping_scale, self.fisher = damping, damping_scale, fisher
 
+    covered = property(lambda self: _covered(self, 'covered'))
+    not_covered = property(lambda self: _covered(self, 'not_covered') + _covered(self, 'partial'))
     def _fit(self, comps):
+        self.coverage = _coverage_of(comps[0])
         src = comps[0] if self.fisher is None else self.fisher
         if list(src.groups) != self.groups or list(src.dims) != self.dims:
             raise ValueError(f"Fisher features have groups/dims {list(src.groups)[:4]}/{list(src.dims)[:4]}, training features "
@@ -595,11 +659,12 @@ def _stream_batches(method, model, train_data, output_fn, groups, rank, seed, ba
     from tqdm.auto import tqdm
     bar = tqdm(total=len(train_data) if hasattr(train_data, '__len__') and not isinstance(train_data, dict) else None,
                unit='ex', desc=f'{method.name} streamed', disable=not progress)
-    was_training = model.training; model.eval()
-    try:
-        for bid, x, out, q in _kron_batches(model, train_data, output_fn, layers, P, batch_size, device, dtype, bar):
-            yield bid, Features(x, list(groups), dims, bid, {'out': out} | ({} if q is None else {'q': q}), meta)
-    finally: model.train(was_training); bar.close()
+    from pwattr.features import attribution_mode
+    with attribution_mode(model, f'{method.name} streamed'):
+        try:
+            for bid, x, out, q in _kron_batches(model, train_data, output_fn, layers, P, batch_size, device, dtype, bar):
+                yield bid, Features(x, list(groups), dims, bid, {'out': out} | ({} if q is None else {'q': q}), meta)
+        finally: bar.close()
 
 def stream_contributions(method, # EKFAC (fitted or not), or a fitted lazy Method (LoGRA, GradDot, ...) on Kronecker features
                          model:nn.Module, # the model the query features were made with

@@ -230,6 +230,24 @@ class Contributions(_ContribOps):
         for sl, S in self.chunks(chunk): out.write(0, sl.start, S)
         return out.finish()
 
+# %% ../nbs/04_methods.ipynb #9b8356c1
+def _merge_map(groups:list, mapping)->list:
+    "The new name of each group: `mapping` is a dict (groups it does not name keep their name) or a function of the name"
+    if callable(mapping): return [str(mapping(g)) for g in groups]
+    unknown = [g for g in mapping if g not in groups]
+    if unknown: raise KeyError(f"merge_groups: {unknown[:3]} are not groups of these contributions. "
+                                   f"Close matches: {_close(unknown[0], groups)}.")
+    return [str(mapping.get(g, g)) for g in groups]
+
+def _merge_groups(self, mapping:dict, # group name -> new name (groups not named keep theirs), or a function name -> new name
+                 )->Contributions: # one column per new name, in order of first appearance; summed contributions
+    "Sum the contributions of groups that map to one new name: layers into blocks, a LoRA layer's A and B into one group"
+    new = _merge_map(self.groups, mapping); names = list(dict.fromkeys(new))
+    M = torch.zeros(len(self.groups), len(names), dtype=self.S.dtype, device=self.S.device)
+    M[torch.arange(len(new)), torch.tensor([names.index(n) for n in new])] = 1
+    return Contributions(self.S @ M, names, self.query_ids, self.train_ids, self.method)
+Contributions.merge_groups = _merge_groups
+
 # %% ../nbs/04_methods.ipynb #4200ec76
 class NpyFile:
     "A .npy array on disk, read and written in blocks of rows with pread/pwrite, so memory stays bounded (no mmap pages)"

@@ -189,28 +189,46 @@ def train_lm(model:nn.Module, # causal LM (e.g. `gpt2_lm()`)
         return lm_loss(m, {k: b[k][:, :L] for k in ('input_ids', 'attention_mask') if k in b})
     return fit(model, train, loss_fn, idx, seed, desc=kw.pop('desc', 'lm'), **kw)
 
-def train_diffusion(model:nn.Module, # `unet2d()` or `AttributeUNet`
-                    train, # ExampleSet with 'x' in [-1,1] (+ attribute labels for AttributeUNet)
+def _unet_inputs(model, batch:dict, cond)->dict:
+    "The batch's conditioning tensors a plain UNet takes as keyword arguments (encoder_hidden_states, class_labels, ...)"
+    import inspect
+    if cond == 'auto':
+        try: cond = [k for k in inspect.signature(model.forward).parameters if k not in ('sample', 'timestep')]
+        except (TypeError, ValueError): cond = []
+    kw = {k: batch[k] for k in cond if k in batch and torch.is_tensor(batch[k])}
+    if type(model).__name__ == 'UNet2DConditionModel' and 'encoder_hidden_states' not in kw:
+        raise KeyError("UNet2DConditionModel needs `encoder_hidden_states` [B, L, cross_attention_dim]: put them in the "
+                       f"batch under that key (or name the batch keys with cond=...). The batch has {sorted(batch)}.")
+    return kw
+
+def train_diffusion(model:nn.Module, # `unet2d()`, `AttributeUNet`, or any diffusers UNet (conditioned through `cond`)
+                    train, # ExampleSet with 'x' in [-1,1] (+ attribute labels for AttributeUNet, conditioning tensors)
                     idx=None, # training positions (None = all)
                     seed:int=0, # data order / noise / timestep / attribute-dropout seed
                     scheduler=None, # `DDPMScheduler` (default `ddpm_scheduler()`)
                     p_uncond:float=0.2, # per-attribute probability of the unspecified token (conditional model)
+                    cond:str|tuple='auto', # batch keys passed to a plain UNet by name; 'auto': those its forward takes
                     **kw, # passed to `fit`
                    )->TrainResult:
     "Train a noise-predicting UNet with the DDPM objective"
     sch = scheduler or ddpm_scheduler()
     T = sch.config.num_train_timesteps
-    cond = isinstance(model, AttributeUNet)
+    attr_unet = isinstance(model, AttributeUNet)
     def loss_fn(m, b, g):
         x = b['x']; B = x.shape[0]
         t = torch.randint(0, T, (B,), generator=g).to(x.device)
         noise = torch.randn(x.shape, generator=g).to(x.device)
-        if cond:
+        if attr_unet:
             b = dict(b)
             for a in ATTRIBUTES:
                 drop = (torch.rand(B, generator=g) < p_uncond).to(x.device)
                 b[a] = torch.where(drop, torch.full_like(b[a], -1), b[a])
-        return diffusion_loss(m, b, sch, t, noise)
+            return diffusion_loss(m, b, sch, t, noise)
+        ckw = _unet_inputs(m, b, cond)
+        if not ckw: return diffusion_loss(m, b, sch, t, noise)
+        a = sch.alphas_cumprod.to(x.device, x.dtype)[t].view(-1, *[1] * (x.dim() - 1))
+        out = m(a.sqrt() * x + (1 - a).sqrt() * noise, t, **ckw)
+        return ((out.sample if hasattr(out, 'sample') else out) - noise).pow(2).flatten(1).mean(1)
     return fit(model, train, loss_fn, idx, seed, desc=kw.pop('desc', 'diffusion'), **kw)
 
 # %% ../nbs/01b_train.ipynb #31579ae8
