@@ -605,7 +605,8 @@ def check_audit_args(a)->None:
     gt_path = Path(a.gt) if a.gt is not None else GT_DIR / f'{p.name}.npz'
     gt = GroundTruth.load(gt_path) if gt_path.with_suffix('.npz').exists() else None
     if gt is None and a.gt_subsets == 0:
-        raise ValueError(f"no LDS ground truth at {gt_path}: pass --gt FILE.npz, or --gt_subsets 50 to generate one into --out.")
+        raise ValueError(f"no LDS ground truth at {gt_path}: generate one with `python -m pwattr.groundtruth --preset {p.name} --subsets 50` "
+                         f"and pass --gt groundtruth/{p.name}.npz, or pass --gt_subsets 50 to generate it into --out.")
     if gt is not None and gt.n_queries == 0: raise ValueError(f"the ground truth {gt_path} has no evaluation queries: regenerate it with --queries 100.")
     train, test = p.load()
     if a.k >= len(train): raise ValueError(f"--k {a.k}: the top-k must be smaller than the {len(train)} training examples of {p.name}.")
