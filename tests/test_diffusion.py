@@ -130,7 +130,8 @@ def test_sum_over_groups_equals_ungrouped(emoji, unet, method):
         g = GroupSpec({'all': G.params}, unet)
         t2 = featurize(unet, DiffusionLoss(K=2, seed=0, scheduler=SCH), tr[torch.arange(3)], g, progress=False)
         q2 = featurize(unet, DiffusionLoss(K=2, seed=1, scheduler=SCH), te, g, progress=False)
-        torch.testing.assert_close(c2.scores().double(), (q2.x @ t2.x.T).double(), rtol=1e-4, atol=1e-9)
+        want2 = (q2.x @ t2.x.T).double()          # float32 dot products: atol scaled by the scores' magnitude
+        torch.testing.assert_close(c2.scores().double(), want2, rtol=1e-4, atol=1e-5 * want2.abs().max().item())
 
 def test_das_leverage(emoji, unet):
     tr, te = emoji
@@ -143,7 +144,7 @@ def test_das_leverage(emoji, unet):
     h = ((X @ Kinv) * X).sum(1); r = trf.extras['residual'].double(); r = r / r.mean()
     want = qf.x.double() @ Kinv @ X.T * (r / (1 - h))[None]
     got = DAS(leverage=True, lam_rel=1e-2).fit(trf).contributions(qf).scores().double()
-    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-8)
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5 * want.abs().max().item())
     assert (h > 0).all() and (h < 1).all()
 
 def test_lds_output_and_sign(emoji, unet):
@@ -151,7 +152,7 @@ def test_lds_output_and_sign(emoji, unet):
     fn = DiffusionLDSLoss(K=4, seeds=(0, 1, 2), scheduler=SCH)
     got = diffusion_outputs(unet, te, fn)
     want = torch.stack([diffusion_outputs(unet, te, DiffusionLoss(K=4, seed=s, scheduler=SCH)) for s in (0, 1, 2)]).mean(0)
-    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6 * want.abs().max().item())
     assert torch.equal(got, diffusion_outputs(unet, te, DiffusionLDSLoss(K=4, seeds=(0, 1, 2), scheduler=SCH)))
     assert lds_sign('loss') == -1 and lds_sign('margin') == 1 and fn.kind == 'loss'
     # sign convention: a positive TracIn score means a gradient step on that training example lowers the query's loss
