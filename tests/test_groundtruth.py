@@ -132,7 +132,7 @@ GT_DIR = ROOT / 'pwattr' / 'assets' / 'groundtruth'
 # training). Measured with benchmarks/cross_cpu.py, model (7, 1) retrained under ATEN_CPU_CAPABILITY=default / avx2 / native
 # (AVX-512) against the stored outputs (made on AVX-512), largest difference / max|stored|:
 #   fmnist-mlp      7.0e-6 (avx2 vs default; max|stored| 9.9)
-#   fmnist-resnet9  6.5e-2 (default vs avx2; 0.25 of max|stored| 3.9; avx2 vs avx512 9.3e-3)
+#   fmnist-resnet9  6.5e-2 (default vs avx2: 0.254 with max|stored| 3.9; avx2 vs avx512 9.3e-3)
 # The tolerance is 2.3x (ResNet-9) and 14x (MLP) the measured spread, and below the distance to any other subset's model.
 CROSS_CPU_RTOL = {'fmnist-mlp': 1e-4, 'fmnist-resnet9': 0.15}
 
