@@ -15,7 +15,7 @@ export TOKENIZERS_PARALLELISM := false
 export PYTHONHASHSEED := 0
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: install demo test sync nbtest pytest readme export clean browser
+.PHONY: install demo test sync nbtest pytest numerics readme export clean browser
 
 $(VENV)/.installed: setup.py settings.ini
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -44,7 +44,22 @@ nbtest: install
 pytest: install
 	$(PY) -m pytest -q tests
 
-test: sync nbtest pytest
+# The numerics-sensitive tests once more under lower instruction sets: torch's CPU kernels dispatch on
+# ATEN_CPU_CAPABILITY, so a tolerance that holds on one CPU only fails here, not on a user's machine (~2.5 min on 2 cores).
+NUMERICS_TESTS ?= tests/test_kronecker.py tests/test_features.py tests/test_weights.py tests/test_tailpatch.py \
+	tests/test_diffusion.py tests/test_groundtruth.py::test_committed_groundtruth_reproduces
+NUMERICS_SKIP ?= --deselect tests/test_diffusion.py::test_memorised_image_fast \
+	--deselect tests/test_kronecker.py::test_stream_peak_memory_is_bounded \
+	--deselect tests/test_features.py::test_same_seed_same_features_in_any_process
+NUMERICS_NBS ?= nbs/05_kronecker.ipynb
+numerics: install
+	@for cap in avx2 default; do \
+	  echo "== numerics under ATEN_CPU_CAPABILITY=$$cap"; \
+	  ATEN_CPU_CAPABILITY=$$cap $(PY) -m pytest -q -p no:cacheprovider $(NUMERICS_TESTS) $(NUMERICS_SKIP) || exit 1; \
+	  for nb in $(NUMERICS_NBS); do ATEN_CPU_CAPABILITY=$$cap env -u IN_TEST $(BIN)/nbdev_test --path $$nb || exit 1; done; \
+	done
+
+test: sync nbtest pytest numerics
 
 browser: install
 	tools/install_browser.sh

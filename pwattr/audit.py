@@ -4,7 +4,7 @@
 
 # %% ../nbs/10_audit.ipynb #06a57677
 from __future__ import annotations
-import base64, hashlib, html, json, os, time
+import base64, hashlib, html, json, os, time, warnings
 from collections import Counter
 from functools import cached_property
 from dataclasses import dataclass, field
@@ -26,24 +26,102 @@ from .groundtruth import GroundTruth, GT_DIR
 from .plots import plot_lds_table, plot_group_lds, plot_block_function, plot_weights, plot_topk_gallery, figure_png
 
 # %% auto #0
-__all__ = ['LOSS', 'METHODS', 'GROUPINGS', 'LEARN_FROM', 'cached', 'parse_methods', 'make_groups', 'diffusion_method',
-           'diffusion_features', 'generation_seeds', 'learn_source', 'AuditRun', 'group_views', 'AuditResult', 'audit',
-           'write_report', 'main']
+__all__ = ['CACHE_FORMAT', 'LOSS', 'METHODS', 'GROUPINGS', 'LEARN_FROM', 'cached', 'parse_methods', 'make_groups',
+           'diffusion_method', 'diffusion_features', 'generation_seeds', 'learn_source', 'AuditRun', 'group_views',
+           'AuditResult', 'audit', 'write_report', 'check_audit_args', 'main']
 
 # %% ../nbs/10_audit.ipynb #679ed5b8
+CACHE_FORMAT = 'pwattr.cache/1'
+
+def _encode(o):
+    "`o` as a tree of tensors, numbers, strings, lists and str-keyed dicts: what `torch.load(weights_only=True)` reads"
+    if o is None or isinstance(o, (bool, int, float, str)): return o
+    if isinstance(o, torch.dtype): return {'__t': 'dtype', 'v': str(o).removeprefix('torch.')}
+    if torch.is_tensor(o): return o.detach().cpu().clone() if o.is_sparse or o.requires_grad else o.detach().cpu()
+    if isinstance(o, np.generic): return o.item()
+    if isinstance(o, np.ndarray):
+        if o.dtype.kind in 'biuf':
+            return {'__t': 'ndarray', 'v': torch.from_numpy(o.copy(order='C'))}
+        return {'__t': 'ndarray_list', 'dtype': o.dtype.str if o.dtype.kind in 'USM' else None, 'shape': list(o.shape),
+                'v': [_encode(x) for x in o.ravel().tolist()]}
+    if isinstance(o, tuple): return {'__t': 'tuple', 'v': [_encode(x) for x in o]}
+    if isinstance(o, list): return [_encode(x) for x in o]
+    if isinstance(o, (set, frozenset)): return {'__t': 'set', 'v': [_encode(x) for x in sorted(o, key=repr)]}
+    if isinstance(o, Path): return {'__t': 'path', 'v': str(o)}
+    if isinstance(o, pd.DataFrame):
+        return {'__t': 'df', 'columns': _encode(list(o.columns)), 'index': _encode(o.index.to_numpy()), 'index_name': o.index.name,
+                'v': [_encode(o[c].to_numpy()) for c in o.columns]}
+    if isinstance(o, pd.Series): return {'__t': 'series', 'name': _encode(o.name), 'index': _encode(o.index.to_numpy()), 'v': _encode(o.to_numpy())}
+    if isinstance(o, dict):
+        if type(o) is dict and all(isinstance(k, str) for k in o) and '__t' not in o: return {k: _encode(v) for k, v in o.items()}
+        return {'__t': 'dict', 'k': [_encode(k) for k in o], 'v': [_encode(v) for v in o.values()]}
+    cls = type(o)
+    if cls.__module__.startswith('pwattr.') and hasattr(o, '__dict__') and not isinstance(o, torch.nn.Module):
+        return {'__t': 'obj', 'cls': f'{cls.__module__}:{cls.__qualname__}', 'v': {k: _encode(v) for k, v in vars(o).items()}}
+    raise TypeError(f"a {cls.__module__}.{cls.__qualname__} cannot be cached safely (tensors, arrays, numbers, strings, "
+                    "containers, DataFrames and pwattr's own result objects can)")
+
+def _decode(o):
+    "Inverse of `_encode`; rebuilds only pwattr's own classes (by name, without running any code of the file)"
+    if isinstance(o, list): return [_decode(x) for x in o]
+    if not isinstance(o, dict): return o
+    t = o.get('__t')
+    if t is None: return {k: _decode(v) for k, v in o.items()}
+    if t == 'dtype': return getattr(torch, o['v'])
+    if t == 'ndarray': return o['v'].numpy()
+    if t == 'ndarray_list': return np.array([_decode(x) for x in o['v']], dtype=o['dtype'] or object).reshape(o['shape'])
+    if t == 'tuple': return tuple(_decode(x) for x in o['v'])
+    if t == 'set': return set(_decode(x) for x in o['v'])
+    if t == 'path': return Path(o['v'])
+    if t == 'dict': return {_decode(k): _decode(v) for k, v in zip(o['k'], o['v'])}
+    if t == 'df':
+        df = pd.DataFrame(dict(zip(range(len(o['v'])), [_decode(v) for v in o['v']])), index=_decode(o['index']))
+        df.columns = _decode(o['columns']); df.index.name = o['index_name']; return df
+    if t == 'series': return pd.Series(_decode(o['v']), index=_decode(o['index']), name=_decode(o['name']))
+    if t == 'obj':
+        import importlib
+        mod, _, qual = str(o['cls']).partition(':')
+        if not mod.startswith('pwattr.'): raise ValueError(f"cache names class {o['cls']!r}, not one of pwattr's")
+        cls = importlib.import_module(mod)
+        for part in qual.split('.'): cls = getattr(cls, part)
+        if not isinstance(cls, type) or not cls.__module__.startswith('pwattr.') or issubclass(cls, torch.nn.Module):
+            raise ValueError(f"cache names {o['cls']!r}, which is not a pwattr result class")
+        obj = object.__new__(cls); obj.__dict__.update({k: _decode(v) for k, v in o['v'].items()}); return obj
+    raise ValueError(f"unknown cache entry type {t!r}")
+
+def _save_cache(obj, path:Path):
+    "Write `obj` atomically in the safe cache format (raises TypeError for what it cannot hold)"
+    tree = {'format': CACHE_FORMAT, 'data': _encode(obj)}
+    tmp = path.with_name(path.name + f'.tmp{os.getpid()}')
+    try: torch.save(tree, tmp); os.replace(tmp, path)
+    finally: tmp.unlink(missing_ok=True)
+
+def _load_cache(path:Path):
+    "Read a file `_save_cache` wrote; never unpickles code (`weights_only=True`); ValueError if it is not such a file"
+    try: tree = torch.load(path, weights_only=True, map_location='cpu')
+    except Exception as e: raise ValueError(f"not a readable pwattr cache file ({type(e).__name__}: {str(e).splitlines()[0][:120] if str(e) else ''})") from None
+    if not isinstance(tree, dict) or tree.get('format') != CACHE_FORMAT: raise ValueError(f"not a {CACHE_FORMAT} file")
+    try: return _decode(tree['data'])
+    except (ValueError, TypeError, KeyError, AttributeError, ImportError) as e: raise ValueError(f"damaged cache entry: {e}") from None
+
 def cached(path:Path, # file holding the stage's result
            compute, # () -> result, run when the file is missing
            desc:str='', # stage name for the log
            log=print, # where to report (None: silent)
           ):
-    "`torch.load` the stage's result from `path`, or compute it and save it atomically"
+    "Load the stage's result from `path` (safely: no pickled code runs), or compute it and save it atomically"
     path = Path(path)
     if path.exists():
-        if log: log(f"[cached] {desc or path.name}")
-        return torch.load(path, weights_only=False)
+        try:
+            res = _load_cache(path)
+            if log: log(f"[cached] {desc or path.name}")
+            return res
+        except ValueError as e:   # corrupt, truncated, from an older pwattr, or planted: recompute, never execute it
+            warnings.warn(f"cache file {path} is unusable ({e}): recomputing {desc or path.name}.")
     t0 = time.time(); res = compute()
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + '.tmp'); torch.save(res, tmp); os.replace(tmp, path)
+    try: _save_cache(res, path)
+    except TypeError as e: warnings.warn(f"{desc or path.name} is not cached: {e}")
     if log: log(f"[done {time.time() - t0:6.1f}s] {desc or path.name}")
     return res
 
@@ -505,7 +583,7 @@ def _ground_truth(p:Preset, gt, gt_subsets:int, workers:int, out:Path, device, l
         return g
     if gt_subsets <= 0:
         raise FileNotFoundError(f"No LDS ground truth at {path}. Generate one: `python -m pwattr.groundtruth --preset {p.name} "
-                                f"--subsets 50`, or pass gt_subsets=50 (`--gt_subsets 50`) to generate it into the report directory.")
+                                f"--subsets 50` and pass `--gt groundtruth/{p.name}.npz`, or pass gt_subsets=50 (`--gt_subsets 50`) to generate it into the report directory.")
     from pwattr.groundtruth import groundtruth_for_preset
     if log: log(f"generating a ground truth for {p.name}: {gt_subsets} subsets, {workers} worker(s)")
     return groundtruth_for_preset(p.name, m=gt_subsets, workers=workers, out_path=out / 'cache' / f'gt-{p.name}.npz', device=device)
@@ -556,23 +634,64 @@ weights learned on {st['n_learn']} {'generated samples' if st.get('learn_from') 
     return out / 'report.html'
 
 # %% ../nbs/10_audit.ipynb #21ea73b2
+def check_audit_args(a)->None:
+    "Check every `pwattr audit` option before any compute: a ValueError whose one line names the option and the fix"
+    import math
+    from pwattr.presets import PRESETS
+    from pwattr.groundtruth import check_device, check_writable
+    if a.preset not in PRESETS: raise ValueError(f"--preset {a.preset!r} is not a preset: choose from {', '.join(PRESETS)}.")
+    p = get_preset(a.preset)
+    parse_methods(a.methods, p.domain)
+    ints = [('--k', a.k, 1), ('--n_learn', a.n_learn, 1), ('--seed', a.seed, 0), ('--workers', a.workers, 1),
+            ('--gt_subsets', a.gt_subsets, 0), ('--gen_steps', a.gen_steps, 1), ('--timesteps', a.K, 1),
+            ('--journey_steps', a.journey_steps, 1), ('--proj_dim', a.proj_dim, 0), ('--n_show', a.n_show, 0)]
+    for name, v, lo in ints:
+        if v is not None and v < lo: raise ValueError(f"{name} must be >= {lo}, got {v}.")
+    if not (math.isfinite(a.lam) and a.lam >= 0): raise ValueError(f"--lam (the weights' penalty) must be a finite number >= 0, got {a.lam}.")
+    check_device(a.device); check_writable(a.out, '--out', is_dir=True)
+    gt_path = Path(a.gt) if a.gt is not None else GT_DIR / f'{p.name}.npz'
+    gt = GroundTruth.load(gt_path) if gt_path.with_suffix('.npz').exists() else None
+    if gt is None and a.gt_subsets == 0:
+        raise ValueError(f"no LDS ground truth at {gt_path}: generate one with `python -m pwattr.groundtruth --preset {p.name} --subsets 50` "
+                         f"and pass --gt groundtruth/{p.name}.npz, or pass --gt_subsets 50 to generate it into --out.")
+    if gt is not None and gt.n_queries == 0: raise ValueError(f"the ground truth {gt_path} has no evaluation queries: regenerate it with --queries 100.")
+    train, test = p.load()
+    if a.k >= len(train): raise ValueError(f"--k {a.k}: the top-k must be smaller than the {len(train)} training examples of {p.name}.")
+    if learn_source(p.domain, a.learn_from) == 'test':
+        ev = set(map(str, gt.query_ids)) if gt is not None else set()
+        free = sum(str(i) not in ev for i in test.ids) if gt is not None else len(test)
+        if a.n_learn > free:
+            raise ValueError(f"--n_learn {a.n_learn}: {p.name} has {free} test examples that are not evaluation queries; "
+                             f"use --n_learn {free} or less.")
+    elif a.n_learn > 50_000: raise ValueError(f"--n_learn {a.n_learn}: at most 50,000 generated learning queries.")
+
 def main(argv=None):
     "pwattr's console command: `pwattr audit | groundtruth | presets`"
-    import argparse
+    import argparse, sys
     ap = argparse.ArgumentParser(prog='pwattr', description='Training data attribution with learned parameter-group weights.')
     sub = ap.add_subparsers(dest='cmd', required=True)
-    a = sub.add_parser('audit', help='train/featurise/attribute/learn weights/evaluate a preset and write a report')
-    a.add_argument('--preset', default='fmnist-mlp'); a.add_argument('--methods', default='tracin,trak', help=f"from {','.join(METHODS)}")
-    a.add_argument('--grouping', default='preset', choices=GROUPINGS); a.add_argument('--k', type=int, default=20)
-    a.add_argument('--lam', type=float, default=1e-4); a.add_argument('--proj_dim', type=int, default=None, help='dims per group (default 512; 128 for diffusion)')
-    a.add_argument('--n_learn', type=int, default=100); a.add_argument('--out', default='runs/audit')
-    a.add_argument('--gt', default=None, help='ground-truth .npz (default: the preset\'s committed one)')
-    a.add_argument('--gt_subsets', type=int, default=0, help='generate a ground truth with this many subsets when none exists')
-    a.add_argument('--workers', type=int, default=1); a.add_argument('--device', default='cpu'); a.add_argument('--seed', type=int, default=0)
-    a.add_argument('--no_progress', action='store_true')
+    a = sub.add_parser('audit', help='train/featurise/attribute/learn weights/evaluate a preset and write a report',
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    a.add_argument('--preset', default='fmnist-mlp', help='preset name (`pwattr presets` lists them)')
+    a.add_argument('--methods', default='tracin,trak', help=f"comma-separated, from {','.join(METHODS)}")
+    a.add_argument('--grouping', default='preset', choices=GROUPINGS, help='parameter groups')
+    a.add_argument('--k', '--topk', dest='k', type=int, default=20, help='top-k training examples per query the weights optimise (< N)')
+    a.add_argument('--lam', type=float, default=1e-4, help='penalty pulling the weights towards 1 (>= 0)')
+    a.add_argument('--proj_dim', type=int, default=None, help='projected dims per group; None: 512 (128 for diffusion); 0: raw gradients')
+    a.add_argument('--n_learn', type=int, default=100, help='weight-learning queries')
+    a.add_argument('--out', default='runs/audit', help='report directory (its cache/ holds the stages)')
+    a.add_argument('--gt', default=None, help="ground-truth .npz; None: the preset's committed one")
+    a.add_argument('--gt_subsets', type=int, default=0, help='generate a ground truth with this many subsets when none exists (0: never)')
+    a.add_argument('--workers', type=int, default=1, help='worker processes for a generated ground truth')
+    a.add_argument('--device', default='cpu', help='cpu, cuda, cuda:N or mps')
+    a.add_argument('--seed', type=int, default=0, help='training, query and projection seed (>= 0)')
+    a.add_argument('--no_progress', action='store_true', help='no progress bars')
     a.add_argument('--learn_from', default='auto', choices=LEARN_FROM, help="weight-learning queries (auto: generated for diffusion, else test)")
-    a.add_argument('--gen_steps', type=int, default=50); a.add_argument('--n_show', type=int, default=None)
-    a.add_argument('--K', type=int, default=10, help='diffusion: timesteps per example'); a.add_argument('--journey_steps', type=int, default=10)
+    a.add_argument('--gen_steps', type=int, default=50, help='diffusion: sampling steps of generated queries')
+    a.add_argument('--n_show', type=int, default=None, help='generated gallery samples attributed too; None: 8 when learning on generated samples, else 0')
+    a.add_argument('--timesteps', dest='K', type=int, default=10, help='diffusion: (timestep, noise) draws per example')
+    a.add_argument('--K', dest='K_old', type=int, default=None, help=argparse.SUPPRESS)   # deprecated spelling of --timesteps
+    a.add_argument('--journey_steps', type=int, default=10, help='diffusion, JourneyTRAK: sampling steps per query')
     sub.add_parser('presets', help='list the presets')
     sub.add_parser('groundtruth', help='generate or resume a preset\'s LDS ground truth (see python -m pwattr.groundtruth -h)', add_help=False)
     args, rest = ap.parse_known_args(argv)
@@ -583,9 +702,14 @@ def main(argv=None):
     if args.cmd == 'presets':
         from pwattr.presets import PRESETS
         print(pd.DataFrame([p.summary() for p in PRESETS.values()]).to_string(index=False)); return
-    try: r = audit(args.preset, args.methods, args.grouping, args.k, args.lam, args.proj_dim, args.n_learn, args.out, args.gt,
-                   args.gt_subsets, args.workers, args.device, args.seed, progress=not args.no_progress, learn_from=args.learn_from,
-                   gen_steps=args.gen_steps, n_show=args.n_show, K=args.K, journey_steps=args.journey_steps)
+    if args.K_old is not None:
+        print("pwattr audit: note: --K is deprecated (it differed from --k only by case): use --timesteps.", file=sys.stderr)
+        args.K = args.K_old
+    try:
+        check_audit_args(args)      # bad input: one line and exit code 2, before anything is trained
+        r = audit(args.preset, args.methods, args.grouping, args.k, args.lam, args.proj_dim, args.n_learn, args.out, args.gt,
+                  args.gt_subsets, args.workers, args.device, args.seed, progress=not args.no_progress, learn_from=args.learn_from,
+                  gen_steps=args.gen_steps, n_show=args.n_show, K=args.K, journey_steps=args.journey_steps)
     except (KeyError, ValueError, FileNotFoundError) as e: ap.exit(2, f'pwattr audit: error: {e.args[0] if e.args else e}\n')  # no traceback for bad input
     print(r.table().round(4).to_string())
     print('\nsafe weights (applied by default; the paper\'s are reported beside them):')

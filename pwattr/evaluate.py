@@ -85,10 +85,6 @@ class LDSResult:
 
 def _scores_of(scores, w=None):
     "[Q, N] scores from a tensor / array or a `Contributions` (`.scores(w)`)"
-    learned_on = (getattr(w, 'settings', None) or {}).get('query_ids')
-    if learned_on is not None and getattr(scores, 'query_ids', None) is not None:
-        from pwattr.weights import check_disjoint
-        check_disjoint(learned_on, scores.query_ids)   # weights learned on the evaluation queries would flatter them
     if hasattr(scores, 'scores') and callable(scores.scores): return scores.scores(w)
     if w is not None: raise ValueError("weights `w` apply to a Contributions object; for a plain [Q, N] score matrix pass w=None")
     return scores
@@ -108,9 +104,30 @@ def lds(scores, # [Q, N] scores (Tensor / array) or a `Contributions`
         seed:int=0, # bootstrap seed
        )->LDSResult:
     "Linear datamodeling score of attribution scores against a ground truth (sign flipped for loss outputs)"
+    _check_weights(w, gt)
     s = _np(_scores_of(scores, w))
-    _check_queries(scores, gt, s.shape[0])
+    _check_queries(scores, gt, s.shape[0]); _check_finite(s)
     return _lds_from_preds(subset_predictions(s, gt.masks), gt, n_boot, level, seed)
+
+def _check_weights(w, gt):
+    "Refuse weights that are not finite, negative (they flip a group's sign) or learned on the evaluation queries"
+    if w is None: return
+    v = getattr(w, 'w', w)      # a GroupWeights or the [M] weights themselves
+    a = (v.detach().cpu().double().numpy() if torch.is_tensor(v) else np.asarray(v, dtype=np.float64)).reshape(-1)
+    if not np.isfinite(a).all():
+        raise ValueError(f"weights w hold NaN or inf (groups {np.flatnonzero(~np.isfinite(a))[:5].tolist()}): learn them again or pass finite weights.")
+    if (a < 0).any():
+        raise ValueError(f"weights w must be >= 0; groups {np.flatnonzero(a < 0)[:5].tolist()} are negative and would flip "
+                         "those groups' contributions. Clamp them at 0 or learn them again.")
+    from pwattr.weights import check_disjoint
+    check_disjoint((getattr(w, 'settings', None) or {}).get('query_ids'), gt.query_ids)
+
+def _check_finite(s:np.ndarray):
+    "Refuse scores with NaN / inf: their queries would silently drop out of the LDS"
+    bad = ~np.isfinite(s).all(tuple(range(1, s.ndim)))
+    if bad.any():
+        raise ValueError(f"the scores of {int(bad.sum())} queries hold NaN or inf (query positions {np.flatnonzero(bad)[:5].tolist()}): "
+                         "they would drop out of the LDS. Check the method's features (e.g. float16 overflow) or score those queries again.")
 
 def _lds_from_preds(preds, gt, n_boot=2000, level=0.95, seed=0) -> LDSResult:
     if gt.kind == 'loss': preds = -preds

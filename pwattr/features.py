@@ -4,7 +4,7 @@
 
 # %% ../nbs/03_features.ipynb #e605ee07
 from __future__ import annotations
-import copy, hashlib, json, math, re, time, warnings, weakref, difflib
+import contextlib, copy, hashlib, json, math, re, time, warnings, weakref, difflib
 from dataclasses import dataclass, field
 from contextlib import contextmanager
 import numpy as np
@@ -575,6 +575,20 @@ def _as_data(data, keys=('x', 'y')):
     ex = Examples(data, keys)
     return len(ex), ex.ids, ex.batch
 
+def _data_hash(N:int, get, rows:int=4096)->str:
+    "sha256 of every example's tensors (names, dtypes, shapes, bytes; labels included): the data part of a store's identity"
+    h = hashlib.sha256()
+    for s in range(0, N, rows):
+        b = get(torch.arange(s, min(N, s + rows)))
+        for k in sorted(b):
+            v = b[k]
+            if torch.is_tensor(v):
+                v = v.detach().cpu().contiguous()
+                h.update(f"{k}|{v.dtype}|{tuple(v.shape)}".encode())
+                h.update(v.view(torch.uint8).numpy().tobytes() if v.numel() else b'')
+            else: h.update(f"{k}|{json.dumps(_jsonable(v), sort_keys=True, default=str)}".encode())
+    return h.hexdigest()[:16]
+
 def _dist():
     d = torch.distributed
     if d.is_available() and d.is_initialized(): return d.get_rank(), d.get_world_size()
@@ -612,9 +626,12 @@ def featurize(model:nn.Module, # the model (a template when `checkpoints` is giv
     if not (isinstance(data, dict) or (hasattr(data, 'batch') and hasattr(data, 'ids'))): data = Examples(data, keys)
     if checkpoints is not None and models is not None: raise ValueError("Give `checkpoints` or `models`, not both.")
     if checkpoints is not None or models is not None:
-        res = []
+        res, items = [], checkpoints if checkpoints is not None else models
         work = copy.deepcopy(model) if checkpoints is not None else None
-        for i, item in enumerate(checkpoints if checkpoints is not None else models):
+        if store is not None and _dist()[0] == 0:      # how many stores the folder holds: load_features refuses gaps
+            from pwattr.store import write_index
+            write_index(store, len(items), 'checkpoints' if checkpoints is not None else 'models')
+        for i, item in enumerate(items):
             if checkpoints is not None:
                 sd, info = _parse_ckpt(item); work.load_state_dict(sd); m = work
             else: m, info = item, {}
@@ -675,16 +692,19 @@ def _featurize_eval(model, out_fn, data, groups, projector, batch_size, chunk_si
     spec = {'n': N, 'groups': groups.names, 'dims': dims, 'group_spec': groups.to_dict(),
             'fingerprint': meta['fingerprint'], 'output_fn': meta['output_fn'], 'projection': meta['projection'],
             'dtype': dtype, 'ids': _jsonable(ids), 'chunk_size': batch_size, 'checkpoint': _jsonable(ckpt),
-            'extras': [e for e in extras if e != 'q' or getattr(type(out_fn), 'q') is not OutputFn.q]}
-    if rank == 0: st = FeatureStore.create(store, spec, clean=True)
-    _barrier()
-    if rank != 0: st = FeatureStore.create(store, spec, clean=False)
-    todo = st.missing(rank, world)
-    with tqdm(total=sum(st.rows(c)[1] - st.rows(c)[0] for c in todo), unit='ex', desc='featurize',
-              disable=not progress or rank != 0) as bar:
-        for c in todo:
-            x, ex = run(c); st.write_chunk(c, x, ex, rank=rank, world=world); bar.update(len(x))
-    _barrier()
-    if rank == 0: st.finalize()
-    _barrier()
-    return st.load()
+            'extras': [e for e in extras if e != 'q' or getattr(type(out_fn), 'q') is not OutputFn.q],
+            'data_hash': _data_hash(N, get)}
+    # one writer per store: rank 0 holds the store's lock for the whole run (the other ranks work under it)
+    with FeatureStore(store).lock() if rank == 0 else contextlib.nullcontext():
+        if rank == 0: st = FeatureStore.create(store, spec, clean=True)
+        _barrier()
+        if rank != 0: st = FeatureStore.create(store, spec, clean=False)
+        todo = st.missing(rank, world)
+        with tqdm(total=sum(st.rows(c)[1] - st.rows(c)[0] for c in todo), unit='ex', desc='featurize',
+                  disable=not progress or rank != 0) as bar:
+            for c in todo:
+                x, ex = run(c); st.write_chunk(c, x, ex, rank=rank, world=world); bar.update(len(x))
+        _barrier()
+        if rank == 0: st.finalize()
+        _barrier()
+        return st.load()

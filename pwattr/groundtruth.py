@@ -4,7 +4,7 @@
 
 # %% ../nbs/08b_groundtruth.ipynb #1b0d2725
 from __future__ import annotations
-import argparse, hashlib, io, json, os, sys, time, zipfile
+import argparse, hashlib, io, json, os, signal, sys, tempfile, threading, time, warnings, zipfile
 import multiprocessing as mp
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
@@ -13,7 +13,7 @@ import numpy as np, torch
 
 # %% auto #0
 __all__ = ['GT_DIR', 'GroundTruth', 'make_subsets', 'model_seeds', 'run_groundtruth', 'merge_work', 'RidgeTask', 'PresetTask',
-           'groundtruth_for_preset', 'main']
+           'groundtruth_for_preset', 'check_device', 'check_writable', 'main']
 
 # %% ../nbs/08b_groundtruth.ipynb #9e9aea04
 def _write_npz(path:Path, arrays:dict):
@@ -161,7 +161,22 @@ def model_seeds(m:int, # subsets
 # %% ../nbs/08b_groundtruth.ipynb #52e2dc66
 _W = {}  # per-process job context (set once per worker)
 
-def _init_worker(train_fn, output_fn, queries, workdir, threads):
+def _die_with_parent(parent:int):
+    "Exit this worker process when `parent` dies (Linux: PR_SET_PDEATHSIG; everywhere: a parent-pid watchdog thread)"
+    if sys.platform.startswith('linux'):
+        try:
+            import ctypes
+            ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)   # PR_SET_PDEATHSIG = 1
+        except (OSError, AttributeError): pass
+    def watch():
+        while True:
+            if os.getppid() != parent: os._exit(1)    # re-parented: the run that started us is gone
+            time.sleep(0.5)
+    if os.getppid() != parent: os._exit(1)            # died before we got here
+    threading.Thread(target=watch, daemon=True, name='pwattr-parent-watchdog').start()
+
+def _init_worker(train_fn, output_fn, queries, workdir, threads, parent=None):
+    if parent is not None: _die_with_parent(parent)
     if threads: torch.set_num_threads(threads)
     _W.update(train_fn=train_fn, output_fn=output_fn, queries=queries, workdir=Path(workdir))
 
@@ -213,6 +228,13 @@ def run_groundtruth(train_fn, # (idx: LongTensor of training indices, seed: int)
             'config_hash': config_hash, 'stratified': stratify is not None, 'masks': _sha(np.packbits(masks, axis=1).tobytes()),
             'query_ids': None if query_ids is None else [_jsonable(q) for q in query_ids]}
     spec_hash = _sha(json.dumps(spec, sort_keys=True).encode())[:16]
+    rank, world = _dist_info()
+    if out_path is not None:            # a finished run of this very spec: return it, train nothing
+        done = _finished(out_path, spec_hash, m)
+        if done is not None:
+            done._reused = True
+            if progress: print(f"[groundtruth] {_stem(out_path)}.npz already holds this run (spec {spec_hash}): nothing to train", flush=True)
+            return done if rank == 0 else None
     tmpdir = None
     if out_path is None:
         import tempfile; tmpdir = tempfile.TemporaryDirectory(); workdir = Path(tmpdir.name)
@@ -225,7 +247,6 @@ def run_groundtruth(train_fn, # (idx: LongTensor of training indices, seed: int)
                                                "delete it or choose another out_path")
     else: _write_json(spec_file, {'spec_hash': spec_hash, 'spec': spec, 'meta': _jsonable(meta or {}),
                                   'stratify': None if stratify is None else _jsonable(np.asarray(stratify))})
-    rank, world = _dist_info()
     todo = [(j, r, torch.from_numpy(np.flatnonzero(masks[j])), int(mseeds[j, r]))
             for j in range(rank, m, world) for r in range(R) if not _job_file(workdir, j, r).exists()]
     if progress: print(f"[groundtruth] rank {rank}/{world}: {len(todo)} of {len(range(rank, m, world)) * R} models to train"
@@ -245,7 +266,7 @@ def run_groundtruth(train_fn, # (idx: LongTensor of training indices, seed: int)
         # spawn: a clean interpreter per worker (fork + torch threads is unsafe); the executor raises if a worker
         # dies or cannot unpickle train_fn / output_fn (define them in an importable module, not in __main__)
         with ProcessPoolExecutor(min(workers, len(todo)), mp_context=mp.get_context('spawn'), initializer=_init_worker,
-                                 initargs=(train_fn, output_fn, queries, workdir, threads)) as ex:
+                                 initargs=(train_fn, output_fn, queries, workdir, threads, os.getpid())) as ex:
             for fut in as_completed([ex.submit(_run_job, job) for job in todo]): report(fut.result())
     if rank != 0: return None
     files = [[_job_file(workdir, j, r) for r in range(R)] for j in range(m)]
@@ -254,16 +275,33 @@ def run_groundtruth(train_fn, # (idx: LongTensor of training indices, seed: int)
         if time.time() > deadline: raise TimeoutError(f"other ranks' models missing in {workdir} after {wait_s} s")
         time.sleep(1)
     meta = {**(meta or {}), 'alpha': alpha, 'subset_seed': seed, 'stratified': stratify is not None, 'spec_hash': spec_hash,
-            'workers': workers, 'world_size': world, 'wall_s_last_session': round(time.time() - t_start, 2)}
+            'workers': workers, 'world_size': world,
+            'cpu_capability': torch.backends.cpu.get_cpu_capability(),  # bit-identical retraining needs the same instruction set
+            'wall_s_last_session': round(time.time() - t_start, 2)}
     gt = _collect(workdir, masks, mseeds, range(m), query_ids, kind, config_hash, meta)
     if out_path is not None:
         gt.save(out_path)
-        if not keep_work:
-            for row in files:
-                for f in row: f.unlink()
-            spec_file.unlink(); workdir.rmdir()
+        if not keep_work: _remove_work(workdir)
     if tmpdir is not None: tmpdir.cleanup()
     return gt
+
+def _finished(out_path, spec_hash:str, m:int)->GroundTruth|None:
+    "The saved result at `out_path` if it is a complete run of spec `spec_hash` (else None: train / resume)"
+    stem = _stem(out_path)
+    if not (stem.with_suffix('.npz').exists() and stem.with_suffix('.json').exists()): return None
+    try: gt = GroundTruth.load(stem)
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile) as e:
+        warnings.warn(f"{stem}.npz is unreadable ({e}); training it again"); return None
+    if gt.meta.get('spec_hash') != spec_hash or 'partial' in gt.meta or gt.n_subsets != m: return None
+    return gt
+
+def _remove_work(workdir:Path):
+    "Delete a finished run's work dir: result files, spec, and temp files a killed worker left behind"
+    for pat in ('model_*.json', '*.tmp*', 'spec.json'):
+        for f in workdir.glob(pat): f.unlink(missing_ok=True)
+    try: workdir.rmdir()
+    except OSError:
+        warnings.warn(f"kept {workdir}: it holds files the harness did not write ({', '.join(sorted(p.name for p in workdir.iterdir())[:5])})")
 
 # %% ../nbs/08b_groundtruth.ipynb #7a93ab4a
 def _collect(workdir, masks, mseeds, subsets, query_ids, kind, config_hash, meta) -> GroundTruth:
@@ -376,7 +414,7 @@ def groundtruth_for_preset(preset:str, # preset name
                            alpha:float=0.5, # subset fraction
                            n_queries:int=100, # evaluation queries (seeded draw from the test split)
                            workers:int=1, # worker processes
-                           out_path=None, # default: pwattr/assets/groundtruth/<preset>.npz
+                           out_path=None, # default: pwattr/assets/groundtruth/<preset>.npz (the CLI defaults to ./groundtruth/)
                            seed:int=0, # subset seed
                            query_seed:int=0, # query draw seed
                            stratify:bool=False, # stratify subsets by the training labels 'y'
@@ -393,33 +431,80 @@ def groundtruth_for_preset(preset:str, # preset name
     t0 = time.time()
     gt = run_groundtruth(task.train_fn, task.output_fn, n, batch, m, alpha, seeds, out_path, workers, seed,
                          labels if stratify else None, kind, qids, chash, meta, **kwargs)
-    if gt is not None:  # record the wall time of this session; model times are in gt.times
+    if gt is not None and not getattr(gt, '_reused', False):  # record the wall time of this session; model times are in gt.times
         gt.meta['wall_s_last_session'] = round(time.time() - t0, 2); gt.save(out_path)
     return gt
 
 # %% ../nbs/08b_groundtruth.ipynb #f9b5169a
+def check_device(device:str)->torch.device:
+    "`device` as a torch.device, or a ValueError saying why it cannot be used on this machine"
+    try: d = torch.device(device)
+    except (RuntimeError, TypeError): raise ValueError(f"--device {device!r} is not a device: use cpu, cuda, cuda:N or mps.") from None
+    if d.type == 'cuda':
+        if not torch.cuda.is_available():
+            raise ValueError(f"--device {device}: CUDA is not available on this machine (torch {torch.__version__}); use --device cpu.")
+        if d.index is not None and d.index >= torch.cuda.device_count():
+            raise ValueError(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA device(s), cuda:0 to cuda:{torch.cuda.device_count() - 1}.")
+    elif d.type == 'mps':
+        if not torch.backends.mps.is_available(): raise ValueError(f"--device {device}: MPS is not available here; use --device cpu.")
+    elif d.type != 'cpu': raise ValueError(f"--device {device}: pwattr runs on cpu, cuda or mps.")
+    return d
+
+def check_writable(path, # an output file or directory
+                   what:str='--out', # the option's name, for the message
+                   is_dir:bool=False, # `path` is a directory (else a file, possibly with suffixes)
+                  )->Path:
+    "`path` if it can be written (created if missing), else a ValueError naming the problem; creates nothing"
+    p = Path(path)
+    if is_dir and p.exists() and not p.is_dir(): raise ValueError(f"{what} {p} is a file, not a directory: give a directory.")
+    if not is_dir and p.is_dir(): raise ValueError(f"{what} {p} is a directory: give a file path (e.g. {p / 'out.npz'}).")
+    q = p if is_dir and p.exists() else p.parent
+    while not q.exists() and q != q.parent: q = q.parent
+    if not q.is_dir(): raise ValueError(f"{what} {p}: {q} is a file, so nothing can be created below it.")
+    try:
+        if not os.access(q, os.W_OK | os.X_OK): raise PermissionError
+        with tempfile.TemporaryFile(dir=q): pass       # read-only mounts, ACLs: try it
+    except OSError: raise ValueError(f"{what} {p}: {q} is not writable (read-only); choose another location.") from None
+    return p
+
+def _positive(name:str, v, lo=1):
+    if v < lo: raise ValueError(f"{name} must be >= {lo}, got {v}.")
+
 def main(argv=None):
     "Command line: generate or resume a preset's LDS ground truth"
-    ap = argparse.ArgumentParser(prog='python -m pwattr.groundtruth', description=main.__doc__)
-    ap.add_argument('--preset', required=True, help='preset name, e.g. fmnist-mlp')
-    ap.add_argument('--subsets', type=int, default=50, help='number of subsets S (default 50)')
-    ap.add_argument('--seeds', type=int, default=1, help='training seeds per subset R (default 1)')
-    ap.add_argument('--alpha', type=float, default=0.5, help='subset fraction (default 0.5)')
-    ap.add_argument('--queries', type=int, default=100, help='evaluation queries from the test split (default 100)')
-    ap.add_argument('--query-seed', type=int, default=0)
+    ap = argparse.ArgumentParser(prog='python -m pwattr.groundtruth', description=main.__doc__,
+                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    ap.add_argument('--preset', required=True, help='preset name, e.g. fmnist-mlp (`pwattr presets` lists them)')
+    ap.add_argument('--subsets', type=int, default=50, help='number of subsets S')
+    ap.add_argument('--seeds', type=int, default=1, help='training seeds per subset R')
+    ap.add_argument('--alpha', type=float, default=0.5, help='subset fraction, in (0, 1)')
+    ap.add_argument('--queries', type=int, default=100, help='evaluation queries drawn from the test split')
+    ap.add_argument('--query-seed', type=int, default=0, help='seed of the query draw')
     ap.add_argument('--seed', type=int, default=0, help='subset seed')
     ap.add_argument('--stratify', action='store_true', help="stratify subsets by the labels 'y'")
     ap.add_argument('--workers', type=int, default=1, help='worker processes on this machine')
     ap.add_argument('--threads', type=int, default=1, help='torch threads per worker')
-    ap.add_argument('--device', default='cpu')
-    ap.add_argument('--out', default=None, help='output path (default pwattr/assets/groundtruth/<preset>.npz)')
+    ap.add_argument('--device', default='cpu', help='training device: cpu, cuda, cuda:N or mps')
+    ap.add_argument('--out', default=None, help='output path; None: ./groundtruth/<preset>.npz (the committed ones are '
+                    'in pwattr/assets/groundtruth/: pass that path to regenerate them in a source checkout)')
     ap.add_argument('--merge-partial', action='store_true', help='do not train: save the subsets finished so far')
     a = ap.parse_args(argv)
-    torch.set_num_threads(a.threads)
-    if a.merge_partial:
-        print(merge_work(a.out or GT_DIR / f'{a.preset}.npz', meta={'name': a.preset})); return
-    gt = groundtruth_for_preset(a.preset, a.subsets, a.seeds, a.alpha, a.queries, a.workers, a.out, a.seed,
-                                a.query_seed, a.stratify, a.device, threads=a.threads)
+    out = Path(a.out) if a.out is not None else Path('groundtruth') / f'{a.preset}.npz'
+    try:                     # every input checked before anything is trained: one line, exit code 2
+        from pwattr.presets import PRESETS
+        if a.preset not in PRESETS: raise ValueError(f"unknown preset {a.preset!r}: choose from {', '.join(PRESETS)}.")
+        for name, v, lo in [('--subsets', a.subsets, 1), ('--seeds', a.seeds, 1), ('--queries', a.queries, 1),
+                            ('--workers', a.workers, 1), ('--threads', a.threads, 1), ('--seed', a.seed, 0),
+                            ('--query-seed', a.query_seed, 0)]: _positive(name, v, lo)
+        if not 0 < a.alpha < 1: raise ValueError(f"--alpha is the subset fraction and must be in (0, 1), got {a.alpha}.")
+        check_device(a.device); check_writable(out)
+        torch.set_num_threads(a.threads)
+        if a.merge_partial:
+            print(merge_work(out, meta={'name': a.preset})); return
+        gt = groundtruth_for_preset(a.preset, a.subsets, a.seeds, a.alpha, a.queries, a.workers, out, a.seed,
+                                    a.query_seed, a.stratify, a.device, threads=a.threads)
+    except (ValueError, FileNotFoundError, KeyError) as e:
+        ap.exit(2, f"{ap.prog}: error: {e.args[0] if e.args else e}\n")
     if gt is not None: print(gt)
 
 # %% ../nbs/08b_groundtruth.ipynb #79d8630c

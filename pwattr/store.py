@@ -4,23 +4,32 @@
 
 # %% ../nbs/03b_store.ipynb #7d2eaeea
 from __future__ import annotations
-import json, os
+import errno, fcntl, hashlib, json, os, shutil, time, warnings
+from contextlib import contextmanager
 from pathlib import Path
 import numpy as np
 import torch
 from .features import Features
 
 # %% auto #0
-__all__ = ['FORMAT', 'IDENTITY', 'StoreMismatch', 'FeatureStore', 'load_features']
+__all__ = ['FORMAT', 'IDENTITY', 'LOCK_TIMEOUT', 'StoreMismatch', 'StoreCorrupt', 'StoreLocked', 'FeatureStore', 'write_index',
+           'load_features']
 
 # %% ../nbs/03b_store.ipynb #7bc72669
 FORMAT = 'pwattr.features/1'
 # manifest fields that must agree for two runs to write into the same store
 IDENTITY = ('n', 'groups', 'dims', 'group_spec', 'fingerprint', 'output_fn', 'projection', 'dtype', 'ids',
-            'chunk_size', 'checkpoint', 'extras')
+            'chunk_size', 'checkpoint', 'extras', 'data_hash')
+LOCK_TIMEOUT = float(os.environ.get('PWATTR_STORE_LOCK_TIMEOUT', 6 * 3600))  # seconds a second writer waits
 
 class StoreMismatch(ValueError):
     "A store on disk holds features of another model, group spec, projection or dataset"
+
+class StoreCorrupt(RuntimeError):
+    "A store's files do not match the manifest's checksums (truncated or altered on disk)"
+
+class StoreLocked(TimeoutError):
+    "Another process is writing the store"
 
 def _atomic_write(path:Path, text:str):
     "Write `text` to `path` atomically: temp file, fsync, os.replace, fsync the directory"
@@ -34,8 +43,27 @@ def _atomic_write(path:Path, text:str):
 def _short(v, n=80):
     s = json.dumps(v, sort_keys=True); return s if len(s) <= n else s[:n] + '...'
 
+def _digest(parts)->str:
+    "Checksum of a chunk: sha256 of its rows in every file, 16 hex digits"
+    h = hashlib.sha256()
+    for p in parts: h.update(p)
+    return h.hexdigest()[:16]
+
+def _gb(n:int)->str: return f"{n / 2**30:.2f} GiB" if n >= 2**27 else f"{n / 2**20:.1f} MiB"
+
+def _reserve(path:Path, size:int, store:Path):
+    "Allocate the blocks of `path` now (posix_fallocate), so a full disk is an OSError here, not a SIGBUS later"
+    fd = os.open(path, os.O_RDWR)
+    try: os.posix_fallocate(fd, 0, size)
+    except OSError as e:
+        if e.errno == errno.ENOSPC:
+            raise OSError(errno.ENOSPC, f"Not enough disk space for the feature store at {store}: {path.name} needs "
+                          f"{size} bytes ({_gb(size)}). Free some space or choose another store path.", str(path)) from None
+        if e.errno not in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS): raise   # no fallocate here: the free-space check stands
+    finally: os.close(fd)
+
 class FeatureStore:
-    "On-disk features: x.npy memmap + extras + JSON manifest, chunked, atomic, resumable"
+    "On-disk features: x.npy memmap + extras + JSON manifest, chunked, checksummed, atomic, locked, resumable"
     def __init__(self, path:str|Path): self.path = Path(path)
 
     @property
@@ -52,9 +80,37 @@ class FeatureStore:
         "The manifest's fixed fields (read once)"
         return self.__dict__.get('_static') or self.manifest
 
+    @contextmanager
+    def lock(self, timeout:float|None=None, # seconds to wait for another writer (None: `LOCK_TIMEOUT`)
+            ):
+        "Hold the store's exclusive write lock (`fcntl.flock` on path/.lock; released when the holder exits or dies)"
+        self.path.mkdir(parents=True, exist_ok=True)
+        timeout = LOCK_TIMEOUT if timeout is None else timeout
+        fd = os.open(self.path / '.lock', os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            t0 = time.monotonic()
+            while True:
+                try: fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB); break
+                except BlockingIOError:
+                    if time.monotonic() - t0 >= timeout:
+                        raise StoreLocked(f"The feature store at {self.path} is being written by another process (waited "
+                                          f"{timeout:.0f} s for its lock {self.path / '.lock'}). Wait for that run to finish, "
+                                          "or use another store path.") from None
+                    time.sleep(0.05)
+            yield self
+        finally: os.close(fd)
+
+    def _files(self, m:dict)->list:
+        "(name, shape, dtype) of the store's arrays"
+        dt = np.float16 if m['dtype'] == 'float16' else np.float32
+        return [('x.npy', (m['n'], sum(m['dims'])), dt)] + [(f"extra_{e}.npy", (m['n'],), np.float32) for e in m['extras']]
+
+    @staticmethod
+    def _nbytes(shape, dtype)->int: return int(np.prod(shape)) * np.dtype(dtype).itemsize + 128
+
     @classmethod
     def create(cls, path, spec:dict, # the manifest fields (see `featurize`)
-               clean:bool=True, # remove temporary files left by a killed run (only the first opener: rank 0)
+               clean:bool=True, # first opener (rank 0): remove temp files of a killed run, verify and repair chunks
               )->FeatureStore:
         "Open the store at `path` for features described by `spec`, creating it if needed (checks they match)"
         st = cls(path)
@@ -62,16 +118,25 @@ class FeatureStore:
             for f in st.path.glob('*.tmp*'): f.unlink(missing_ok=True)
         spec = json.loads(json.dumps(spec))       # normalise through JSON (tuples -> lists, int keys -> str)
         if st.exists:
-            st.check(spec); return st
+            st.check(spec)
+            if clean: st.repair()
+            return st
         st.path.mkdir(parents=True, exist_ok=True)
-        n, D = spec['n'], sum(spec['dims'])
-        dt = np.float16 if spec['dtype'] == 'float16' else np.float32
-        files = [('x.npy', (n, D), dt)] + [(f"extra_{e}.npy", (n,), np.float32) for e in spec['extras']]
+        files = st._files(spec)
+        need = sum(st._nbytes(s, d) for _, s, d in files)
+        free = shutil.disk_usage(st.path).free
+        if need > free:
+            raise OSError(errno.ENOSPC, f"Not enough disk space for the feature store at {st.path}: it needs {need} bytes "
+                          f"({_gb(need)}), {free} bytes ({_gb(free)}) are free. Free some space or choose another store path.",
+                          str(st.path))
         for name, shape, dtype in files:      # files first, manifest last: a store exists once it has a manifest
             tmp = st.path / (name + f'.tmp{os.getpid()}')
             np.lib.format.open_memmap(tmp, mode='w+', dtype=dtype, shape=shape).flush()
+            _reserve(tmp, tmp.stat().st_size, st.path)
             os.replace(tmp, st.path / name)
-        _atomic_write(st.manifest_path, json.dumps({'format': FORMAT, **spec, 'completed': []}, indent=1))
+        n_chunks = -(-spec['n'] // spec['chunk_size'])
+        _atomic_write(st.manifest_path, json.dumps({'format': FORMAT, **spec, 'completed': [],
+                                                     'checksums': [None] * n_chunks}, indent=1))
         return st
 
     def check(self, spec:dict):
@@ -80,7 +145,7 @@ class FeatureStore:
         bad = [k for k in IDENTITY if k in spec and m.get(k) != spec[k]]
         if bad:
             what = {'fingerprint': 'model parameters', 'group_spec': 'group spec', 'groups': 'group names',
-                    'projection': 'projection', 'ids': 'example ids'}
+                    'projection': 'projection', 'ids': 'example ids', 'data_hash': 'content of the examples and labels'}
             lines = [f"  {k}{f' ({what[k]})' if k in what else ''}: store has {_short(m.get(k))}, this run has {_short(spec[k])}" for k in bad]
             raise StoreMismatch(f"The feature store at {self.path} was written for different features:\n" + '\n'.join(lines)
                                 + "\nUse another store path, or delete this one to recompute.")
@@ -93,11 +158,17 @@ class FeatureStore:
         "(start, stop) rows of chunk c"
         m = self._m; cs = m['chunk_size']; return c * cs, min(m['n'], (c + 1) * cs)
     def _rank_file(self, rank): return self.path / f'progress.rank{rank}.json'
+    def _progress(self)->dict:
+        "chunk -> checksum (None: recorded before checksums) of every completed chunk, per-rank progress included"
+        m = self.manifest; sums = m.get('checksums') or [None] * self.n_chunks
+        done = {c: sums[c] for c in m['completed']}
+        for f in self.path.glob('progress.rank*.json'):
+            p = json.loads(f.read_text())
+            done.update({int(c): d for c, d in p.items()} if isinstance(p, dict) else {c: None for c in p})
+        return done
     def completed(self)->set:
         "Chunks completed so far (manifest plus any per-rank progress files of a distributed run)"
-        done = set(self.manifest['completed'])
-        for f in self.path.glob('progress.rank*.json'): done |= set(json.loads(f.read_text()))
-        return done
+        return set(self._progress())
     def missing(self, rank:int=0, world:int=1)->list:
         "Chunks still to compute that belong to `rank` (chunk c goes to rank c % world)"
         done = self.completed()
@@ -105,43 +176,109 @@ class FeatureStore:
     @property
     def complete(self)->bool: return len(self.completed()) == self.n_chunks
 
+    def _arrays(self, mode='r')->list:
+        "Memmaps of x and the extras; `StoreCorrupt` naming the file when one is missing, truncated or of another shape"
+        out = []
+        for name, shape, dtype in self._files(self._m):
+            p = self.path / name
+            try:
+                with open(p, 'rb') as f:
+                    np.lib.format.read_magic(f); shp, _, dt = np.lib.format.read_array_header_1_0(f); off = f.tell()
+                size, want = p.stat().st_size, off + int(np.prod(shape)) * np.dtype(dtype).itemsize
+            except (OSError, ValueError) as e: raise StoreCorrupt(f"{p} is missing or unreadable ({e}).") from None
+            if tuple(shp) != tuple(shape) or np.dtype(dt) != np.dtype(dtype):
+                raise StoreCorrupt(f"{p} holds {dt}{list(shp)}, the manifest says {np.dtype(dtype)}{list(shape)}.")
+            if size < want: raise StoreCorrupt(f"{p} is truncated: {size} of {want} bytes.")
+            out.append(np.load(p, mmap_mode=mode))
+        return out
+
+    def _chunk_sum(self, arrays, c:int)->str:
+        s, e = self.rows(c); return _digest([np.ascontiguousarray(a[s:e]).tobytes() for a in arrays])
+
+    def verify(self, chunks=None, # chunks to check (default: all completed ones)
+              )->list:
+        "Completed chunks whose bytes on disk differ from their checksum (chunks recorded without one are not checked)"
+        done = self._progress(); arrays = self._arrays()
+        return [c for c in sorted(done if chunks is None else chunks) if done.get(c) and self._chunk_sum(arrays, c) != done[c]]
+
+    def repair(self)->list:
+        "Before resuming (under the lock): regrow damaged files, forget chunks that fail their checksum; returns those chunks"
+        if any(self.path.glob('progress.rank*.json')): self.finalize()     # merge what the ranks of a killed run recorded
+        m = self.manifest; lost, damaged = set(), False
+        for name, shape, dtype in self._files(m):
+            p = self.path / name
+            try:
+                with open(p, 'rb') as f:
+                    np.lib.format.read_magic(f); shp, _, dt = np.lib.format.read_array_header_1_0(f)
+                ok = tuple(shp) == tuple(shape) and np.dtype(dt) == np.dtype(dtype)
+            except (OSError, ValueError): ok = False
+            if not ok:          # no usable header: a fresh file, every chunk recomputed
+                warnings.warn(f"{p} is missing or damaged: recreating it and recomputing every chunk.")
+                np.lib.format.open_memmap(p, mode='w+', dtype=dtype, shape=shape).flush(); lost |= set(m['completed'])
+            with open(p, 'rb') as f: np.lib.format.read_magic(f); np.lib.format.read_array_header_1_0(f); off = f.tell()
+            want = off + int(np.prod(shape)) * np.dtype(dtype).itemsize
+            if p.stat().st_size < want:
+                warnings.warn(f"{p} is truncated ({p.stat().st_size} of {want} bytes): regrowing it; "
+                              "chunks that fail their checksum are recomputed.")
+                os.truncate(p, want); damaged = True
+            _reserve(p, want, self.path)
+        if damaged: lost |= {c for c, d in self._progress().items() if d is None}   # unverifiable chunks of a damaged file
+        bad = sorted(lost | set(self.verify()))
+        if bad:
+            if not lost: warnings.warn(f"The feature store at {self.path}: chunks {bad} do not match their checksums "
+                                       "(truncated or altered files); recomputing them.")
+            m = self.manifest; sums = m.get('checksums') or [None] * self.n_chunks
+            m['completed'] = [c for c in m['completed'] if c not in bad]
+            m['checksums'] = [None if c in bad else d for c, d in enumerate(sums)]
+            _atomic_write(self.manifest_path, json.dumps(m, indent=1))
+        return bad
+
     def write_chunk(self, c:int, # chunk index
                     x, # [rows, D] features of the chunk (tensor or array)
                     extras:dict|None=None, # name -> [rows]
                     rank:int=0, world:int=1):
-        "Write chunk c to the memmaps, flush them, then record it as completed (atomically)"
+        "Write chunk c to the memmaps, flush them, then record it and its checksum as completed (atomically)"
         m = self._m; s, e = self.rows(c)
         x = x.numpy() if torch.is_tensor(x) else np.asarray(x)
         if x.shape != (e - s, sum(m['dims'])):
             raise ValueError(f"Chunk {c} should be [{e - s}, {sum(m['dims'])}], got {list(x.shape)}.")
         missing = set(m['extras']) - set(extras or {})
         if missing: raise ValueError(f"Chunk {c} lacks extras {sorted(missing)} that the store records.")
+        parts = []
         for name, arr in [('x.npy', x)] + [(f'extra_{k}.npy', (extras or {})[k]) for k in m['extras']]:
             mm = np.load(self.path / name, mmap_mode='r+')
             mm[s:e] = arr.numpy() if torch.is_tensor(arr) else arr
-            mm.flush(); del mm
+            mm.flush(); parts.append(np.ascontiguousarray(mm[s:e]).tobytes()); del mm
+        d = _digest(parts)
         if world == 1:
             m = self.manifest; m['completed'] = sorted(set(m['completed']) | {c})
+            m['checksums'] = m.get('checksums') or [None] * self.n_chunks; m['checksums'][c] = d
             _atomic_write(self.manifest_path, json.dumps(m, indent=1))
         else:
             f = self._rank_file(rank)
-            done = set(json.loads(f.read_text())) if f.exists() else set()
-            _atomic_write(f, json.dumps(sorted(done | {c})))
+            p = json.loads(f.read_text()) if f.exists() else {}
+            p = {str(k): None for k in p} if isinstance(p, list) else p
+            p[str(c)] = d
+            _atomic_write(f, json.dumps({k: p[k] for k in sorted(p, key=int)}))
 
     def finalize(self):
         "Merge per-rank progress into the manifest (rank 0, after all ranks finished)"
-        m = self.manifest; done = self.completed()
+        m = self.manifest; done = self._progress()
         m['completed'] = sorted(done)
+        m['checksums'] = [done.get(c) for c in range(self.n_chunks)]
         _atomic_write(self.manifest_path, json.dumps(m, indent=1))
         for f in self.path.glob('progress.rank*.json'): f.unlink()
 
     def load(self, mmap:bool=False, # keep x memory-mapped (copy-on-write) instead of reading it into memory
             )->Features:
-        "The stored Features (raises if chunks are missing)"
+        "The stored Features (raises if chunks are missing or fail their checksums)"
         m = self.manifest
         if not self.complete:
             raise RuntimeError(f"The feature store at {self.path} is incomplete: {len(self.completed())} of "
                                f"{self.n_chunks} chunks done. Run featurize(..., store='{self.path}') again to finish it.")
+        bad = self.verify()
+        if bad: raise StoreCorrupt(f"The feature store at {self.path} is corrupt: chunks {bad} do not match their checksums "
+                                   f"(truncated or altered files). Run featurize(..., store='{self.path}') again to recompute them.")
         x = np.load(self.path / 'x.npy', mmap_mode='c' if mmap else None)
         ex = {k: torch.from_numpy(np.load(self.path / f'extra_{k}.npy')) for k in m['extras']}
         meta = {'fingerprint': m['fingerprint'], 'groups_fingerprint': None, 'output_fn': m['output_fn'],
@@ -156,10 +293,26 @@ class FeatureStore:
         return (f"FeatureStore({str(self.path)!r}: {m['n']} examples x {sum(m['dims'])} {m['dtype']} in "
                 f"{len(m['groups'])} groups, {len(self.completed())}/{self.n_chunks} chunks)")
 
+def write_index(path, # folder of numbered stores (000, 001, ...)
+                n:int, # how many stores it holds
+                kind:str='checkpoints', # 'checkpoints' | 'models'
+               ):
+    "Record how many numbered stores `path` holds, so that `load_features` can refuse a folder with one missing"
+    p = Path(path); p.mkdir(parents=True, exist_ok=True)
+    _atomic_write(p / 'stores.json', json.dumps({'format': FORMAT, 'n': n, 'kind': kind}))
+
 def load_features(path:str|Path)->Features|list:
-    "Features stored at `path`, or the list stored in its numbered subfolders (checkpoints / models)"
+    "Features stored at `path`, or the list stored in its numbered subfolders (checkpoints / models); refuses gaps"
     p = Path(path)
     if (p / 'manifest.json').exists(): return FeatureStore(p).load()
-    subs = sorted(d for d in p.iterdir() if (d / 'manifest.json').exists()) if p.exists() else []
+    subs = sorted(d for d in p.iterdir() if d.is_dir() and d.name.isdigit()) if p.exists() else []
     if not subs: raise FileNotFoundError(f"No feature store at {p} or in its subfolders.")
-    return [FeatureStore(d).load() for d in subs]
+    idx = json.loads((p / 'stores.json').read_text()) if (p / 'stores.json').exists() else {'n': len(subs)}
+    want = [f'{i:03d}' for i in range(idx['n'])]
+    gone = [w for w in want if not (p / w / 'manifest.json').exists()]
+    extra = [d.name for d in subs if d.name not in want]
+    if gone or extra:
+        raise FileNotFoundError(f"{p} should hold {idx['n']} feature stores ({want[0]}..{want[-1]}), but "
+                                + (f"{gone} are missing or unfinished" if gone else f"{extra} are unexpected")
+                                + f": run featurize(..., store='{p}') again to compute them.")
+    return [FeatureStore(p / w).load() for w in want]

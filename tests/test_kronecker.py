@@ -104,8 +104,10 @@ def test_projection_seeded_and_exact():
     P = kron_projection(L, (3, 5), seed=4)
     assert P['0'][0].shape == (10, 3) and P['0'][1].shape == (21, 5) and P['2'][0] is None    # 3 outputs <= r_out
     G, Gp = kron_grads(m, CrossEntropy(), b, L), kron_grads(m, CrossEntropy(), b, L, P)
-    torch.testing.assert_close(Gp['0'], P['0'][0].T @ G['0'] @ P['0'][1], rtol=1e-4, atol=1e-6)
-    torch.testing.assert_close(Gp['2'], G['2'] @ P['2'][1], rtol=1e-4, atol=1e-6)
+    ref0 = P['0'][0].T @ G['0'] @ P['0'][1]          # float32: atol scaled by the values' magnitude
+    torch.testing.assert_close(Gp['0'], ref0, rtol=1e-4, atol=1e-5 * ref0.abs().max().item())
+    ref2 = G['2'] @ P['2'][1]
+    torch.testing.assert_close(Gp['2'], ref2, rtol=1e-4, atol=1e-5 * ref2.abs().max().item())
     assert torch.equal(kron_projection(L, (3, 5), seed=4)['0'][1], P['0'][1])
     assert not torch.equal(kron_projection(L, (3, 5), seed=5)['0'][1], P['0'][1])
     # unbiased inner products: average over many seeds approaches the exact one
@@ -125,7 +127,9 @@ def test_kron_features_exampleset_and_groupspec():
     assert f.ids == es.ids and f.groups == ['1', '3'] and f.dims == [4 * 6, 3 * 5]
     assert set(f.extras) == {'out', 'q'} and f.meta['layout'] == 'kron'
     ref = func_grads(m, Margin(), es.batch())
-    for n in f.groups: torch.testing.assert_close(f.block(n), as_matrix(ref, n, dict(m.named_modules())[n]), rtol=1e-4, atol=1e-6)
+    for n in f.groups:
+        want = as_matrix(ref, n, dict(m.named_modules())[n])
+        torch.testing.assert_close(f.block(n), want, rtol=1e-4, atol=1e-5 * want.abs().max().item())
     torch.testing.assert_close(f.extras['out'], Margin()(m, es.batch()).detach())
     spec = GroupSpec.by_module(m, include=r'^3\.')
     assert kron_features(m, es, Margin(), layers=spec).groups == ['3']
@@ -436,4 +440,5 @@ def test_stream_peak_memory_is_bounded(tmp_path):
     full_mb = 1000 * res['memory']['D'] * 4 / 2**20                    # the N x D float32 training gradients (~390 MB)
     assert res['memory']['peak_mb'] > 0.8 * full_mb, res              # the measurement sees them in memory...
     assert res['streamed']['peak_mb'] < 0.5 * full_mb, res            # ...and the streamed path does not hold them (~100 MB)
-    np.testing.assert_allclose(res['streamed']['S'], res['memory']['S'], rtol=1e-5, atol=1e-7)
+    S_mem = np.asarray(res['memory']['S'])
+    np.testing.assert_allclose(res['streamed']['S'], S_mem, rtol=1e-5, atol=1e-5 * np.abs(S_mem).max())

@@ -43,7 +43,10 @@ def test_shared_steps_match_reference_loop(tiny):
     lists['c'] = lists['a'].flip(1)                               # the same pairs in another order
     d = tail_patch_deltas(model, LM, qb, tb, lists, lr=0.1, k=4)
     for lab, P in lists.items():
-        np.testing.assert_allclose(d[lab], tail_patch(model, LM, qb, tb, P, lr=0.1, k=4).deltas, atol=1e-6)
+        want = tail_patch(model, LM, qb, tb, P, lr=0.1, k=4).deltas
+        # deltas are differences of float32 losses: the error scales with the losses (~log 256), not the deltas
+        loss_scale = LM(model, qb).abs().max().item()
+        np.testing.assert_allclose(d[lab], want, rtol=1e-5, atol=1e-6 * loss_scale)
     np.testing.assert_array_equal(d['c'], d['a'][:, ::-1])
 
 def test_weights_restored_and_deterministic(tiny):

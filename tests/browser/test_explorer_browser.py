@@ -139,7 +139,8 @@ def independent_topk(runs, query_pos:int, weights:bool, k:int=K_WALK):
     def one(pattern):
         f = sorted(runs.glob(f'cache/*/features-final-margin-*-{pattern}.pt'))
         assert len(f) == 1, f"expected one cached TRAK {pattern} feature file under {runs}/cache, found {f}"
-        return torch.load(f[0], weights_only=False)
+        from pwattr.audit import _load_cache          # the audit's cache format: data only, read with weights_only=True
+        return _load_cache(f[0])
     tr, ev = one('train'), one('eval')
     X, q = tr.x.double().numpy(), np.asarray(tr.extras['q'], dtype=np.float64)
     G = X.T @ X; lam = 0.1 * np.diag(G).mean()
