@@ -455,9 +455,11 @@ def item_labels(data, # ExampleSet, list of strings, or anything else (no labels
     "What each item is, in a few words: its class, prompt or first words (for captions and menus)"
     meta = getattr(data, 'meta', None)
     if isinstance(meta, pd.DataFrame) and len(meta) == n:
-        for c in ('prompt', 'class', 'label_name', 'caption', 'book'):
+        for c in ('prompt', 'class', 'label_name', 'caption'):
             if c in meta.columns: return [str(v) for v in meta[c]]
-        if 'text' in meta.columns: return [_first_words(t) for t in meta['text']]
+        if 'text' in meta.columns:                                       # a verse: its book and first words
+            pre = [f'{b}: ' for b in meta['book']] if 'book' in meta.columns else [''] * n
+            return [p + _first_words(t) for p, t in zip(pre, meta['text'])]
         y, classes = getattr(data, 'tensors', {}).get('y'), (getattr(data, 'info', None) or {}).get('classes')
         if y is not None and classes and y.ndim == 1: return [str(classes[int(v)]) for v in y]
     if isinstance(data, (list, tuple)) and len(data) == n and all(isinstance(s, str) for s in data): return [_first_words(s) for s in data]

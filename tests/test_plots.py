@@ -261,3 +261,13 @@ def test_display_names_keep_keys():
     shown = group_display_names(m, spec)
     assert shown == {'1': 'fc1 (Linear 784→256)', '3': 'fc2 (Linear 256→128)', '5': 'fc3 (Linear 128→10)'}
     assert (list(spec.names), {g: list(p) for g, p in spec.groups.items()}) == before
+
+def test_item_labels_say_what_an_item_is():
+    from pwattr.plots import item_labels
+    from pwattr.data import ExampleSet
+    verses = ExampleSet('v', {}, pd.DataFrame({'id': ['a', 'b'], 'book': ['Genesis', 'Ruth'],
+                                               'text': ['In the beginning God created the heaven and the earth.', 'And Naomi said']}))
+    assert item_labels(verses, 2) == ['Genesis: In the beginning God created the ...', 'Ruth: And Naomi said']
+    imgs = ExampleSet('i', {'x': torch.zeros(3, 1, 2, 2), 'y': torch.tensor([2, 0, 1])}, pd.DataFrame({'id': list('abc')}), {'classes': ['cat', 'dog', 'owl']})
+    assert item_labels(imgs, 3) == ['owl', 'cat', 'dog']                      # from the class index and the class names
+    assert item_labels(torch.zeros(3, 2, 2), 3) is None                       # a bare tensor says nothing
