@@ -73,12 +73,14 @@ def run_until(page, lab, path:str, done, run, timeout:float=120, failed=None):
         if now - t0 > timeout: raise AssertionError(f"nothing appeared within {timeout} s (kernel id and state: {k})")
         page.wait_for_timeout(300)
 
-def test_explorer_in_jupyterlab(jupyterlab, page, artifacts):
+@pytest.mark.parametrize('theme', ['JupyterLab Light', 'JupyterLab Dark'])
+def test_explorer_in_jupyterlab(jupyterlab, page, artifacts, theme):
     cases = dict(start=expected(0, W_LEARNED), query=expected(1, W_LEARNED), base=expected(1, None))
     assert cases['start'] != cases['query'] != cases['base'], "the fixture must make each step change the top-k"
     fixture_notebook(jupyterlab.root / 'explorer_fixture.ipynb')
+    jupyterlab.set_theme(theme); tag = theme.split()[-1].lower()
     t0 = time.time()
-    page.goto(jupyterlab.wait_ready().url('explorer_fixture.ipynb'))
+    page.goto(jupyterlab.wait_ready().url('explorer_fixture.ipynb', workspace=f'fixture-{tag}'))
     page.wait_for_selector('.jp-NotebookPanel .jp-Cell', timeout=60_000)
     try:
         run_until(page, jupyterlab, 'explorer_fixture.ipynb', lambda: page.locator('.pwattr-topk').count(), lambda: run_all_cells(page))
@@ -89,19 +91,22 @@ def test_explorer_in_jupyterlab(jupyterlab, page, artifacts):
     assert page.locator('.pwattr-topk').first.get_attribute('data-query') == 'q0'
     assert shown_ids(page) == cases['start']
     assert page.locator('.pwattr-view img').count() == 1 + 2 * K       # query + base row + weighted row, all images
-    page.screenshot(path=str(artifacts / 'explorer_start.png'), full_page=True)
+    assert page.evaluate("() => document.body.dataset.jpThemeName") == theme
+    low = [r for r in page.evaluate(CONTRAST_JS, '.pwattr-view .pw-cap, .pwattr-view .pw-legend, .pwattr-view .pwattr-topk') if r['ratio'] < 4.5]
+    assert not low, f"{theme}, live widget: text with contrast below 4.5:1: {low[:5]}"
+    page.screenshot(path=str(artifacts / f'explorer_start_{tag}.png'), full_page=True)
 
     # change the query in the dropdown: the kernel-side callback re-ranks and the page shows q1's top-k
     page.locator('.pwattr-query select').select_option(label='q1')
     assert wait_ids_change(page, cases['start']) == cases['query']
     assert page.locator('.pwattr-topk').first.get_attribute('data-query') == 'q1'
-    page.screenshot(path=str(artifacts / 'explorer_query_changed.png'), full_page=True)
+    page.screenshot(path=str(artifacts / f'explorer_query_changed_{tag}.png'), full_page=True)
 
     # switch the weight set to none: the base method's top-k of q1
     page.locator('.pwattr-weights button', has_text=re.compile(r'^none$')).click()
     assert wait_ids_change(page, cases['query']) == cases['base']
     assert page.locator('.pwattr-topk').first.get_attribute('data-weights') == 'none'
-    page.screenshot(path=str(artifacts / 'explorer_weights_none.png'), full_page=True)
+    page.screenshot(path=str(artifacts / f'explorer_weights_none_{tag}.png'), full_page=True)
 
     # k one down (the slider's handle, arrow key): the same ranking, one item fewer
     page.locator('.pwattr-k .noUi-handle').first.focus(); page.keyboard.press('ArrowLeft')
@@ -109,7 +114,7 @@ def test_explorer_in_jupyterlab(jupyterlab, page, artifacts):
     imgs_ok = page.evaluate("() => [...document.querySelectorAll('.pwattr-view img')].every(i => i.complete && i.naturalWidth > 0)")
     assert imgs_ok, "an item image of the explorer did not render"
     took = time.time() - t0
-    (artifacts / 'explorer_timing.txt').write_text(f'{took:.1f} s from opening the notebook to the last check\n')
+    (artifacts / f'explorer_timing_{tag}.txt').write_text(f'{took:.1f} s from opening the notebook to the last check\n')
     assert took < 180, f"the explorer browser test took {took:.0f} s (budget: 2 minutes; 3 is the hard limit)"
 
 
