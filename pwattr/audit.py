@@ -527,6 +527,7 @@ def write_report(r:AuditResult, run:AuditRun, n_gallery:int=3)->Path:
     from pwattr.plots import group_display_names
     out = r.out; (out / 'plots').mkdir(parents=True, exist_ok=True)
     st, problems, verdicts = r.settings, {}, dict(getattr(r, 'verdicts', None) or {})
+    paper = dict(getattr(r, 'paper', None) or {})                   # the paper's weights, when the audit applied others (safe)
     try: names = group_display_names(run.model(), run.groups)
     except Exception: names = None                                   # display names are a nicety: never fail a report on them
     toc, body = [], []
@@ -549,8 +550,12 @@ def write_report(r:AuditResult, run:AuditRun, n_gallery:int=3)->Path:
         parts = [f"<p class='verdict'>{html.escape(verdicts[m])}</p>"] if m in verdicts else []
         pair = [_img(f'pergroup-{m}', f'{m}: per-group LDS', plot_group_lds(pg, title=f'{m}: per-group LDS', names=names), out,
                      'LDS of each parameter group alone (heterogeneity); dashed: all groups summed, the base method.', problems),
-                _img(f'weights-{m}', f'{m}: learned weights', plot_weights(r.weights[m], title=f'{m}: learned weights', names=names), out,
-                     f"Learned weight of each group (k={st.get('k')}, lambda={st.get('lam')}); dashed: w = 1, the base method.", problems)]
+                _img(f'weights-{m}', f'{m}: weights applied' if paper else f'{m}: learned weights',
+                     plot_weights(r.weights[m], title=f'{m}: weights applied' if paper else f'{m}: learned weights', names=names), out,
+                     f"Weight of each group (k={st.get('k')}, lambda={st.get('lam')}); dashed: w = 1, the base method.", problems)]
+        if m in paper:
+            pair.append(_img(f'paper-weights-{m}', f"{m}: the paper's learned weights", plot_weights(paper[m], title=f"{m}: the paper's learned weights",
+                             names=names), out, 'Learned by the self-supervised objective alone, reported beside the weights applied.', problems))
         parts.append(f"<div class='pair'>{''.join(pair)}</div>")
         if pg.cross is not None:
             parts.append(_img(f'heatmap-{m}', f'{m}: per-group LDS, block x function', plot_block_function(pg, title=m), out,

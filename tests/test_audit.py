@@ -95,9 +95,12 @@ def test_report_renders_verdicts_and_any_columns(tiny_audit, monkeypatch):
     from pwattr.audit import AuditResult, write_report
     r = tiny_audit; table = AuditResult.table
     monkeypatch.setattr(AuditResult, 'table', lambda self: table(self).assign(**{'safe gain': -0.5, 'mode': 'safe'}))
-    monkeypatch.setattr(r, 'verdicts', {'das': 'Keep the uniform weights: the learned ones lose LDS on held-out queries.'}, raising=False)
+    # a class-level property: `verdicts` may be a read-only property of AuditResult (the safe-weights mode)
+    monkeypatch.setattr(AuditResult, 'verdicts', property(lambda self: {'das': 'Keep the uniform weights: the learned ones lose LDS on held-out queries.'}), raising=False)
+    monkeypatch.setattr(r, 'paper', {'das': r.weights['das']}, raising=False)      # the paper's weights beside the applied ones
     doc = write_report(r, r.run, n_gallery=1).read_text()
     assert 'Keep the uniform weights: the learned ones lose LDS' in doc and '<th>safe gain</th>' in doc and '<th>mode</th>' in doc
+    assert "fig-paper-weights-das" in doc and "fig-paper-weights-tracin" not in doc
     assert doc.count("class='neg'") >= len(DIFF.split(','))                                 # every negative 'safe gain' marked
     assert '<th>use the learned weights?</th>' in doc
 
