@@ -20,6 +20,7 @@ from .kronecker import EKFAC, LoGRA, kron_features, fit_kron_factors, fisher_out
 from .diffusion import (DIFFUSION_METHODS, METHOD_NAMES, SharedNoise, timestep_features,
                               journey_features, generate_queries)
 from .weights import learn_weights, check_disjoint
+from .safe import safe_weights, refit_from, query_matrix
 from .evaluate import lds, per_group_lds, ResultsTable
 from .groundtruth import GroundTruth, GT_DIR
 from .plots import plot_lds_table, plot_group_lds, plot_block_function, plot_weights, plot_topk_gallery, figure_png
@@ -57,7 +58,7 @@ METHODS = {  # name -> (features kind, output name of the preset, factory(ctx) -
     'gradcos':     ('final', lambda p: LOSS[p.domain], lambda c: GradCos()),
     'trak':        ('final', _trak_output, lambda c: TRAK(kernel='global', use_q=c.p.domain == 'classification')),
     'trak-block':  ('final', _trak_output, lambda c: TRAK(kernel='block', use_q=c.p.domain == 'classification')),
-    'ekfac':       ('kron', lambda p: LOSS[p.domain], lambda c: EKFAC(c.factors())),
+    'ekfac':       ('kron', lambda p: LOSS[p.domain], lambda c, damping_scale=0.1: EKFAC(c.factors(), damping_scale=damping_scale)),
     'logra':       ('kron-proj', lambda p: LOSS[p.domain], lambda c: LoGRA()),
     # diffusion only: pwattr.diffusion's recipes (on a diffusion preset 'tracin' and 'trak' follow them too)
     'dtrak':       ('diffusion', lambda p: DIFFUSION_METHODS['dtrak'][0], lambda c: diffusion_method('dtrak')),
@@ -193,7 +194,7 @@ class AuditRun:
                              f"{len(self.train)}: regenerate it with `python -m pwattr.groundtruth --preset {self.p.name}`.")
         self.eval_q = self.test[self.test.index_of(gt.query_ids)]
         self.cache = self.out / 'cache' / self.p.config_hash
-        self._model = None
+        self._model, self._refits = None, {}
         if self.learn_from == 'test': self.learn_q   # an exhausted test split fails here, before any work
 
     def _train(self):
@@ -305,6 +306,7 @@ class AuditRun:
 
     def contributions(self, name:str, # a key of `METHODS`
                       splits=('eval', 'learn'), # query splits to attribute
+                      damping_scale:float|None=None, # EK-FAC only: damping relative to the mean corrected eigenvalue (None: the method's 0.1)
                      )->tuple: # one Contributions per split
         "Fit method `name` on the training side and attribute the query splits (default: evaluation, learning)"
         kind, out_of, make = METHODS[name]; oname = out_of(self.p)
@@ -318,10 +320,11 @@ class AuditRun:
             return cached(self.cache / f'contrib-diffusion-{name}-{key}.pt', compute, f'{name}: fit and attribute', self.log)
         if kind == 'diffusion': raise ValueError(f"{name} attributes diffusion models only; {self.p.name} is a {self.p.domain} preset.")
         qs = [self.features(kind, oname, s) for s in splits]
-        meth = make(self)
+        if damping_scale is not None and name != 'ekfac': raise ValueError(f"damping_scale applies to 'ekfac' only, not {name!r}")
+        meth = make(self) if damping_scale is None else make(self, damping_scale=damping_scale)
         if kind == 'kron':  # EK-FAC: training gradients are streamed batch by batch, never stored (cached result)
             ids = [i for s in splits for i in self.split(s).ids]
-            tag = '' if tuple(splits) == ('eval', 'learn') else '-' + '-'.join(splits)
+            tag = ('' if tuple(splits) == ('eval', 'learn') else '-' + '-'.join(splits)) + ('' if damping_scale is None else f'-d{damping_scale:g}')
             c = self._checked(self.cache / f'contrib-{name}-{self.grouping}{self._sfx()}{self._gen_tag("learn")}{tag}.pt',
                               lambda: meth.contributions_streamed(self.model(), self.train, output_fn(oname), Features.cat(qs),
                                                                   progress=self.progress), f'{name} (streamed)', ids)
@@ -333,6 +336,35 @@ class AuditRun:
             meth.fit(self.features(kind, oname, 'train'))
             return tuple(meth.contributions(q) for q in qs)
         return cached(self.cache / f'contrib-{name}-{key}.pt', compute, f'{name}: fit and attribute', self.log)
+
+    def refit(self, name:str):
+        "(`KernelRefit`, split -> query features [Q, D]) of a global ridge-kernel method (TRAK, D-TRAK, DAS, JourneyTRAK); None for others"
+        if name not in ('trak', 'dtrak', 'das', 'journeytrak'): return None
+        if name not in self._refits:
+            if self.p.domain == 'diffusion' and name in DIFFUSION_METHODS:
+                m, feats = diffusion_method(name), lambda s: self.diffusion_features(name, s)
+            else:
+                kind, out_of, make = METHODS[name]; oname = out_of(self.p)
+                m, feats = make(self), lambda s: self.features(kind, oname, s)
+            self._refits[name] = (refit_from(m.fit(feats('train')), self.device), lambda s: query_matrix(feats(s)))
+        return self._refits[name]
+
+    def weigh(self, name:str, # the method
+              learn:dict, # method -> Contributions of the learning queries (every other method is a reference)
+              k:int=20, lam:float=1e-4, # the paper's top-k and penalty
+             )->tuple: # (the paper's GroupWeights, the safe GroupWeights)
+        "The paper's weights of method `name`, and the safe weights the gate makes of them (see `pwattr.safe`)"
+        paper = learn_weights(learn[name], k=k, lam=lam, query_ids=list(self.learn_q.ids))
+        refs = {r: c.S.sum(-1) for r, c in learn.items() if r != name}
+        rf = self.refit(name)
+        return paper, safe_weights(learn[name], refs, rf and rf[0], rf and rf[1]('learn'), k=k, lam=lam, paper=paper)
+
+    def weighted_scores(self, name:str, c:Contributions, # the method and its contributions of `split`
+                        w, # GroupWeights (or weights [M], applied as S @ w)
+                        split:str='eval')->torch.Tensor: # [Q, N]
+        "Scores of a split under weights `w`: S @ w, or the refitted kernel for weights with settings['apply'] == 'refit'"
+        if (getattr(w, 'settings', None) or {}).get('apply') != 'refit': return c.scores(getattr(w, 'w', w))
+        rf, feats = self.refit(name); return rf.scores(feats(split), w)
 
     def factors(self):
         "EK-FAC factors of the final model on the training set (cached)"
@@ -376,19 +408,29 @@ class AuditResult:
     preset: str
     results: ResultsTable # method x weights x metric
     per_group: dict # method -> PerGroupLDS
-    weights: dict # method -> GroupWeights
+    weights: dict # method -> GroupWeights applied by default (safe: the gate's verdict in `.verdict`)
     contributions: dict # method -> Contributions of the evaluation queries
     out: Path # the report directory
     settings: dict = field(default_factory=dict)
     times: dict = field(default_factory=dict)
     showcase: dict = field(default_factory=dict) # generated gallery samples: {'queries': ExampleSet, 'contributions': {method: Contributions}}
     run: AuditRun|None = field(default=None, repr=False) # the run's shared state: data, queries, model, cache
+    paper: dict = field(default_factory=dict) # method -> the paper's learned weights (reported beside the safe ones)
+
+    @property
+    def verdicts(self)->dict:
+        "method -> one sentence: whether the safe weights are applied, and why"
+        return {m: w.verdict for m, w in self.weights.items() if w.verdict}
 
     def table(self)->pd.DataFrame:
-        "LDS per method without and with learned weights, with intervals"
+        "LDS per method: uniform, the paper's weights, the safe weights (the default), and the gains over uniform"
         d = self.results.df; d = d[d.metric == 'LDS']
         t = d.pivot_table(index='method', columns='weights', values='value', sort=False)
-        t['gain'] = t['learned'] - t['uniform']
+        t.columns.name = None
+        for c in ('paper', 'safe'):
+            if c in t: t[f'{c} gain'] = t[c] - t['uniform']
+        if self.weights: t['safe weights'] = [('applied' if self.weights[m].info.get('gate', {}).get('use') else 'uniform')
+                                              if m in self.weights else '' for m in t.index]
         return t
     def __repr__(self): return f"AuditResult({self.preset!r}, report={self.out/'report.html'})\n{self.table().round(4)}"
     def _repr_html_(self):
@@ -425,16 +467,21 @@ def audit(preset:str='fmnist-mlp', # preset name (see `pwattr.presets.PRESETS`)
     gt = _ground_truth(p, gt, gt_subsets, workers, out, device, log)
     run = AuditRun(p, gt, out, grouping, proj_dim, n_learn, seed=seed, device=device, progress=progress, log=log,
                    learn_from=src, gen_steps=gen_steps, n_show=n_show, K=K, journey_steps=journey_steps)
-    res, per_group, weights, contribs, times, shown = ResultsTable(), {}, {}, {}, {}, {}
-    for name in names:
+    res, per_group, weights, paper, contribs, times, shown, learn = ResultsTable(), {}, {}, {}, {}, {}, {}, {}
+    for name in names:   # every method's contributions first: each is a reference for the others' weights
         t0 = time.time()
-        c_eval, c_learn, *c_show = run.contributions(name, ('eval', 'learn', 'show') if n_show else ('eval', 'learn'))
-        w = learn_weights(c_learn, k=k, lam=lam, query_ids=list(run.learn_q.ids))
-        res.add(name, 'uniform', 'LDS', lds(c_eval, gt)).add(name, 'learned', 'LDS', lds(c_eval, gt, w=w.w))
-        per_group[name] = run.group_lds(c_eval)
-        weights[name], contribs[name], times[name] = w, c_eval, round(time.time() - t0, 2)
+        contribs[name], learn[name], *c_show = run.contributions(name, ('eval', 'learn', 'show') if n_show else ('eval', 'learn'))
         if c_show: shown[name] = c_show[0]
-        if log: log(f"[{name}] LDS {res.rows[-2]['value']:.4f} -> {res.rows[-1]['value']:.4f} with learned weights ({times[name]} s)")
+        times[name] = round(time.time() - t0, 2)
+    for name in names:
+        t0 = time.time(); c_eval, c_learn = contribs[name], learn[name]
+        paper[name], weights[name] = run.weigh(name, learn, k, lam); w = weights[name]
+        res.add(name, 'uniform', 'LDS', lds(c_eval, gt)).add(name, 'paper', 'LDS', lds(c_eval, gt, w=paper[name].w))
+        res.add(name, 'safe', 'LDS', lds(run.weighted_scores(name, c_eval, w), gt))
+        per_group[name] = run.group_lds(c_eval)
+        times[name] = round(times[name] + time.time() - t0, 2)
+        if log: log(f"[{name}] LDS {res.rows[-3]['value']:.4f} uniform, {res.rows[-2]['value']:.4f} paper, "
+                    f"{res.rows[-1]['value']:.4f} safe ({times[name]} s): {w.verdict}")
     times['total'] = round(time.time() - t_start, 2)
     settings = dict(preset=p.name, config_hash=p.config_hash, methods=names, grouping=grouping, k=k, lam=lam,
                     proj_dim=run.proj_dim, n_learn=len(run.learn_q), n_eval=len(run.eval_q), n_train=len(run.train),
@@ -442,7 +489,7 @@ def audit(preset:str='fmnist-mlp', # preset name (see `pwattr.presets.PRESETS`)
     if src == 'generated': settings.update(gen_steps=gen_steps, n_show=n_show)
     if p.domain == 'diffusion': settings.update(K=K, journey_steps=journey_steps, noise='shared')
     showcase = {'queries': run.show_q, 'contributions': shown} if shown else {}
-    r = AuditResult(p.name, res, per_group, weights, contribs, out, settings, times, showcase, run)
+    r = AuditResult(p.name, res, per_group, weights, contribs, out, settings, times, showcase, run, paper)
     if report: write_report(r, run)
     return r
 
@@ -507,15 +554,18 @@ def reproduce_command(r:AuditResult)->str:
             ('journey_steps', st.get('journey_steps')), ('out', str(r.out))]
     return 'pwattr audit ' + ' '.join(f'--{k} {v}' for k, v in args if v is not None)
 
-def _gallery(c, q:int, train, qset, w, title:str, k:int=6):
-    "Proponents without and with the learned weights, and opponents with them, of query q (captions: rank, score, id, class)"
+def _gallery(c, q:int, train, qset, weighted, title:str, k:int=6):
+    "Proponents without and with the weights applied, and opponents with them, of query q (captions: rank, score, id, class)"
     from pwattr.plots import topk_under, items_of, ids_of, item_labels, plot_gallery
     items = items_of(train); tids = list(getattr(c, 'train_ids', None) or ids_of(train, len(items)))
     labs = item_labels(train, len(items))
     rows, caps = {}, {}
-    for lab, ww, largest in (('proponents, without weights', None, True), ('proponents, learned weights', w, True),
-                             ('opponents, learned weights', w, False)):
-        idx, sc = topk_under(c, q, ww, k, largest=largest)
+    wq = None if weighted is None else torch.as_tensor(weighted[q]).double()   # the query's scores under the weights applied
+    for lab, use_w, largest in (('proponents, without weights', False, True), ('proponents, weights applied', True, True),
+                                ('opponents, weights applied', True, False)):
+        if use_w and wq is None: continue
+        if use_w: o = torch.sort(wq, descending=largest, stable=True).indices[:k]; idx, sc = o.tolist(), wq[o].tolist()
+        else: idx, sc = topk_under(c, q, None, k, largest=largest)
         rows[lab] = [items[i] for i in idx]
         caps[lab] = [f'#{r + 1}  {s:.3g}\n{tids[i]}' + (f'\n{labs[i]}' if labs else '') for r, (i, s) in enumerate(zip(idx, sc))]
     qitems = items_of(qset); ql = item_labels(qset, len(qitems))
@@ -535,13 +585,13 @@ def write_report(r:AuditResult, run:AuditRun, n_gallery:int=3)->Path:
         toc.append(f"<li><a href='#{anchor}'>{html.escape(title)}</a></li>"); body.append(f"<h2 id='{anchor}'>{html.escape(title)}</h2>{html_}")
     # results
     t = r.table()
-    if verdicts: t = t.assign(**{'use the learned weights?': [verdicts.get(m, '') for m in t.index]})
+    if verdicts: t = t.assign(verdict=[verdicts.get(m, '') for m in t.index])
     intervals = r.results.df[['method', 'weights', 'metric', 'value', 'lo', 'hi']].set_index('method')
     lds_fig = _img('lds', 'LDS without and with learned weights', plot_lds_table(r.results), out,
                    'Linear datamodeling score (Spearman correlation between predicted and actual outputs of models retrained on '
                    f"{st.get('gt_subsets')} random subsets), mean over the evaluation queries, 95% bootstrap intervals; 0 is chance.", problems)
-    section('results', 'Results', f"<p>LDS per method with the base method's uniform weights and with the learned group weights "
-            f"(gain = learned - uniform; &#9660; marks a negative gain).</p>{_html_table(t, 'method')}{lds_fig}"
+    section('results', 'Results', f"<p>LDS per method under each weighting: uniform (the base method) and the learned group weights "
+            f"(a gain is the difference to uniform; &#9660; marks a negative gain).</p>{_html_table(t, 'method')}{lds_fig}"
             f"<h3>All measurements (95% bootstrap intervals over queries)</h3>{_html_table(intervals, 'method')}")
     # per method
     if r.showcase: qset, what = r.showcase['queries'], 'generated sample'
@@ -562,11 +612,16 @@ def write_report(r:AuditResult, run:AuditRun, n_gallery:int=3)->Path:
                               'LDS of the groups of each block and function summed.', problems))
         r.weights[m].save(out / 'weights' / f'{m}.json')
         cg = r.showcase['contributions'].get(m) if r.showcase else r.contributions[m]
+        weighted = None
+        if cg is not None:
+            try: weighted = (run.weighted_scores(m, cg, r.weights[m], 'show' if r.showcase else 'eval') if hasattr(run, 'weighted_scores')
+                             else cg.S @ r.weights[m].w.to(cg.S.dtype))
+            except Exception: weighted = None                        # e.g. refit weights without their kernel: base ranking only
         for q in range(min(n_gallery, len(qset)) if cg is not None else 0):
-            parts.append(_img(f'gallery-{m}-{q}', f'{m}: {what} {qset.ids[q]}', _gallery(cg, q, run.train, qset, r.weights[m].w,
+            parts.append(_img(f'gallery-{m}-{q}', f'{m}: {what} {qset.ids[q]}', _gallery(cg, q, run.train, qset, weighted,
                               title=f'{m}: {what} {qset.ids[q]}'), out,
                               'Training examples by score (caption: rank, score, id, class): the top proponents without and with '
-                              'the learned weights, and the strongest opponents (most negative scores) with them.', problems))
+                              'the weights applied, and the strongest opponents (most negative scores) with them.', problems))
         section(f'method-{m}', f'Method: {m}', ''.join(parts))
     # settings and timings
     rows = ''.join(f"<tr><td class='l'>{html.escape(str(k))}</td><td class='l'>{html.escape(', '.join(map(str, v)) if isinstance(v, (list, tuple)) else str(v))}</td></tr>"
@@ -626,4 +681,6 @@ def main(argv=None):
                    gen_steps=args.gen_steps, n_show=args.n_show, K=args.K, journey_steps=args.journey_steps)
     except (KeyError, ValueError, FileNotFoundError) as e: ap.exit(2, f'pwattr audit: error: {e.args[0] if e.args else e}\n')  # no traceback for bad input
     print(r.table().round(4).to_string())
+    print('\nsafe weights (applied by default; the paper\'s are reported beside them):')
+    for m, v in r.verdicts.items(): print(f"  {m}: {v}")
     print(f"\nreport: {(r.out / 'report.html').resolve()}\nplots, results.json and weights/: {r.out.resolve()}")

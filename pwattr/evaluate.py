@@ -85,6 +85,10 @@ class LDSResult:
 
 def _scores_of(scores, w=None):
     "[Q, N] scores from a tensor / array or a `Contributions` (`.scores(w)`)"
+    learned_on = (getattr(w, 'settings', None) or {}).get('query_ids')
+    if learned_on is not None and getattr(scores, 'query_ids', None) is not None:
+        from pwattr.weights import check_disjoint
+        check_disjoint(learned_on, scores.query_ids)   # weights learned on the evaluation queries would flatter them
     if hasattr(scores, 'scores') and callable(scores.scores): return scores.scores(w)
     if w is not None: raise ValueError("weights `w` apply to a Contributions object; for a plain [Q, N] score matrix pass w=None")
     return scores

@@ -37,6 +37,7 @@ def _as_weights(w, groups:list, like:Tensor)->Tensor:
     M = len(groups)
     if w is None: return torch.ones(M, dtype=like.dtype, device=like.device)
     if hasattr(w, 'w') and hasattr(w, 'groups'):          # a GroupWeights: align by name
+        if (getattr(w, 'settings', None) or {}).get('apply') == 'refit': raise ValueError("refit weights (settings['apply'] == 'refit') re-solve the kernel: score them with `pwattr.safe.KernelRefit.scores`, not as S @ w")
         wg = list(w.groups)
         if wg != list(groups):
             missing = [g for g in groups if g not in wg]

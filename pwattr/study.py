@@ -5,7 +5,7 @@
 # %% ../nbs/16_study.ipynb #1063e926
 from __future__ import annotations
 import itertools, time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 import numpy as np, pandas as pd, torch
 from .evaluate import lds, bootstrap_ci, per_group_lds, LDSResult, ResultsTable
@@ -14,7 +14,7 @@ from .weights import learn_weights, subset_preds, oracle_weights, GroupWeights
 
 # %% auto #0
 __all__ = ['SETTINGS', 'paired_gain', 'oracle_lds', 'compare_weights', 'sweep', 'spread', 'lds_cosine', 'PresetStudy',
-           'study_preset', 'objective_vs_lds']
+           'study_preset', 'safe_study', 'objective_vs_lds']
 
 # %% ../nbs/16_study.ipynb #8c1598da
 def paired_gain(base:LDSResult, # LDS without weights
@@ -59,11 +59,14 @@ def compare_weights(c_eval, # Contributions of the ground truth's queries
                     settings:dict=None, # name -> learn_weights kwargs (default `SETTINGS`)
                     oracle:bool=True, # add the cross-fitted oracle row
                     res:ResultsTable|None=None, # table to add to
+                    scores:dict|None=None, # name -> [Q, N] weighted scores made elsewhere (e.g. the safe weights'), reported as rows too
                    )->tuple: # (ResultsTable, {name: GroupWeights})
     "LDS of one method without weights, with self-supervised weights under each setting, and with oracle weights"
     res = ResultsTable() if res is None else res
     base = lds(c_eval, gt); res.add(method, 'uniform', 'LDS', base); ws = {}
-    for name, kw in (settings or SETTINGS).items():
+    for name, s in (scores or {}).items():
+        r = lds(s, gt); res.add(method, name, 'LDS', r); res.add(method, name, 'gain', *paired_gain(base, r))
+    for name, kw in (SETTINGS if settings is None else settings).items():
         w = learn_weights(c_learn, **kw); ws[name] = w
         res.add(method, name, 'LDS', lds(c_eval, gt, w=w.w))
         res.add(method, name, 'gain', *paired_gain(base, lds(c_eval, gt, w=w.w)))
@@ -122,6 +125,7 @@ class PresetStudy:
     per_group: dict # method -> PerGroupLDS
     weights: dict # method -> {setting: GroupWeights}
     run: object # the AuditRun the contributions came from
+    ridge: dict = field(default_factory=dict) # method -> table of LDS per relative ridge, with the agreement gate's columns (`safe_study`)
 
 def study_preset(preset:str, # a preset with a committed ground truth
                  methods, # comma-separated names from `pwattr.audit.METHODS`
@@ -140,6 +144,49 @@ def study_preset(preset:str, # a preset with a committed ground truth
         _, ws[m] = compare_weights(ce, cl, gt, m, settings, oracle, res)
         pg[m] = run.group_lds(ce)
     return PresetStudy(preset, res, pg, ws, run)
+
+# %% ../nbs/16_study.ipynb #6162274d
+def safe_study(preset:str, # a preset with a committed ground truth
+               methods, # comma-separated names from `pwattr.audit.METHODS` (each is a reference for the others)
+               out=None, # the audit directory whose cache to use (default runs/<preset>)
+               k:int=20, lam:float=1e-4, # the paper's top-k and penalty
+               oracle:bool=True, # add the cross-fitted oracle
+               ridge:bool=True, # global ridge kernels: the ridge chosen by agreement, and LDS over the ridge grid
+               damping=(), # EK-FAC damping scales to choose among by agreement (each costs one streamed EK-FAC pass); () for none
+               **run_kw, # passed to `AuditRun`
+              )->PresetStudy:
+    "LDS with uniform, the paper's, the safe (default) and oracle weights of every method on one preset, with paired gains"
+    from pwattr.audit import AuditRun, parse_methods
+    from pwattr.safe import ridge_by_agreement, chosen_ridge, agreement_gate
+    gt = GroundTruth.load(GT_DIR / f'{preset}.npz')
+    run = AuditRun(preset, gt, Path(out or f'runs/{preset}'), progress=False, log=None, **run_kw)
+    names = parse_methods(methods); learn = {m: run.contributions(m)[1] for m in names}
+    res, ws, ridges = ResultsTable(), {}, {}
+    for m in names:
+        ce = run.contributions(m)[0]
+        paper, safe = run.weigh(m, learn, k, lam)
+        sc = {'paper': ce.scores(paper.w), 'safe': run.weighted_scores(m, ce, safe)}
+        rf = run.refit(m)
+        if ridge and rf is not None:
+            g = ridge_by_agreement(rf[0], rf[1]('learn'), {r: c.S.sum(-1) for r, c in learn.items() if r != m})
+            own = rf[0].lam / rf[0].mean_diag; xe = rf[1]('eval')
+            at = lambda r: rf[0].with_ridge(r * rf[0].mean_diag).scores(xe)
+            sc['ridge (agreement)'] = at(chosen_ridge(g, own))
+            t = g.table.assign(lam_rel=[float(c.split('=')[1]) for c in g.table.candidate])
+            ridges[m] = t.assign(lds=[lds(at(r), gt).mean for r in t.lam_rel], own=np.isclose(t.lam_rel, own),
+                                 chosen=np.isclose(t.lam_rel, chosen_ridge(g, own)))[['lam_rel', 'lds', 'G', 'lower', 'own', 'chosen']]
+        if m == 'ekfac' and len(damping):
+            cs = {d: run.contributions(m, damping_scale=d) for d in damping}
+            refs = {r: c.S.sum(-1) for r, c in learn.items() if r != m}
+            g = agreement_gate({f'damping={d:g}': (torch.ones(len(ce.groups)), lambda w, d=d: cs[d][1].S.sum(-1)) for d in damping},
+                               learn[m].S.sum(-1), refs, shrink=(1.0,))
+            pick = float(g.chosen.split('=')[1]) if g.use else 0.1
+            sc['damping (agreement)'] = cs[pick][0].scores() if pick in cs else ce.scores()
+            ridges[m] = g.table.assign(lam_rel=list(damping), lds=[lds(cs[d][0], gt).mean for d in damping],
+                                       own=np.isclose(list(damping), 0.1), chosen=np.isclose(list(damping), pick))[['lam_rel', 'lds', 'G', 'lower', 'own', 'chosen']]
+        _, w = compare_weights(ce, learn[m], gt, m, {}, oracle, res, scores=sc)
+        ws[m] = {**w, 'paper': paper, 'safe': safe}
+    return PresetStudy(preset, res, {}, ws, run, ridges)
 
 # %% ../nbs/16_study.ipynb #78f20a16
 def objective_vs_lds(c_eval, # Contributions of the ground truth's queries

@@ -284,6 +284,11 @@ class GroupWeights:
     @property
     def series(self)->pd.Series: return pd.Series(self.w.numpy(), index=self.groups, name='w')
 
+    @property
+    def verdict(self)->str|None:
+        "For safe weights (`pwattr.safe.safe_weights`): whether the gate applies them, and why (None for other weights)"
+        return (self.info.get('gate') or {}).get('verdict')
+
     def scores(self, S, # contributions [Q,N,M] (tensor / memmap / Contributions)
                query_ids=None, # ids of these queries: must not overlap the learning queries
                **kw)->Tensor: # [Q, N] weighted scores
@@ -325,6 +330,7 @@ class GroupWeights:
                 f"normalize={s.get('normalize')}, {s.get('n_queries', '?')} learning queries; "
                 f"{len(h)} steps in {self.time:.2f}s ({'converged' if i.get('converged') else 'step limit'}), "
                 f"objective {h[0]:.4g} &rarr; {min(h):.4g}" if h else f"<b>GroupWeights</b>: {len(self.w)} groups")
+        if self.verdict: head += f"<br><i>{self.verdict}</i>"
         mx = max(float(self.w.max()), 1e-12)
         rows = ''.join(f"<tr><td style='text-align:left'>{g}</td><td>{x:.3f}</td><td style='text-align:left'>"
                        f"<div style='background:#4c72b0;height:9px;width:{120 * x / mx:.0f}px'></div></td></tr>"
@@ -345,6 +351,7 @@ def _group_names(groups, M):
     return groups
 
 def _as_weights(w, M, groups=None, what='w'):
+    if (getattr(w, 'settings', None) or {}).get('apply') == 'refit': raise ValueError(f"{what}: refit weights (settings['apply'] == 'refit') re-solve the kernel: score them with `pwattr.safe.KernelRefit.scores`, not as S @ w")
     if isinstance(w, GroupWeights):
         if groups is not None and list(w.groups) != list(groups):
             if sorted(w.groups) == sorted(groups): w = w.w[[list(w.groups).index(g) for g in groups]]
@@ -360,7 +367,7 @@ def _as_weights(w, M, groups=None, what='w'):
 
 # %% ../nbs/07_weights.ipynb #b6335e5d
 def learn_weights(S, # contributions [Q,N,M]: Tensor | ndarray / .npy memmap | Contributions | chunk factory
-                  k:int=50, # proponents per query in the loss (top-k mean)
+                  k:int=20, # proponents per query in the loss (top-k mean; the audit's and study's default)
                   lam:float=1e-4, # ||w||^2 penalty towards uniform (w = M softmax(theta), so uniform gives lam*M)
                   lr:float=0.05, # Adam learning rate on the logits theta
                   steps:int=300, # maximum number of steps
@@ -425,6 +432,9 @@ def learn_weights(S, # contributions [Q,N,M]: Tensor | ndarray / .npy memmap | C
         adam.step(torch.autograd.grad(obj, theta)[0])
     if best_v is None: best_v = (M * torch.softmax(theta.detach(), 0)) / c
     w = (best_v / best_v.sum() * M).float()
+    improved = math.isfinite(best) and bool(hist) and best < hist[0]
+    if not improved: warnings.warn("learn_weights: no step improved the objective, so the starting weights are returned "
+                                   "(uniform unless `init` was given): the paper's loss finds nothing to reweight here")
     with torch.no_grad():
         self_f = scr.cidx.gather(1, scr.topk(best_v, None, k)).sort(1).values
         changed = float((self_f != sel0).any(1).float().mean()) if sel0 is not None else None
@@ -433,7 +443,7 @@ def learn_weights(S, # contributions [Q,N,M]: Tensor | ndarray / .npy memmap | C
                     chunk_size=chunk_size, n_queries=Q, n_train=scr.N, query_ids=qids,
                     scale=c.tolist() if normalize else None, source=src.kind)
     T = time.perf_counter() - t0
-    info = dict(n_steps=len(hist), converged=converged, passes=scr.n_pass, query_refreshes=scr.n_rows - Q,
+    info = dict(n_steps=len(hist), converged=converged, improved=improved, passes=scr.n_pass, query_refreshes=scr.n_rows - Q,
                 topk_changed=changed, topk_moves=moves, time_setup=t_setup, time_per_step=(T - t_setup) / max(1, len(hist)),
                 objective_base=hist[0] if hist else None, objective_best=best)
     return GroupWeights(w.cpu(), groups, hist, settings, T, info)

@@ -77,7 +77,12 @@ def test_diffusion_audit_end_to_end(tiny, tiny_audit):
         assert c.S.shape == (4, 112, len(c.groups)) and list(c.query_ids) == gt.query_ids
         got = r.results.df.query("method == @m").set_index('weights').value
         assert abs(got['uniform'] - _lds_by_hand(c.S.sum(-1), gt)) < 1e-9
-        assert abs(got['learned'] - _lds_by_hand(c.S.double() @ r.weights[m].w.double(), gt)) < 1e-9
+        assert abs(got['paper'] - _lds_by_hand(c.S.double() @ r.paper[m].w.double(), gt)) < 1e-9
+        w = r.weights[m]
+        if w.settings['apply'] == 'refit': rf, feats = r.run.refit(m); safe = rf.scores(feats('eval'), w)
+        else: safe = c.S.double() @ w.w.double()
+        assert abs(got['safe'] - _lds_by_hand(safe, gt)) < 1e-9
+        if not w.info['gate']['use']: assert torch.equal(w.w, torch.ones(len(w.w)))   # kept uniform: the base method exactly
         learned_on = r.weights[m].settings['query_ids']        # generated samples, never the evaluation queries
         assert learned_on == [f'gen/{s}' for s in generation_seeds(6)] and not set(learned_on) & set(gt.query_ids)
     assert r.settings['learn_from'] == 'generated' and r.settings['n_learn'] == 6 and r.settings['proj_dim'] == 16
@@ -102,7 +107,7 @@ def test_report_renders_verdicts_and_any_columns(tiny_audit, monkeypatch):
     assert 'Keep the uniform weights: the learned ones lose LDS' in doc and '<th>safe gain</th>' in doc and '<th>mode</th>' in doc
     assert "fig-paper-weights-das" in doc and "fig-paper-weights-tracin" not in doc
     assert doc.count("class='neg'") >= len(DIFF.split(','))                                 # every negative 'safe gain' marked
-    assert '<th>use the learned weights?</th>' in doc
+    assert '<th>verdict</th>' in doc
 
 def test_diffusion_audit_equals_diffusion_attribution(tiny, tiny_audit):
     "The audit's cached split-by-split path gives what one `diffusion_attribution` call gives"
