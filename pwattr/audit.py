@@ -28,7 +28,7 @@ from .plots import plot_lds_table, plot_group_lds, plot_block_function, plot_wei
 # %% auto #0
 __all__ = ['CACHE_FORMAT', 'LOSS', 'METHODS', 'GROUPINGS', 'LEARN_FROM', 'cached', 'parse_methods', 'make_groups',
            'diffusion_method', 'diffusion_features', 'generation_seeds', 'learn_source', 'AuditRun', 'group_views',
-           'AuditResult', 'audit', 'write_report', 'check_audit_args', 'main']
+           'AuditResult', 'audit', 'reproduce_command', 'write_report', 'check_audit_args', 'main']
 
 # %% ../nbs/10_audit.ipynb #679ed5b8
 CACHE_FORMAT = 'pwattr.cache/1'
@@ -589,47 +589,140 @@ def _ground_truth(p:Preset, gt, gt_subsets:int, workers:int, out:Path, device, l
     return groundtruth_for_preset(p.name, m=gt_subsets, workers=workers, out_path=out / 'cache' / f'gt-{p.name}.npz', device=device)
 
 # %% ../nbs/10_audit.ipynb #1a46abd2
-def _img(key:str, title:str, fig, out:Path)->str:
-    "Save `fig` as plots/<key>.png and return its report section with the PNG embedded"
-    png = figure_png(fig); plt.close(fig); (out / 'plots' / f'{key}.png').write_bytes(png)
-    return f"<h3>{html.escape(title)}</h3><img alt='{key}' src='data:image/png;base64,{base64.b64encode(png).decode()}'>"
+_REPORT_CSS = """body{font-family:system-ui,-apple-system,'Segoe UI',sans-serif;max-width:1180px;margin:2em auto;padding:0 1em;color:#1a1a1a;line-height:1.45}
+table{border-collapse:collapse;margin:.5em 0}td,th{border:1px solid #bbb;padding:3px 9px;text-align:right;vertical-align:top}
+th{background:#eef1f4}td.l,th.l{text-align:left}td.neg{color:#b00020;font-weight:600}code{background:#f0f0f0;padding:0 3px}
+figure{margin:.8em 0;display:inline-block;vertical-align:top;max-width:100%}figcaption{font-size:.9em;color:#333;max-width:46em}
+.pair{display:flex;flex-wrap:wrap;gap:1.5em;align-items:flex-start}.verdict{border-left:4px solid #4c72b0;padding:.2em .7em;background:#f4f7fb}
+nav ol{columns:2}img{max-width:100%;height:auto}"""
+
+def _img(key:str, title:str, fig, out:Path, caption:str='', problems:dict|None=None)->str:
+    "Save `fig` as plots/<key>.png (150 dpi) and return it as a captioned figure with the PNG embedded; overlapping text goes to `problems`"
+    from pwattr.plots import overlapping_text
+    if problems is not None and (p := overlapping_text(fig)): problems[key] = p
+    png = figure_png(fig); w = int(round(fig.get_figwidth() * 100)); plt.close(fig)
+    (out / 'plots' / f'{key}.png').write_bytes(png)
+    cap = f"<figcaption><b>{html.escape(title)}.</b> {html.escape(caption)}</figcaption>"
+    return (f"<figure id='fig-{html.escape(key)}' style='width:{w}px'><img alt='{html.escape(title)}' width='{w}' "
+            f"src='data:image/png;base64,{base64.b64encode(png).decode()}'>{cap}</figure>")
+
+def _cell(v, col:str)->str:
+    "One table cell: numbers to 4 decimals, a negative gain marked"
+    if isinstance(v, (float, np.floating, int, np.integer)) and not isinstance(v, bool):
+        neg = ('gain' in str(col).lower() or str(col).startswith(('Δ', 'delta'))) and float(v) < 0
+        txt = 'n/a' if np.isnan(float(v)) else f'{float(v):.4f}'
+        return f"<td class='neg' title='negative gain: the learned weights do worse'>{txt} &#9660;</td>" if neg else f'<td>{txt}</td>'
+    return f"<td class='l'>{html.escape(str(v))}</td>"
+
+def _html_table(df:pd.DataFrame, index_name:str|None=None)->str:
+    "A tidy HTML table: one header row (MultiIndex columns joined), the index as the first column"
+    cols = [' '.join(str(x) for x in c if str(x)) if isinstance(c, tuple) else str(c) for c in df.columns]
+    head = f"<th class='l'>{html.escape(index_name or str(df.index.name or ''))}</th>" + ''.join(f'<th>{html.escape(c)}</th>' for c in cols)
+    rows = ''.join(f"<tr><td class='l'>{html.escape(str(i))}</td>" + ''.join(_cell(v, c) for v, c in zip(r, cols)) + '</tr>'
+                   for i, r in zip(df.index, df.itertuples(index=False)))
+    return f'<table><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>'
+
+def reproduce_command(r:AuditResult)->str:
+    "The console command that reruns this audit with its settings"
+    st = r.settings
+    args = [('preset', st.get('preset', r.preset)), ('methods', ','.join(st.get('methods', r.per_group))), ('grouping', st.get('grouping')),
+            ('k', st.get('k')), ('lam', st.get('lam')), ('proj_dim', st.get('proj_dim')), ('n_learn', st.get('n_learn')),
+            ('seed', st.get('seed')), ('device', st.get('device')), ('learn_from', st.get('learn_from')),
+            ('gen_steps', st.get('gen_steps')), ('n_show', st.get('n_show')), ('K', st.get('K')),
+            ('journey_steps', st.get('journey_steps')), ('out', str(r.out))]
+    return 'pwattr audit ' + ' '.join(f'--{k} {v}' for k, v in args if v is not None)
+
+def _gallery(c, q:int, train, qset, weighted, title:str, k:int=6):
+    "Proponents without and with the weights applied, and opponents with them, of query q (captions: rank, score, id, class)"
+    from pwattr.plots import topk_under, items_of, ids_of, item_labels, plot_gallery
+    items = items_of(train); tids = list(getattr(c, 'train_ids', None) or ids_of(train, len(items)))
+    labs = item_labels(train, len(items))
+    rows, caps = {}, {}
+    wq = None if weighted is None else torch.as_tensor(weighted[q]).double()   # the query's scores under the weights applied
+    for lab, use_w, largest in (('proponents, without weights', False, True), ('proponents, weights applied', True, True),
+                                ('opponents, weights applied', True, False)):
+        if use_w and wq is None: continue
+        if use_w: o = torch.sort(wq, descending=largest, stable=True).indices[:k]; idx, sc = o.tolist(), wq[o].tolist()
+        else: idx, sc = topk_under(c, q, None, k, largest=largest)
+        rows[lab] = [items[i] for i in idx]
+        caps[lab] = [f'#{r + 1}  {s:.3g}\n{tids[i]}' + (f'\n{labs[i]}' if labs else '') for r, (i, s) in enumerate(zip(idx, sc))]
+    qitems = items_of(qset); ql = item_labels(qset, len(qitems))
+    return plot_gallery(qitems[q], rows, caps, query_caption=f'query {qset.ids[q]}' + (f'\n{ql[q]}' if ql else ''), title=title)
 
 def write_report(r:AuditResult, run:AuditRun, n_gallery:int=3)->Path:
     "Write report.html, plots/*.png, results.json and weights/*.json into `r.out`"
+    import datetime, pwattr
+    from pwattr.plots import group_display_names
     out = r.out; (out / 'plots').mkdir(parents=True, exist_ok=True)
-    secs = [_img('lds', 'LDS without and with learned weights', plot_lds_table(r.results), out)]
+    st, problems, verdicts = r.settings, {}, dict(getattr(r, 'verdicts', None) or {})
+    paper = dict(getattr(r, 'paper', None) or {})                   # the paper's weights, when the audit applied others (safe)
+    try: names = group_display_names(run.model(), run.groups)
+    except Exception: names = None                                   # display names are a nicety: never fail a report on them
+    toc, body = [], []
+    def section(anchor, title, html_):
+        toc.append(f"<li><a href='#{anchor}'>{html.escape(title)}</a></li>"); body.append(f"<h2 id='{anchor}'>{html.escape(title)}</h2>{html_}")
+    # results
+    t = r.table()
+    if verdicts: t = t.assign(verdict=[verdicts.get(m, '') for m in t.index])
+    intervals = r.results.df[['method', 'weights', 'metric', 'value', 'lo', 'hi']].set_index('method')
+    lds_fig = _img('lds', 'LDS without and with learned weights', plot_lds_table(r.results), out,
+                   'Linear datamodeling score (Spearman correlation between predicted and actual outputs of models retrained on '
+                   f"{st.get('gt_subsets')} random subsets), mean over the evaluation queries, 95% bootstrap intervals; 0 is chance.", problems)
+    section('results', 'Results', f"<p>LDS per method under each weighting: uniform (the base method) and the learned group weights "
+            f"(a gain is the difference to uniform; &#9660; marks a negative gain).</p>{_html_table(t, 'method')}{lds_fig}"
+            f"<h3>All measurements (95% bootstrap intervals over queries)</h3>{_html_table(intervals, 'method')}")
+    # per method
+    if r.showcase: qset, what = r.showcase['queries'], 'generated sample'
+    else: qset, what = run.eval_q, 'evaluation query'
     for m, pg in r.per_group.items():
-        secs.append(_img(f'pergroup-{m}', f'{m}: LDS of each parameter group alone (heterogeneity)',
-                         plot_group_lds(pg, title=f'{m}: per-group LDS'), out))
+        parts = [f"<p class='verdict'>{html.escape(verdicts[m])}</p>"] if m in verdicts else []
+        pair = [_img(f'pergroup-{m}', f'{m}: per-group LDS', plot_group_lds(pg, title=f'{m}: per-group LDS', names=names), out,
+                     'LDS of each parameter group alone (heterogeneity); dashed: all groups summed, the base method.', problems),
+                _img(f'weights-{m}', f'{m}: weights applied' if paper else f'{m}: learned weights',
+                     plot_weights(r.weights[m], title=f'{m}: weights applied' if paper else f'{m}: learned weights', names=names), out,
+                     f"Weight of each group (k={st.get('k')}, lambda={st.get('lam')}); dashed: w = 1, the base method.", problems)]
+        if m in paper:
+            pair.append(_img(f'paper-weights-{m}', f"{m}: the paper's learned weights", plot_weights(paper[m], title=f"{m}: the paper's learned weights",
+                             names=names), out, 'Learned by the self-supervised objective alone, reported beside the weights applied.', problems))
+        parts.append(f"<div class='pair'>{''.join(pair)}</div>")
         if pg.cross is not None:
-            secs.append(_img(f'heatmap-{m}', f'{m}: per-group LDS, block x function', plot_block_function(pg, title=m), out))
-        secs.append(_img(f'weights-{m}', f'{m}: learned weights', plot_weights(r.weights[m], title=f'{m}: learned weights'), out))
+            parts.append(_img(f'heatmap-{m}', f'{m}: per-group LDS, block x function', plot_block_function(pg, title=m), out,
+                              'LDS of the groups of each block and function summed.', problems))
         r.weights[m].save(out / 'weights' / f'{m}.json')
-    first = next(iter(r.contributions))
-    if r.showcase:   # generated samples: what a user of a generative model wants attributed
-        qset, cg, what = r.showcase['queries'], r.showcase['contributions'][first], 'generated sample'
-    else: qset, cg, what = run.eval_q, r.contributions[first], 'evaluation query'
-    for q in range(min(n_gallery, len(qset))):
-        fig = plot_topk_gallery(cg, q, run.train, qset, k=6,
-                                weights={'without weights': None, **({'safe weights': r.weights[first]} if r.weights[first].settings.get('apply') == 'linear' else {})},
-                                title=f'{first}: {what} {qset.ids[q]}')
-        secs.append(_img(f'gallery-{q}', f'{first}: top proponents of {what} {qset.ids[q]}', fig, out))
-    results = {'settings': r.settings, 'times_s': r.times, 'results': r.results.rows,
+        cg = r.showcase['contributions'].get(m) if r.showcase else r.contributions[m]
+        weighted = None
+        if cg is not None:
+            try: weighted = (run.weighted_scores(m, cg, r.weights[m], 'show' if r.showcase else 'eval') if hasattr(run, 'weighted_scores')
+                             else cg.S @ r.weights[m].w.to(cg.S.dtype))
+            except Exception: weighted = None                        # e.g. refit weights without their kernel: base ranking only
+        for q in range(min(n_gallery, len(qset)) if cg is not None else 0):
+            parts.append(_img(f'gallery-{m}-{q}', f'{m}: {what} {qset.ids[q]}', _gallery(cg, q, run.train, qset, weighted,
+                              title=f'{m}: {what} {qset.ids[q]}'), out,
+                              'Training examples by score (caption: rank, score, id, class): the top proponents without and with '
+                              'the weights applied, and the strongest opponents (most negative scores) with them.', problems))
+        section(f'method-{m}', f'Method: {m}', ''.join(parts))
+    # settings and timings
+    rows = ''.join(f"<tr><td class='l'>{html.escape(str(k))}</td><td class='l'>{html.escape(', '.join(map(str, v)) if isinstance(v, (list, tuple)) else str(v))}</td></tr>"
+                   for k, v in st.items())
+    section('settings', 'Settings', f"<table><thead><tr><th class='l'>setting</th><th class='l'>value</th></tr></thead><tbody>{rows}</tbody></table>")
+    section('times', 'Timings', _html_table(pd.DataFrame({'seconds': pd.Series(r.times, dtype=float)}), 'part'))
+    results = {'settings': st, 'times_s': r.times, 'results': r.results.rows, 'verdicts': verdicts, 'figure_problems': problems,
                'per_group_lds': {m: pg.table.to_dict(orient='records') for m, pg in r.per_group.items()},
                'weights': {m: dict(zip(w.groups, map(float, w.w))) for m, w in r.weights.items()}}
     (out / 'results.json').write_text(json.dumps(results, indent=1, default=float))
-    st = r.settings
-    doc = f"""<!doctype html><html><head><meta charset="utf-8"><title>pwattr audit: {html.escape(r.preset)}</title>
-<style>body{{font-family:sans-serif;max-width:1100px;margin:2em auto;color:#222}} table{{border-collapse:collapse}}
-td,th{{border:1px solid #ccc;padding:3px 8px;text-align:right}} img{{max-width:100%}} code{{background:#f4f4f4}}</style></head><body>
-<h1>pwattr audit: <code>{html.escape(r.preset)}</code></h1>
-<p>{st['n_train']} training examples, {st['n_eval']} evaluation queries (LDS over {st['gt_subsets']} retrained subsets),
-weights learned on {st['n_learn']} {'generated samples' if st.get('learn_from') == 'generated' else 'other queries'} (k={st['k']}, &lambda;={st['lam']}); grouping <code>{st['grouping']}</code>;
-{r.times['total']} s in all.</p>
-<h2>LDS without and with learned weights</h2>{r.table().to_html(float_format='%.4f')}
-<h2>All results (95% bootstrap intervals over queries)</h2>{r.results.pivot().to_html()}
-<h2>Plots</h2>{''.join(secs)}
-<h2>Settings</h2><pre>{html.escape(json.dumps(st, indent=1))}</pre></body></html>"""
+    model = run.model(); n_params = sum(p.numel() for p in model.parameters())
+    p = run.p if hasattr(run, 'p') else None
+    meta = [('pwattr version', pwattr.__version__), ('date (UTC)', datetime.datetime.now(datetime.timezone.utc).strftime('%Y-%m-%d %H:%M')),
+            ('preset', f"{r.preset}" + (f" ({p.description})" if p is not None and p.description else '') + (f", config {st['config_hash']}" if st.get('config_hash') else '')),
+            ('model', f"{type(model).__name__}, {n_params:,} parameters, {len(run.groups.names)} parameter groups ({st.get('grouping')})"),
+            ('data', f"{st.get('n_train')} training examples, {st.get('n_eval')} evaluation queries, {st.get('n_learn')} weight-learning "
+                     f"{'generated samples' if st.get('learn_from') == 'generated' else 'queries'}, LDS ground truth of {st.get('gt_subsets')} retrained subsets"),
+            ('methods', ', '.join(st.get('methods', r.per_group))), ('time', f"{r.times.get('total')} s in all")]
+    head = ''.join(f"<tr><th class='l'>{html.escape(k)}</th><td class='l'>{html.escape(str(v))}</td></tr>" for k, v in meta)
+    head += f"<tr><th class='l'>reproduce</th><td class='l'><code>{html.escape(reproduce_command(r))}</code></td></tr>"
+    doc = (f"<!doctype html><html><head><meta charset='utf-8'><title>pwattr audit: {html.escape(r.preset)}</title>"
+           f"<style>{_REPORT_CSS}</style></head><body><h1>pwattr audit: <code>{html.escape(r.preset)}</code></h1>"
+           f"<table class='meta'>{head}</table><nav><h2>Contents</h2><ol>{''.join(toc)}</ol></nav>{''.join(body)}</body></html>")
     (out / 'report.html').write_text(doc)
     return out / 'report.html'
 

@@ -89,8 +89,25 @@ def test_diffusion_audit_end_to_end(tiny, tiny_audit):
     assert r.showcase['queries'].ids == ['gen/50000', 'gen/50001']
     assert set(r.showcase['contributions']) == set(DIFF.split(','))
     assert r.contributions['das'].method == 'DAS' and r.per_group['das'].cross is not None   # UNet block x function
-    for f in ('report.html', 'results.json', 'plots/lds.png', 'plots/heatmap-das.png', 'plots/gallery-0.png', 'weights/journeytrak.json'):
+    for f in ('report.html', 'results.json', 'plots/lds.png', 'plots/heatmap-das.png', 'plots/gallery-das-0.png', 'weights/journeytrak.json'):
         assert (r.out / f).exists(), f
+    assert all((r.out / 'plots' / f'gallery-{m}-0.png').exists() for m in DIFF.split(','))    # galleries for every method
+    import json
+    assert json.loads((r.out / 'results.json').read_text())['figure_problems'] == {}         # no overlapping or cut text
+
+def test_report_renders_verdicts_and_any_columns(tiny_audit, monkeypatch):
+    "The report shows each method's verdict when the result has one, and whatever columns `table()` returns"
+    from pwattr.audit import AuditResult, write_report
+    r = tiny_audit; table = AuditResult.table
+    monkeypatch.setattr(AuditResult, 'table', lambda self: table(self).assign(**{'safe gain': -0.5, 'mode': 'safe'}))
+    # a class-level property: `verdicts` may be a read-only property of AuditResult (the safe-weights mode)
+    monkeypatch.setattr(AuditResult, 'verdicts', property(lambda self: {'das': 'Keep the uniform weights: the learned ones lose LDS on held-out queries.'}), raising=False)
+    monkeypatch.setattr(r, 'paper', {'das': r.weights['das']}, raising=False)      # the paper's weights beside the applied ones
+    doc = write_report(r, r.run, n_gallery=1).read_text()
+    assert 'Keep the uniform weights: the learned ones lose LDS' in doc and '<th>safe gain</th>' in doc and '<th>mode</th>' in doc
+    assert "fig-paper-weights-das" in doc and "fig-paper-weights-tracin" not in doc
+    assert doc.count("class='neg'") >= len(DIFF.split(','))                                 # every negative 'safe gain' marked
+    assert '<th>verdict</th>' in doc
 
 def test_diffusion_audit_equals_diffusion_attribution(tiny, tiny_audit):
     "The audit's cached split-by-split path gives what one `diffusion_attribution` call gives"

@@ -163,7 +163,7 @@ def test_galleries_images_and_text():
                             {'without': None, 'with': [0., 1.]}, k=3)
     assert len(fig.axes) == 2 * 4
     caps = [a.get_xlabel() for a in fig.axes]
-    assert caps[1].startswith('#1 0') and caps[5].startswith('#1 5')       # base top-1 item 0; weighted top-1 item 5
+    assert caps[1].split('\n')[:2] == ['#1  3', '0'] and caps[5].split('\n')[:2] == ['#1  1.4', '5']   # rank, score, id: base top-1 item 0; weighted item 5
     fig = plot_topk_gallery(S, 1, [f'verse {i}' for i in range(6)], ['q0 text', 'q1 text'], {'w': [1., 0.]}, k=2)
     texts = [t.get_text() for a in fig.axes for t in a.texts]
     assert 'q1 text' in texts and 'verse 5' in texts                      # q1 under group a: item 5 first
@@ -173,7 +173,7 @@ def test_figures_leave_no_pyplot_state_and_embed():
     before = plt.get_fignums()
     fig = plot_weights([1., 2.], ['a', 'b'])
     assert plt.get_fignums() == before
-    assert fig._repr_png_()[:8] == b'\x89PNG\r\n\x1a\n'
+    png, meta = fig._repr_png_(); assert png[:8] == b'\x89PNG\r\n\x1a\n' and meta['width'] == 500   # 150 dpi, shown at 5 in x 100 px/in
     tag = img_tag(fig, alt='w')
     assert base64.b64decode(tag.split('base64,')[1].split('"')[0])[:4] == b'\x89PNG'
     _, ax = plt.subplots()
@@ -189,3 +189,85 @@ def test_block_function_labels_from_a_groupspec():
     assert list(t.index) == list(dict.fromkeys(spec.labels('block')))        # rows: the spec's blocks, model order
     assert list(t.columns) == list(dict.fromkeys(spec.labels('function')))
     assert t.loc[spec.labels('block')[2], spec.labels('function')[2]] == pytest.approx(0.3)
+
+# --- every figure reads cleanly: no overlapping or cut text, no legend over bars ----------------------------------
+
+def _every_figure():
+    "One figure of each plotting function, on small and on crowded inputs (many groups, long names, text items)"
+    from pwattr.plots import overlapping_text, group_display_names, plot_weight_cosine
+    from pwattr.models import MLP
+    rng = np.random.default_rng(0)
+    toy = [f'h.{b}.{f}' for b in range(3) for f in ('attn.c_attn', 'attn.c_proj', 'mlp.c_fc', 'mlp.c_proj')]
+    many = [f'transformer.h.{b}.{f}' for b in range(6) for f in ('attn.c_attn', 'attn.c_proj', 'mlp.c_fc', 'mlp.c_proj', 'ln_1', 'ln_2')]
+    unet = [f'{b}.{f}' for b in ('down_blocks.0', 'down_blocks.1', 'up_blocks.0', 'up_blocks.1', 'mid_block')
+            for f in ('resnets.0.conv1', 'resnets.0.conv2', 'attentions.0.to_q')]
+    lds = lambda gs: pd.DataFrame({'name': gs, 'lds': rng.uniform(-.1, .4, len(gs)), 'lo': -.2, 'hi': .5})
+    w = lambda gs: dict(zip(gs, rng.uniform(0, 3, len(gs))))
+    mlp_names = group_display_names(MLP((1, 28, 28), 10, hidden=(256, 128)), ['1', '3', '5'])
+    S = torch.randn(2, 12, 3, generator=torch.Generator().manual_seed(0))
+    imgs = torch.rand(12, 1, 8, 8, generator=torch.Generator().manual_seed(1))
+    verses = [f'And it came to pass in the {i}th day that the people went up to the mountain of the Lord to pray' for i in range(12)]
+    yield 'group LDS', plot_group_lds(lds(toy), total=0.3)
+    yield 'group LDS, many (heatmap)', plot_group_lds(lds(many), total=0.3)
+    yield 'group LDS, many, bars forced', plot_group_lds(lds(many), kind='bars')
+    yield 'group LDS, MLP names', plot_group_lds(dict(zip(['1', '3', '5'], [.1, .2, .3])), names=mlp_names, title='fmnist-mlp: per-group LDS of TRAK (learned on 100 queries)')
+    yield 'block x function', plot_block_function(w(many), center=1., label='w')
+    yield 'weights', plot_weights(w(toy))
+    yield 'weights, MLP names', plot_weights(w(['1', '3', '5']), names=mlp_names)
+    yield 'weights, UNet (heatmap)', plot_weights(w(unet))
+    yield 'weights, many bars forced', plot_weights(w(many), kind='bars')
+    sets = {m: w(toy) for m in ('TRAK', 'TracIn', 'EK-FAC')}
+    yield 'weight sets, bars', plot_weight_sets(sets)
+    yield 'weight sets, heatmap', plot_weight_sets({m: w(many) for m in ('TRAK', 'TracIn', 'EK-FAC', 'LoGra', 'TRAK (block)')})
+    yield 'cosine', plot_weight_cosine({m: w(toy) for m in ('TRAK', 'TracIn', 'EK-FAC', 'LoGra', 'TRAK (block)')})
+    yield 'LDS table', plot_lds_table({m: {'uniform': (0.2, 0.15, 0.25), 'learned': (0.31, 0.25, 0.35)} for m in ('tracin', 'trak', 'trak-block', 'logra', 'ekfac')})
+    yield 'LDS table, negative', plot_lds_table({'tracin': {'uniform': (-0.05, -0.1, 0.0), 'learned': (0.02, -0.03, 0.06)}})
+    yield 'gallery, images', plot_topk_gallery(S, 0, imgs, imgs[0], {'without weights': None, 'learned weights': [0.5, 2., 1.]}, k=6,
+                                               title='trak: evaluation query test-00001 (a long title that must wrap, not run off the page)')
+    yield 'gallery, text', plot_topk_gallery(S, 1, verses, verses[3], {'without weights': None, 'learned': [0.1, 1., 3.]}, k=4)
+    yield 'gallery, long ids', plot_gallery(imgs[0], {'a row label': list(imgs[:5])}, {'a row label': [f'#{i}  0.123\ntrain-000{i}-a-very-long-id\nAnkle boot' for i in range(5)]})
+
+@pytest.mark.parametrize('name_fig', list(_every_figure()), ids=lambda nf: nf[0])
+def test_no_overlapping_or_cut_text(name_fig):
+    from pwattr.plots import overlapping_text
+    name, fig = name_fig
+    assert overlapping_text(fig) == [], f"{name}: {overlapping_text(fig)}"
+
+def test_overlap_checker_finds_faults():
+    "The control: a crowded figure with a cut title and a legend over the bars is caught"
+    from pwattr.plots import overlapping_text, PlotFigure
+    fig = PlotFigure(figsize=(3, 2)); ax = fig.add_subplot()
+    ax.set_xticks(range(6), [f'a rather long group name {i}' for i in range(6)])
+    ax.set_title('a title far too long for a figure only three inches wide, so it is cut')
+    ax.bar(range(6), [1] * 6, label='bars'); ax.legend(loc='center')
+    kinds = {p.split(':')[0].split(' in ')[0] for p in overlapping_text(fig)}
+    assert {'overlap', 'cut', 'legend over bars'} <= kinds, kinds
+
+def test_weight_heatmaps_centred_at_one():
+    from pwattr.plots import plot_weights, plot_weight_sets
+    ws = {f'h.{b}.{f}': v for (b, f), v in zip([(b, f) for b in range(4) for f in ('attn', 'mlp', 'ln', 'emb')], np.linspace(0.2, 2.6, 16))}
+    for fig in (plot_weights(ws), plot_weight_sets({'a': ws, 'b': {k: 2 - v / 2 for k, v in ws.items()}}, kind='heatmap')):
+        norm = fig.axes[0].collections[0].norm
+        assert abs((norm.vmin + norm.vmax) / 2 - 1) < 1e-9, (norm.vmin, norm.vmax)
+        assert 'w' in fig.axes[1].get_ylabel()                               # the colour bar says what it shows
+
+def test_display_names_keep_keys():
+    "Display names change only what is shown: the GroupSpec's names (and the projection seeds keyed by parameter path) stay"
+    from pwattr.plots import group_display_names
+    from pwattr.models import MLP
+    from pwattr.audit import make_groups
+    m = MLP((1, 28, 28), 10, hidden=(256, 128)); spec = make_groups(m, 'preset')
+    before = (list(spec.names), {g: list(p) for g, p in spec.groups.items()})
+    shown = group_display_names(m, spec)
+    assert shown == {'1': 'fc1 (Linear 784→256)', '3': 'fc2 (Linear 256→128)', '5': 'fc3 (Linear 128→10)'}
+    assert (list(spec.names), {g: list(p) for g, p in spec.groups.items()}) == before
+
+def test_item_labels_say_what_an_item_is():
+    from pwattr.plots import item_labels
+    from pwattr.data import ExampleSet
+    verses = ExampleSet('v', {}, pd.DataFrame({'id': ['a', 'b'], 'book': ['Genesis', 'Ruth'],
+                                               'text': ['In the beginning God created the heaven and the earth.', 'And Naomi said']}))
+    assert item_labels(verses, 2) == ['Genesis: In the beginning God created the ...', 'Ruth: And Naomi said']
+    imgs = ExampleSet('i', {'x': torch.zeros(3, 1, 2, 2), 'y': torch.tensor([2, 0, 1])}, pd.DataFrame({'id': list('abc')}), {'classes': ['cat', 'dog', 'owl']})
+    assert item_labels(imgs, 3) == ['owl', 'cat', 'dog']                      # from the class index and the class names
+    assert item_labels(torch.zeros(3, 2, 2), 3) is None                       # a bare tensor says nothing

@@ -2,7 +2,7 @@
 
 Nothing is downloaded: Chromium comes from Debian (`tools/install_browser.sh`), Playwright only drives it
 (`executable_path`), JupyterLab and its widget extension are the project's own dependencies.
-Screenshots go to test-artifacts/ (gitignored). Without Chromium or Playwright every test here is skipped,
+Screenshots go to runs/browser/ (gitignored; CI keeps it as an artefact; PWATTR_ARTIFACTS moves it). Without Chromium or Playwright every test here is skipped,
 with the reason and the command that fixes it; with PWATTR_REQUIRE_BROWSER=1 (CI) they fail instead.
 """
 import json, os, secrets, shutil, signal, socket, subprocess, sys, time, urllib.request
@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-ARTIFACTS = Path(os.environ.get('PWATTR_ARTIFACTS', ROOT / 'test-artifacts'))
+ARTIFACTS = Path(os.environ.get('PWATTR_ARTIFACTS', ROOT / 'runs' / 'browser'))
 CHROMIUM = os.environ.get('PWATTR_CHROMIUM') or shutil.which('chromium') or '/usr/bin/chromium'
 # No background connections: this machine's network is closed and Chromium would retry them.
 CHROMIUM_ARGS = ['--no-sandbox', '--disable-gpu', '--disable-dev-shm-usage', '--disable-quic', '--no-first-run',
@@ -65,6 +65,10 @@ class Lab:
         "The notebook's URL; with `workspace`, in a fresh workspace of that name (no tabs left open by another test)"
         if workspace: return f'{self.base}/lab/workspaces/{workspace}/tree/{nb}?reset&token={self.token}'
         return f'{self.base}/lab/tree/{nb}?token={self.token}'
+    def set_theme(self, theme:str):
+        "Choose JupyterLab's theme ('JupyterLab Light' / 'JupyterLab Dark') for the pages opened from now on"
+        d = self.root.parent / 'settings' / '@jupyterlab' / 'apputils-extension'; d.mkdir(parents=True, exist_ok=True)
+        (d / 'themes.jupyterlab-settings').write_text(json.dumps({'theme': theme}))
     def log_tail(self, n:int=3000)->str: return self.log.read_text(errors='replace')[-n:]
     def kernel(self, path:str)->tuple|None:
         "(kernel id, execution state) of the session open on notebook `path` (relative to the root), by the REST API; None if none"

@@ -73,12 +73,14 @@ def run_until(page, lab, path:str, done, run, timeout:float=120, failed=None):
         if now - t0 > timeout: raise AssertionError(f"nothing appeared within {timeout} s (kernel id and state: {k})")
         page.wait_for_timeout(300)
 
-def test_explorer_in_jupyterlab(jupyterlab, page, artifacts):
+@pytest.mark.parametrize('theme', ['JupyterLab Light', 'JupyterLab Dark'])
+def test_explorer_in_jupyterlab(jupyterlab, page, artifacts, theme):
     cases = dict(start=expected(0, W_LEARNED), query=expected(1, W_LEARNED), base=expected(1, None))
     assert cases['start'] != cases['query'] != cases['base'], "the fixture must make each step change the top-k"
     fixture_notebook(jupyterlab.root / 'explorer_fixture.ipynb')
+    jupyterlab.set_theme(theme); tag = theme.split()[-1].lower()
     t0 = time.time()
-    page.goto(jupyterlab.wait_ready().url('explorer_fixture.ipynb'))
+    page.goto(jupyterlab.wait_ready().url('explorer_fixture.ipynb', workspace=f'fixture-{tag}'))
     page.wait_for_selector('.jp-NotebookPanel .jp-Cell', timeout=60_000)
     try:
         run_until(page, jupyterlab, 'explorer_fixture.ipynb', lambda: page.locator('.pwattr-topk').count(), lambda: run_all_cells(page))
@@ -89,23 +91,30 @@ def test_explorer_in_jupyterlab(jupyterlab, page, artifacts):
     assert page.locator('.pwattr-topk').first.get_attribute('data-query') == 'q0'
     assert shown_ids(page) == cases['start']
     assert page.locator('.pwattr-view img').count() == 1 + 2 * K       # query + base row + weighted row, all images
-    page.screenshot(path=str(artifacts / 'explorer_start.png'), full_page=True)
+    assert page.evaluate("() => document.body.dataset.jpThemeName") == theme
+    low = [r for r in page.evaluate(CONTRAST_JS, '.pwattr-view .pw-cap, .pwattr-view .pw-legend, .pwattr-view .pwattr-topk') if r['ratio'] < 4.5]
+    assert not low, f"{theme}, live widget: text with contrast below 4.5:1: {low[:5]}"
+    page.screenshot(path=str(artifacts / f'explorer_start_{tag}.png'), full_page=True)
 
     # change the query in the dropdown: the kernel-side callback re-ranks and the page shows q1's top-k
     page.locator('.pwattr-query select').select_option(label='q1')
     assert wait_ids_change(page, cases['start']) == cases['query']
     assert page.locator('.pwattr-topk').first.get_attribute('data-query') == 'q1'
-    page.screenshot(path=str(artifacts / 'explorer_query_changed.png'), full_page=True)
+    page.screenshot(path=str(artifacts / f'explorer_query_changed_{tag}.png'), full_page=True)
 
     # switch the weight set to none: the base method's top-k of q1
     page.locator('.pwattr-weights button', has_text=re.compile(r'^none$')).click()
     assert wait_ids_change(page, cases['query']) == cases['base']
     assert page.locator('.pwattr-topk').first.get_attribute('data-weights') == 'none'
-    page.screenshot(path=str(artifacts / 'explorer_weights_none.png'), full_page=True)
+    page.screenshot(path=str(artifacts / f'explorer_weights_none_{tag}.png'), full_page=True)
+
+    # k one down (the slider's handle, arrow key): the same ranking, one item fewer
+    page.locator('.pwattr-k .noUi-handle').first.focus(); page.keyboard.press('ArrowLeft')
+    assert wait_ids_change(page, cases['base']) == cases['base'][:K - 1]
     imgs_ok = page.evaluate("() => [...document.querySelectorAll('.pwattr-view img')].every(i => i.complete && i.naturalWidth > 0)")
     assert imgs_ok, "an item image of the explorer did not render"
     took = time.time() - t0
-    (artifacts / 'explorer_timing.txt').write_text(f'{took:.1f} s from opening the notebook to the last check\n')
+    (artifacts / f'explorer_timing_{tag}.txt').write_text(f'{took:.1f} s from opening the notebook to the last check\n')
     assert took < 180, f"the explorer browser test took {took:.0f} s (budget: 2 minutes; 3 is the hard limit)"
 
 
@@ -222,7 +231,7 @@ def test_classification_walkthrough_in_jupyterlab(jupyterlab, page, artifacts):
 
     # change the query: the page shows the third evaluation query's top-k, recomputed independently
     before = panel_ids(page, P)
-    page.locator(f'{P} .pwattr-query select').select_option(label=qids[2])
+    page.locator(f'{P} .pwattr-query select').select_option(index=2)
     after = panel_wait_change(page, P, before)
     assert page.locator(VIEW).first.get_attribute('data-query') == qids[2]
     scores, exp, _ = independent_topk(runs, 2, weights=True)
@@ -238,3 +247,66 @@ def test_classification_walkthrough_in_jupyterlab(jupyterlab, page, artifacts):
     assert page.evaluate("p => [...document.querySelectorAll(p + ' .pwattr-view img')].every(i => i.complete && i.naturalWidth > 0)", P)
     (artifacts / 'classification_timing.txt').write_text(f'{t_run:.1f} s to run the walkthrough up to the explorer (cold cache); '
                                                          f'{time.time() - t0:.1f} s in all\n')
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# A committed notebook as a new user meets it: opened fresh, not trusted, no cell run, in the light and dark themes.
+# JupyterLab then shows the static HTML saved beside the widget (the widget itself needs a kernel), sanitised: no
+# <style> block, no var() colours. It must still be a grid of cards with readable captions.
+
+COMMITTED = ['nbs/09b_explorer.ipynb', 'nbs/12_classification.ipynb']
+
+# WCAG contrast of each visible element matching `sel`: its colour over the backgrounds behind it (alpha composited)
+CONTRAST_JS = """sel => {
+  const parse = s => { const m = s.match(/rgba?\\(([^)]+)\\)/); if (!m) return null;
+                       const p = m[1].split(/[\\s,\\/]+/).filter(Boolean).map(Number); return [p[0], p[1], p[2], p.length > 3 ? p[3] : 1]; };
+  const over = (t, b) => [0, 1, 2].map(i => t[i] * t[3] + b[i] * (1 - t[3])).concat([1]);
+  const bgOf = el => { const layers = [];
+    for (let e = el; e; e = e.parentElement) { const c = parse(getComputedStyle(e).backgroundColor);
+      if (c && c[3] > 0) { layers.push(c); if (c[3] >= 1) break; } }
+    let bg = [255, 255, 255, 1]; for (let i = layers.length - 1; i >= 0; i--) bg = over(layers[i], bg); return bg; };
+  const lum = c => { const f = v => { v /= 255; return v <= 0.03928 ? v / 12.92 : Math.pow((v + 0.055) / 1.055, 2.4); };
+                     return 0.2126 * f(c[0]) + 0.7152 * f(c[1]) + 0.0722 * f(c[2]); };
+  return [...document.querySelectorAll(sel)].filter(e => e.getClientRects().length && e.textContent.trim()).map(e => {
+    const bg = bgOf(e), fg = over(parse(getComputedStyle(e).color), bg); const [a, b] = [lum(fg), lum(bg)].sort((x, y) => y - x);
+    return {text: e.textContent.trim().slice(0, 40), ratio: (a + 0.05) / (b + 0.05)}; });
+}"""
+
+# the cards of the first top-k row (the sanitiser drops data- attributes: the second row), to tell a grid from a list
+CARDS_JS = """sel => [...document.querySelectorAll(sel + ' .pw-row')].slice(1, 2).flatMap(r =>
+  [...r.querySelectorAll('.pw-item')].map(c => { const b = c.getBoundingClientRect(); return {x: b.x, y: b.y, w: b.width, h: b.height}; }))"""
+
+@pytest.mark.parametrize('nb', COMMITTED)
+@pytest.mark.parametrize('theme', ['JupyterLab Light', 'JupyterLab Dark'])
+def test_committed_explorer_untrusted(jupyterlab, page, artifacts, theme, nb):
+    name = Path(nb).name
+    dst = jupyterlab.root / 'committed' / name; dst.parent.mkdir(exist_ok=True)
+    dst.write_bytes((ROOT / nb).read_bytes())                              # as committed: outputs, no trust signature
+    jupyterlab.set_theme(theme)
+    page.set_viewport_size({'width': 900, 'height': 1000})                  # a narrow window
+    slug = f"{Path(nb).stem}-{theme.split()[-1].lower()}"
+    page.goto(jupyterlab.wait_ready().url(f'committed/{name}', workspace=f'untrusted-{slug}'))
+    P = panel_of(page, name)
+    page.wait_for_selector(f'{P} .pwattr-explorer', state='attached', timeout=60_000)
+    assert page.evaluate("() => document.body.dataset.jpThemeName") == theme
+    ex = page.locator(f'{P} .pwattr-explorer').last                         # the widget cell's saved static view
+    ex.scroll_into_view_if_needed(); page.wait_for_timeout(500)
+    page.screenshot(path=str(artifacts / f'untrusted_{slug}.png'), full_page=False)
+    raw = page.locator(f'{P} .jp-OutputArea-output', has_text=re.compile(r'^VBox\(children'))
+    assert raw.count() == 0, "a saved explorer output shows as its raw VBox(...) text"
+    sel = f'{P} .pwattr-explorer'
+    cards = page.evaluate(CARDS_JS, sel)
+    assert len(cards) >= 3, f"expected the cards of a top-k row, found {cards}"
+    top = cards[0]['y']
+    side_by_side = [c for c in cards if abs(c['y'] - top) < 2]
+    assert len(side_by_side) >= 3, f"the cards are not laid out as a grid (a vertical list?): {cards}"
+    assert len({round(c['w']) for c in cards}) == 1, f"cards of one row have different widths: {cards}"
+    assert max(c['x'] + c['w'] for c in cards) <= 900, f"cards run past a 900 px window: {cards}"
+    imgs_ok = page.evaluate("s => [...document.querySelectorAll(s + ' img')].every(i => i.complete && i.naturalWidth > 0)", sel)
+    assert imgs_ok, "an image of the saved explorer did not render"
+    ratios = page.evaluate(CONTRAST_JS, f'{sel} .pw-cap, {sel} .pw-legend, {sel} .pwattr-topk, {sel} .pw-label')
+    assert ratios, "no caption found"
+    low = [r for r in ratios if r['ratio'] < 4.5]
+    assert not low, f"{theme}: text with contrast below 4.5:1: {low[:5]}"
+    ids = page.evaluate("s => [...document.querySelectorAll(s + ' .pw-cap')].map(c => c.scrollHeight <= c.clientHeight + 1)", sel)
+    assert all(ids), "a caption wraps onto a second line (an id broken mid-word)"

@@ -59,3 +59,14 @@ def test_audit_report_renders(page, artifacts, tmp_path):
     assert len(imgs) >= 4, f"{path} has {len(imgs)} images; expected the LDS table, per-group LDS, weights and galleries"
     bad = [i for i in imgs if not (i['complete'] and i['w'] > 0)]
     assert not bad, f"images in {path} that did not render: {bad}"
+    # a reader's page: what was run, a table of contents whose links land, a caption under every figure, no JSON dump
+    heads = page.evaluate("() => [...document.querySelectorAll('table.meta th')].map(t => t.textContent)")
+    assert {'pwattr version', 'date (UTC)', 'preset', 'model', 'data', 'reproduce'} <= set(heads), heads
+    links = page.evaluate("() => [...document.querySelectorAll('nav a')].map(a => !!document.querySelector(a.getAttribute('href')))")
+    assert links and all(links), "a contents link points nowhere"
+    assert page.locator('figure figcaption').count() == len(imgs), "a figure without a caption"
+    assert page.locator('pre').count() == 0, "the settings are dumped as JSON instead of a table"
+    assert page.evaluate("() => [...document.querySelectorAll('thead')].every(h => h.rows.length === 1)"), "a double table header"
+    import json
+    probs = json.loads((path.parent / 'results.json').read_text()).get('figure_problems')
+    assert probs == {}, f"figures of the report with overlapping or cut text: {probs}"
