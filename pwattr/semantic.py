@@ -204,13 +204,13 @@ def gate_weight_sets(contribs:dict, # method -> contributions [Q, N, M] of all p
                      plan:pd.DataFrame, # `query_plan` rows in the contributions' query order
                      weights:dict, # method -> name ('general', attribute...) -> GroupWeights; the methods to gate (others serve as references only)
                      query_ids:list|None=None, # ids of the plan's queries (default: the contributions' ids, else the plan's seeds)
-                     candidates=('own', 'general'), # per attribute: 'own' = that attribute's weights, or any other set name
+                     candidates=('own',), # per attribute: 'own' = that attribute's weights; add 'general' (or any set name) to let the gate choose it
                      shrink=(0.25, 0.5, 0.75, 1.0), # a in w = 1 + a (c - 1) (see `agreement_gate`)
                      level:float=0.95, # one-sided bootstrap level of the lower bound
                      n_boot:int=1000, # bootstrap resamples of the learning queries
                      seed:int=0, # bootstrap seed
                     )->dict: # method -> attribute -> GroupWeights (the gated weights; `.verdict` says why)
-    "Per method and attribute: the attribute's (or general) weights if they raise agreement with every other method on that attribute's learning queries, else uniform"
+    "Per method and attribute: the attribute's weights if they raise agreement with every other method on that attribute's learning queries, else uniform"
     X = {m: (c.S if hasattr(c, 'S') else torch.as_tensor(c)) for m, c in contribs.items()}
     bad = {m: tuple(x.shape) for m, x in X.items() if x.ndim != 3 or x.shape[0] != len(plan)}
     if bad: raise ValueError(f"contributions must be [Q={len(plan)}, N, M] with one row per plan row; got {bad}")
