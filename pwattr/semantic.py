@@ -18,11 +18,12 @@ from .weights import GroupWeights, learn_semantic_weights, check_disjoint, weigh
 from .evaluate import ResultsTable, bootstrap_ci
 from .diffusion import generate_queries, diffusion_attribution, DIFFUSION_METHODS, METHOD_NAMES
 from .audit import cached
+from .safe import agreement_gate
 
 # %% auto #0
 __all__ = ['SHALLOW', 'GRID', 'semantic_group_of', 'semantic_groups', 'group_kind', 'query_plan', 'plan_prompts',
            'topk_positions', 'attribute_recall', 'chance_recall', 'learn_weight_sets', 'semantic_table',
-           'tune_weight_sets', 'SemanticStudy', 'semantic_study']
+           'gate_weight_sets', 'gate_table', 'tune_weight_sets', 'SemanticStudy', 'semantic_study']
 
 # %% ../nbs/15_semantic.ipynb #ce814268
 _TB = {'attn1': 'self_attn', 'norm1': 'self_attn', 'attn2': 'cross_attn', 'norm2': 'cross_attn', 'ff': 'ff', 'norm3': 'ff'}
@@ -163,7 +164,7 @@ def _planted_semantic(n_learn=8, n_eval=8, N=60, strength=4., noise=3., seed=0):
 # %% ../nbs/15_semantic.ipynb #e2c48135
 def semantic_table(S, # contributions [Q, N, M] of all plan queries (Tensor or `Contributions`)
                    plan:pd.DataFrame, # `query_plan` rows in S's query order
-                   weights:dict, # name -> GroupWeights (from `learn_weight_sets`)
+                   weights:dict, # name -> GroupWeights (`learn_weight_sets`), or name -> {attribute: GroupWeights} (`gate_weight_sets`)
                    train_labels:dict, # attribute -> [N] training labels
                    method:str='method', # the method's name in the table
                    query_ids:list|None=None, # ids of S's queries (default: S.query_ids, else the plan's seeds)
@@ -185,6 +186,9 @@ def semantic_table(S, # contributions [Q, N, M] of all plan queries (Tensor or `
         Xa, qv, qids = X[idx], plan.value.to_numpy()[idx], [ids[i] for i in idx]
         chance = float(chance_recall(qv, train_labels[a]).mean())
         for name, w in sets.items():
+            if isinstance(w, dict):   # one set per attribute: this attribute's queries get this attribute's weights
+                if a not in w: raise KeyError(f"weight set {name!r} has no weights for attribute {a!r} (it has {list(w)})")
+                w = w[a]
             if w is None: sc = Xa.sum(-1)
             elif isinstance(w, GroupWeights): sc = w.scores(Xa.contiguous(), query_ids=qids)   # refuses learning queries
             else: sc = Xa @ torch.as_tensor(w, dtype=Xa.dtype)
@@ -194,6 +198,60 @@ def semantic_table(S, # contributions [Q, N, M] of all plan queries (Tensor or `
             det.append(dict(method=method, weights=name, attribute=a, recall=float(r.mean()), lo=lo, hi=hi,
                             chance=chance, Q=len(idx)))
     return res, pd.DataFrame(det)
+
+# %% ../nbs/15_semantic.ipynb #9f36ccd1
+def gate_weight_sets(contribs:dict, # method -> contributions [Q, N, M] of all plan queries (Tensor or `Contributions`), same queries and training set
+                     plan:pd.DataFrame, # `query_plan` rows in the contributions' query order
+                     weights:dict, # method -> name ('general', attribute...) -> GroupWeights; the methods to gate (others serve as references only)
+                     query_ids:list|None=None, # ids of the plan's queries (default: the contributions' ids, else the plan's seeds)
+                     candidates=('own',), # per attribute: 'own' = that attribute's weights; add 'general' (or any set name) to let the gate choose it
+                     shrink=(0.25, 0.5, 0.75, 1.0), # a in w = 1 + a (c - 1) (see `agreement_gate`)
+                     level:float=0.95, # one-sided bootstrap level of the lower bound
+                     n_boot:int=1000, # bootstrap resamples of the learning queries
+                     seed:int=0, # bootstrap seed
+                    )->dict: # method -> attribute -> GroupWeights (the gated weights; `.verdict` says why)
+    "Per method and attribute: the attribute's weights if they raise agreement with every other method on that attribute's learning queries, else uniform"
+    X = {m: (c.S if hasattr(c, 'S') else torch.as_tensor(c)) for m, c in contribs.items()}
+    bad = {m: tuple(x.shape) for m, x in X.items() if x.ndim != 3 or x.shape[0] != len(plan)}
+    if bad: raise ValueError(f"contributions must be [Q={len(plan)}, N, M] with one row per plan row; got {bad}")
+    if len({x.shape[1] for x in X.values()}) > 1:
+        raise ValueError(f"the methods score different training sets {({m: x.shape[1] for m, x in X.items()})}: gate methods of one study")
+    miss = [m for m in weights if m not in X]
+    if miss: raise KeyError(f"no contributions for {miss}: every gated method needs its contributions (and serves as a reference for the others)")
+    first = next(iter(contribs.values()))
+    ids = list(query_ids if query_ids is not None else (getattr(first, 'query_ids', None) or [f"seed{s}" for s in plan.seed]))
+    learn = (plan.split == 'learn').to_numpy()
+    out = {}
+    for m, ws in weights.items():
+        out[m] = {}
+        for a in dict.fromkeys(plan.attribute):
+            idx = np.flatnonzero(learn & (plan.attribute == a).to_numpy())
+            if len(idx) == 0: raise ValueError(f"No learning queries for attribute {a!r}: the gate checks weights on them")
+            names = [a if c == 'own' else c for c in candidates]
+            lost = [n for n in names if n not in ws]
+            if lost: raise KeyError(f"{m}: no weight set {lost} to gate (sets: {list(ws)})")
+            Xa = X[m][idx].double()
+            lin = lambda w, Xa=Xa: Xa @ w.to(Xa)
+            refs = {r: X[r][idx].double().sum(-1) for r in X if r != m}
+            gate = agreement_gate({n: (ws[n].w, lin) for n in names}, Xa.sum(-1), refs, shrink, level, n_boot, seed)
+            used = [ids[i] for i in idx] + [q for n in names for q in (ws[n].settings.get('query_ids') or [])]
+            settings = dict(mode='safe', apply='linear', attribute=a, candidates=names, references=list(refs),
+                            query_ids=list(dict.fromkeys(used)), n_queries=len(idx), shrink=list(shrink), level=level,
+                            n_boot=n_boot, seed=seed)
+            info = dict(gate=dict(verdict=gate.verdict, use=gate.use, chosen=gate.chosen, shrink=gate.shrink, gain=gate.gain,
+                                  lower=gate.lower, table=gate.table.to_dict(orient='records')),
+                        candidates={n: ws[n].w.tolist() for n in names})
+            groups = ws[names[0]].groups if names else [f'g{j}' for j in range(X[m].shape[2])]
+            out[m][a] = GroupWeights(gate.w, groups, [], settings, 0., info)
+    return out
+
+def gate_table(safe:dict, # method -> attribute -> GroupWeights (from `gate_weight_sets`)
+              )->pd.DataFrame: # one row per (method, attribute): use, chosen, shrink, gain, lower bound, verdict
+    "The gate's verdicts as a table"
+    rows = [dict(method=m, attribute=a, use=g['use'], chosen=g['chosen'], shrink=g['shrink'], gain=g['gain'], lower=g['lower'],
+                 verdict=g['verdict'])
+            for m, per in safe.items() for a, w in per.items() for g in [w.info['gate']]]
+    return pd.DataFrame(rows)
 
 # %% ../nbs/15_semantic.ipynb #76263370
 GRID = {'k': (10, 30, 100), 'lam': (1e-4, 1e-2), 'normalize': (False, True)}
@@ -269,12 +327,31 @@ class SemanticStudy:
     times:dict=field(default_factory=dict) # stage -> seconds (cache hits are fast)
     settings:dict=field(default_factory=dict)
     sweeps:dict=field(default_factory=dict) # method -> `tune_weight_sets` sweep table (only with tune=True)
+    safe:dict=field(default_factory=dict) # method -> attribute -> gated GroupWeights (`gate_weight_sets`)
 
     def table(self)->pd.DataFrame:
         "method x weights rows, one 'recall@k <attribute>' column each (values only)"
         return self.results.df.pivot_table(index=['method', 'weights'], columns='metric', values='value', sort=False)
 
-    def _repr_html_(self): return self.results._repr_html_()
+    def safe_table(self)->pd.DataFrame:
+        "Per method and attribute: recall of the unweighted scores, the attribute's own weights and the safe (gated) weights, with the verdict"
+        if not self.safe: raise ValueError("this study has no gated weights: rerun semantic_study")
+        d = self.details.set_index(['method', 'weights', 'attribute'])
+        rows = []
+        for m, per in self.safe.items():
+            name = METHOD_NAMES.get(m, m)
+            for a, w in per.items():
+                g = w.info['gate']
+                rows.append(dict(method=name, attribute=a, unweighted=d.recall[name, 'unweighted', a], own=d.recall[name, a, a],
+                                 safe=d.recall[name, 'safe', a], safe_lo=d.lo[name, 'safe', a], safe_hi=d.hi[name, 'safe', a],
+                                 applied=f"{g['chosen']} x{g['shrink']:g}" if g['use'] else 'uniform', gain=g['gain'], lower=g['lower'],
+                                 verdict=g['verdict']))
+        return pd.DataFrame(rows).set_index(['method', 'attribute'])
+
+    def _repr_html_(self):
+        h = self.results._repr_html_()
+        if self.safe: h += "<p><b>the gate, per method and attribute</b></p>" + self.safe_table().round(3).to_html()
+        return h
     def __repr__(self): return f"SemanticStudy({list(self.contributions)}, {len(self.plan)} queries)\n{self.results!r}"
 
     def plot(self):
@@ -337,7 +414,7 @@ def semantic_study(preset:str|Preset='sbemoji-cond', # a conditional diffusion p
                    exclude=(), # group-name prefixes left out of scores and weights, e.g. ('embed.',): the UNet's parameters only
                    log=print, # stage log (None: silent)
                   )->SemanticStudy:
-    "The semantic decoupling protocol: attribute-only queries, per-attribute self-supervised weights, recall@k per attribute"
+    "The semantic decoupling protocol: attribute-only queries, per-attribute self-supervised weights (and their gated, safe version), recall@k per attribute"
     from tqdm.auto import tqdm
     T = {}; t0 = time.perf_counter()
     methods = _parse_methods(methods); attributes = _check_attrs(attributes)
@@ -405,13 +482,19 @@ def semantic_study(preset:str|Preset='sbemoji-cond', # a conditional diffusion p
             ws = cached(sem / f'weights-{m}-{_hash(dict(c=ckey, k=kl, lam=lam, attrs=attributes, **({"normalize": True} if normalize else {})))}.pt',
                         lambda: learn_weight_sets(c, plan, qids, k=kl, lam=lam, normalize=normalize), f'{METHOD_NAMES[m]} weights', log)
         T[f'weights {m}'] = time.perf_counter() - t
+        contribs[m], all_w[m] = c, ws
+    # 6. the gate: an attribute's weights only where they raise agreement with every other method on its learning queries
+    t = time.perf_counter()
+    safe = gate_weight_sets(contribs, plan, all_w, qids, seed=seed)
+    T['gate'] = time.perf_counter() - t
+    for m in methods:
         t = time.perf_counter()
-        r, d = semantic_table(c, plan, ws, train.tensors, METHOD_NAMES[m], qids, k, seed=seed)
+        r, d = semantic_table(contribs[m], plan, {**all_w[m], 'safe': safe[m]}, train.tensors, METHOD_NAMES[m], qids, k, seed=seed)
         T[f'table {m}'] = time.perf_counter() - t
-        contribs[m], all_w[m] = c, ws; res.rows += r.rows; dets.append(d)
+        res.rows += r.rows; dets.append(d)
     T['total'] = time.perf_counter() - t0
     settings = dict(preset=p.name, config_hash=p.config_hash, methods=methods, n_learn=n_learn, n_eval=n_eval, k=k, seed=seed,
                     K=K, proj_dim=proj_dim, gen_steps=gen_steps, k_learn=int(k_learn or k), lam=lam, normalize=normalize, tune=tune,
                     grid=grid, attributes=attributes, exclude=list(exclude), out=str(out))
     return SemanticStudy(res, all_w[methods[0]], all_w, pd.concat(dets, ignore_index=True), contribs, queries, plan, train, T,
-                         settings, sweeps)
+                         settings, sweeps, safe)

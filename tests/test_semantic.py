@@ -3,7 +3,7 @@ import os
 import numpy as np, pandas as pd, pytest, torch
 from pwattr.semantic import (semantic_group_of, semantic_groups, group_kind, query_plan, plan_prompts, topk_positions,
                              attribute_recall, chance_recall, learn_weight_sets, semantic_table, semantic_study,
-                             _planted_semantic)
+                             _planted_semantic, gate_weight_sets, gate_table)
 from pwattr.weights import GroupWeights
 
 torch.set_num_threads(1)
@@ -80,6 +80,69 @@ def test_learn_weight_sets_is_deterministic():
     for n in a: assert torch.equal(a[n].w, b[n].w)
 
 
+def _planted_refs(S, seed, noise=1.5, n=2):
+    "Reference methods that see the planted style / background proponents (groups 0 and 1) through their own noise"
+    sig = S[..., :2].sum(-1)
+    return {f'ref{i}': (sig + noise * torch.randn(sig.shape, generator=torch.Generator().manual_seed(seed * 10 + i)))[..., None]
+            for i in range(n)}
+
+
+def _gain_by_hand(S, refs, idx, w):
+    "min over references of the mean (over queries) gain in Pearson correlation, with numpy"
+    base, tau = S[idx].double().sum(-1).numpy(), (S[idx].double() @ w.double()).numpy()
+    return min(np.mean([np.corrcoef(tau[q], r[idx][q, :, 0].numpy())[0, 1] - np.corrcoef(base[q], r[idx][q, :, 0].numpy())[0, 1]
+                        for q in range(len(idx))]) for r in refs.values())
+
+
+@pytest.mark.parametrize('seed', [0, 1, 2])
+def test_gate_keeps_weights_that_raise_agreement_and_refuses_those_that_lower_it(seed):
+    S, plan, lab = _planted_semantic(seed=seed)
+    refs = _planted_refs(S, seed)
+    groups = ['g0 style', 'g1 background', 'g2 noise']
+    ids = [f'seed{s}' for s in plan.seed]
+    learn = (plan.split == 'learn').to_numpy()
+    idx = {a: np.flatnonzero(learn & (plan.attribute == a).to_numpy()) for a in ('style', 'background')}
+    ws = {'general': GroupWeights(torch.tensor([1., 1., .5]), groups, settings={'query_ids': [ids[i] for i in np.flatnonzero(learn)]}),
+          'style': GroupWeights(torch.tensor([2.5, .25, .25]), groups, settings={'query_ids': [ids[i] for i in idx['style']]}),
+          'background': GroupWeights(torch.tensor([.25, .25, 2.5]), groups, settings={'query_ids': [ids[i] for i in idx['background']]})}
+    # planted so the answer is known: style weights raise the style group, background weights raise the noise group
+    assert _gain_by_hand(S, refs, idx['style'], ws['style'].w) > 0.1
+    assert _gain_by_hand(S, refs, idx['background'], ws['background'].w) < -0.1
+    safe = gate_weight_sets({'m': S, **refs}, plan, {'m': ws}, candidates=('own',))
+    st, bg = safe['m']['style'], safe['m']['background']
+    assert st.info['gate']['use'] and st.info['gate']['chosen'] == 'style'
+    a = st.info['gate']['shrink']
+    torch.testing.assert_close(st.w, 1 + a * (ws['style'].w - 1))
+    g_hand = _gain_by_hand(S, refs, idx['style'], 1 + a * (ws['style'].w.double() - 1))   # the gate's float64 weights
+    assert abs(st.info['gate']['gain'] - g_hand) <= 1e-9 * max(1., abs(g_hand))      # float64 correlations of O(1)
+    assert not bg.info['gate']['use'] and torch.equal(bg.w, torch.ones(3))
+    assert bg.verdict.startswith('keep uniform weights')
+    # the recall table: refused -> the unweighted ranking on background queries; kept -> the (shrunk) style weights
+    _, det = semantic_table(S, plan, {**ws, 'safe': safe['m']}, lab, 'm', k=5)
+    d = det.set_index(['weights', 'attribute']).recall
+    assert d['safe', 'background'] == d['unweighted', 'background']
+    assert d['safe', 'style'] >= d['unweighted', 'style']
+    # with learned weights (they find the planted groups) the gate keeps both attributes' weights
+    learned = gate_weight_sets({'m': S, **refs}, plan, {'m': learn_weight_sets(S, plan, k=5)})
+    assert all(w.info['gate']['use'] for w in learned['m'].values()), gate_table(learned)
+
+
+def test_gate_is_seeded_and_needs_references():
+    S, plan, _ = _planted_semantic(seed=4)
+    refs = _planted_refs(S, 4)
+    ws = learn_weight_sets(S, plan, k=5)
+    a, b = (gate_weight_sets({'m': S, **refs}, plan, {'m': ws}, seed=3) for _ in range(2))
+    c = gate_weight_sets({'m': S, **refs}, plan, {'m': ws}, seed=4)
+    pd.testing.assert_frame_equal(gate_table(a), gate_table(b))
+    assert gate_table(a).lower.tolist() != gate_table(c).lower.tolist()       # the bootstrap is what the seed draws
+    alone = gate_weight_sets({'m': S}, plan, {'m': ws})
+    assert all(torch.equal(w.w, torch.ones(3)) and 'no reference method' in w.verdict for w in alone['m'].values())
+    # a candidate that lowers the agreement with one reference is refused even if it raises it with the other
+    bad_ref = {'ref0': refs['ref0'], 'anti': -refs['ref1']}
+    mixed = gate_weight_sets({'m': S, **bad_ref}, plan, {'m': ws})
+    assert not any(w.info['gate']['use'] for w in mixed['m'].values())
+
+
 def test_bad_input_errors():
     lab = {'style': torch.tensor([0, 1])}
     with pytest.raises(KeyError, match="did you mean 'style'"): query_plan(lab, attributes=['stile'])
@@ -89,6 +152,11 @@ def test_bad_input_errors():
     with pytest.raises(ValueError, match='not a conditional'): semantic_study('fmnist-mlp')
     S, plan, lab = _planted_semantic()
     with pytest.raises(ValueError, match='one row per plan row'): learn_weight_sets(S[:3], plan)
+    ws = learn_weight_sets(S, plan, k=5)
+    with pytest.raises(ValueError, match='one row per plan row'): gate_weight_sets({'m': S, 'r': S[:3]}, plan, {'m': ws})
+    with pytest.raises(ValueError, match='different training sets'): gate_weight_sets({'m': S, 'r': S[:, :10]}, plan, {'m': ws})
+    with pytest.raises(KeyError, match='no contributions'): gate_weight_sets({'m': S}, plan, {'x': ws})
+    with pytest.raises(KeyError, match='has no weights for attribute'): semantic_table(S, plan, {'safe': {'style': ws['style']}}, lab)
 
 
 def test_groups_cover_the_model_and_name_the_kinds():
@@ -109,7 +177,12 @@ def test_tiny_study_end_to_end_and_cached(tmp_path):
               attributes=('style', 'background'))
     s1 = semantic_study(p, **kw)
     df = s1.results.df
-    assert set(df.weights) == {'unweighted', 'general', 'style', 'background'}
+    assert set(df.weights) == {'unweighted', 'general', 'style', 'background', 'safe'}
+    safe_rows = df[df.weights == 'safe'].set_index('metric').value          # one method: no reference, so uniform
+    pd.testing.assert_series_equal(safe_rows, df[df.weights == 'unweighted'].set_index('metric').value)
+    st = s1.safe_table()
+    assert list(st.index) == [('D-TRAK', 'style'), ('D-TRAK', 'background')] and (st.applied == 'uniform').all()
+    assert st.verdict.str.contains('no reference method').all()
     assert set(df.metric) == {'recall@3 style', 'recall@3 background'}
     assert ((df.value >= 0) & (df.value <= 1)).all()
     assert set(s1.weights) == {'general', 'style', 'background'}
