@@ -954,7 +954,7 @@ def main(argv=None):
     a.add_argument('--proj_dim', type=int, default=None, help='projected dims per group; None: 512 (128 for diffusion); 0: raw gradients')
     a.add_argument('--n_learn', type=int, default=100, help='weight-learning queries')
     a.add_argument('--out', default='runs/audit', help='report directory (its cache/ holds the stages)')
-    a.add_argument('--gt', default=None, help="ground-truth .npz; None: the preset's committed one")
+    a.add_argument('--gt', default=None, help="ground-truth .npz; None: the preset's committed one (your own model has none: --gt_subsets)")
     a.add_argument('--gt_subsets', type=int, default=0, help='generate a ground truth with this many subsets when none exists (0: never)')
     a.add_argument('--workers', type=int, default=1, help='worker processes for a generated ground truth')
     a.add_argument('--device', default='cpu', help='cpu, cuda, cuda:N or mps')
