@@ -12,7 +12,9 @@ from pathlib import Path
 import numpy as np, pandas as pd, torch
 import matplotlib.pyplot as plt
 from .data import ExampleSet
-from .presets import get_preset, Preset
+from torch import nn
+from .presets import get_preset, Preset, _OUTPUTS
+from .train import seeded, TrainResult
 from .grouping import GroupSpec, block_of, function_of, module_of
 from .features import featurize, Projector, output_fn, Features
 from .methods import TracInCP, GradDot, GradCos, TRAK, Contributions
@@ -22,13 +24,14 @@ from .diffusion import (DIFFUSION_METHODS, METHOD_NAMES, SharedNoise, timestep_f
 from .weights import learn_weights, check_disjoint
 from .safe import safe_weights, refit_from, query_matrix
 from .evaluate import lds, per_group_lds, ResultsTable
-from .groundtruth import GroundTruth, GT_DIR
+from .groundtruth import GroundTruth, GT_DIR, PresetTask
 from .plots import plot_lds_table, plot_group_lds, plot_block_function, plot_weights, plot_topk_gallery, figure_png
 
 # %% auto #0
-__all__ = ['CACHE_FORMAT', 'LOSS', 'METHODS', 'GROUPINGS', 'LEARN_FROM', 'cached', 'parse_methods', 'make_groups',
+__all__ = ['CACHE_FORMAT', 'LOSS', 'METHODS', 'GROUPINGS', 'LEARN_FROM', 'AUDIT_USAGE', 'cached', 'parse_methods', 'make_groups',
            'diffusion_method', 'diffusion_features', 'generation_seeds', 'learn_source', 'AuditRun', 'group_views',
-           'AuditResult', 'audit', 'reproduce_command', 'write_report', 'check_audit_args', 'main']
+           'AuditResult', 'audit', 'reproduce_command', 'write_report', 'load_callable', 'CustomPreset', 'CustomTask',
+           'check_custom', 'check_audit_args', 'main']
 
 # %% ../nbs/10_audit.ipynb #679ed5b8
 CACHE_FORMAT = 'pwattr.cache/1'
@@ -411,8 +414,8 @@ class AuditRun:
         key = _digest(name, oname, self.grouping, self.proj_dim, self.kron_rank, self.seed,
                       self.n_checkpoints if kind == 'ckpt' else None, [self.split(s).ids for s in ('train', *splits)])
         def compute():  # the fit (e.g. a 10k x 10k kernel) is the slow part: keep its result
-            meth.fit(self.features(kind, oname, 'train'))
-            return tuple(meth.contributions(q) for q in qs)
+            meth.fit(self.features(kind, oname, 'train'), progress=self.progress)
+            return tuple(meth.contributions(q, progress=self.progress) for q in qs)
         return cached(self.cache / f'contrib-{name}-{key}.pt', compute, f'{name}: fit and attribute', self.log)
 
     def refit(self, name:str):
@@ -449,7 +452,7 @@ class AuditRun:
         def compute():
             model = self.model()
             return fit_kron_factors(model, self.train, fisher_output_for(output_fn(LOSS[self.p.domain])), seed=self.seed,
-                                    device=self.device)
+                                    device=self.device, progress=self.progress)
         return cached(self.cache / f'ekfac-factors{self._sfx()}.pt', compute, 'EK-FAC factors', self.log)
 
 # %% ../nbs/10_audit.ipynb #5bdf45c6
@@ -542,7 +545,7 @@ def audit(preset:str='fmnist-mlp', # preset name (see `pwattr.presets.PRESETS`)
     p = get_preset(preset); names = parse_methods(methods, p.domain)
     src = learn_source(p.domain, learn_from)
     n_show = (8 if src == 'generated' else 0) if n_show is None else n_show
-    gt = _ground_truth(p, gt, gt_subsets, workers, out, device, log)
+    gt = _ground_truth(p, gt, gt_subsets, workers, out, device, log, progress)
     run = AuditRun(p, gt, out, grouping, proj_dim, n_learn, seed=seed, device=device, progress=progress, log=log,
                    learn_from=src, gen_steps=gen_steps, n_show=n_show, K=K, journey_steps=journey_steps)
     res, per_group, weights, paper, contribs, times, shown, learn = ResultsTable(), {}, {}, {}, {}, {}, {}, {}
@@ -572,9 +575,15 @@ def audit(preset:str='fmnist-mlp', # preset name (see `pwattr.presets.PRESETS`)
     return r
 
 # %% ../nbs/10_audit.ipynb #8a93438c
-def _ground_truth(p:Preset, gt, gt_subsets:int, workers:int, out:Path, device, log)->GroundTruth:
+def _ground_truth(p:Preset, gt, gt_subsets:int, workers:int, out:Path, device, log, progress:bool=True)->GroundTruth:
     "The ground truth to evaluate against: given, committed with the preset, or generated (cached) on request"
     if isinstance(gt, GroundTruth): return gt
+    if isinstance(p, CustomPreset) and gt is None:   # your own model: nothing committed, generate on request
+        if gt_subsets <= 0: raise FileNotFoundError("Your own model has no committed LDS ground truth: pass gt_subsets=20 (`--gt_subsets 20`: "
+                                                    "retrains it on 20 half-size subsets) or gt=FILE.npz (`--gt FILE.npz`).")
+        if log: log(f"generating a ground truth for {p.name}: {gt_subsets} subsets, {workers} worker(s)")
+        return p.groundtruth(gt_subsets, out / 'cache' / f'gt-custom-{p.config_hash}.npz', workers=workers, device=device,
+                             progress=progress)
     path = Path(gt) if gt is not None else GT_DIR / f'{p.name}.npz'
     if path.exists():
         g = GroundTruth.load(path)
@@ -586,7 +595,8 @@ def _ground_truth(p:Preset, gt, gt_subsets:int, workers:int, out:Path, device, l
                                 f"--subsets 50` and pass `--gt groundtruth/{p.name}.npz`, or pass gt_subsets=50 (`--gt_subsets 50`) to generate it into the report directory.")
     from pwattr.groundtruth import groundtruth_for_preset
     if log: log(f"generating a ground truth for {p.name}: {gt_subsets} subsets, {workers} worker(s)")
-    return groundtruth_for_preset(p.name, m=gt_subsets, workers=workers, out_path=out / 'cache' / f'gt-{p.name}.npz', device=device)
+    return groundtruth_for_preset(p.name, m=gt_subsets, workers=workers, out_path=out / 'cache' / f'gt-{p.name}.npz', device=device,
+                                  progress=progress)
 
 # %% ../nbs/10_audit.ipynb #1a46abd2
 _REPORT_CSS = """body{font-family:system-ui,-apple-system,'Segoe UI',sans-serif;max-width:1180px;margin:2em auto;padding:0 1em;color:#1a1a1a;line-height:1.45}
@@ -625,7 +635,10 @@ def _html_table(df:pd.DataFrame, index_name:str|None=None)->str:
 def reproduce_command(r:AuditResult)->str:
     "The console command that reruns this audit with its settings"
     st = r.settings
-    args = [('preset', st.get('preset', r.preset)), ('methods', ','.join(st.get('methods', r.per_group))), ('grouping', st.get('grouping')),
+    p = getattr(getattr(r, 'run', None), 'p', None)
+    head = ([*p.cli_args(), ('gt_subsets', st.get('gt_subsets')), ('gt_queries', p.gt_queries)] if isinstance(p, CustomPreset)
+            else [('preset', st.get('preset', r.preset))])
+    args = [*head, ('methods', ','.join(st.get('methods', r.per_group))), ('grouping', st.get('grouping')),
             ('k', st.get('k')), ('lam', st.get('lam')), ('proj_dim', st.get('proj_dim')), ('n_learn', st.get('n_learn')),
             ('seed', st.get('seed')), ('device', st.get('device')), ('learn_from', st.get('learn_from')),
             ('gen_steps', st.get('gen_steps')), ('n_show', st.get('n_show')), ('K', st.get('K')),
@@ -696,8 +709,12 @@ def write_report(r:AuditResult, run:AuditRun, n_gallery:int=3)->Path:
                              else cg.S @ r.weights[m].w.to(cg.S.dtype))
             except Exception: weighted = None                        # e.g. refit weights without their kernel: base ranking only
         for q in range(min(n_gallery, len(qset)) if cg is not None else 0):
-            parts.append(_img(f'gallery-{m}-{q}', f'{m}: {what} {qset.ids[q]}', _gallery(cg, q, run.train, qset, weighted,
-                              title=f'{m}: {what} {qset.ids[q]}'), out,
+            figs = set(plt.get_fignums())
+            try: g = _gallery(cg, q, run.train, qset, weighted, title=f'{m}: {what} {qset.ids[q]}')
+            except (ValueError, TypeError) as e:   # examples that are neither images nor text (e.g. your own model's vectors)
+                for f in set(plt.get_fignums()) - figs: plt.close(f)
+                parts.append(f"<p>No gallery: {html.escape(str(e))}.</p>"); break
+            parts.append(_img(f'gallery-{m}-{q}', f'{m}: {what} {qset.ids[q]}', g, out,
                               'Training examples by score (caption: rank, score, id, class): the top proponents without and with '
                               'the weights applied, and the strongest opponents (most negative scores) with them.', problems))
         section(f'method-{m}', f'Method: {m}', ''.join(parts))
@@ -726,14 +743,157 @@ def write_report(r:AuditResult, run:AuditRun, n_gallery:int=3)->Path:
     (out / 'report.html').write_text(doc)
     return out / 'report.html'
 
+# %% ../nbs/10_audit.ipynb #9f48c8df
+def load_callable(spec:str, # 'module:function', the module importable from the current directory (or installed)
+                  option:str='--model', # the command-line option it came from (named in errors)
+                 ):
+    "The function `spec` names, imported with the current directory on `sys.path`; a one-line ValueError otherwise"
+    import importlib, sys, difflib
+    mod_name, sep, fn_name = str(spec).partition(':')
+    if not sep or not mod_name or not fn_name:
+        raise ValueError(f"{option} {spec!r}: write it as module:function, e.g. {option} my_module:{option.strip('-')}_fn.")
+    if os.getcwd() not in sys.path: sys.path.insert(0, os.getcwd())
+    try: mod = importlib.import_module(mod_name)
+    except ModuleNotFoundError as e:
+        if e.name and (mod_name == e.name or mod_name.startswith(e.name + '.')):
+            raise ValueError(f"{option} {spec!r}: no module {mod_name!r} in {os.getcwd()} or on the Python path; "
+                             f"run pwattr from the directory that holds {mod_name.replace('.', '/')}.py.") from None
+        raise ValueError(f"{option} {spec!r}: importing {mod_name} failed: {e}.") from None
+    except Exception as e: raise ValueError(f"{option} {spec!r}: importing {mod_name} failed: {type(e).__name__}: {e}") from None
+    f = mod
+    for part in fn_name.split('.'): f = getattr(f, part, None)
+    if not callable(f):
+        names = [n for n in dir(mod) if not n.startswith('_') and callable(getattr(mod, n))]
+        close = difflib.get_close_matches(fn_name, names, n=3, cutoff=0.5)
+        hint = f"did you mean {' or '.join(close)}? " if close else ''
+        raise ValueError(f"{option} {spec!r}: {mod_name} has no function {fn_name!r}; {hint}its functions: {', '.join(names[:12]) or 'none'}.")
+    return f
+
+# %% ../nbs/10_audit.ipynb #a64b0cbc
+def _what(o)->str:
+    "A short description of a returned value, for errors"
+    if isinstance(o, (tuple, list)): return f"a {type(o).__name__} of {len(o)}: ({', '.join(type(x).__name__ for x in o[:4])})"
+    return f"a {type(o).__name__}"
+
+def _accepts(f, names)->set:
+    "Which of `names` `f` takes as keyword arguments (all of them if it has **kwargs)"
+    import inspect
+    try: ps = inspect.signature(f).parameters
+    except (TypeError, ValueError): return set(names)
+    if any(p.kind == p.VAR_KEYWORD for p in ps.values()): return set(names)
+    return {n for n in names if n in ps and ps[n].kind in (ps[n].POSITIONAL_OR_KEYWORD, ps[n].KEYWORD_ONLY)}
+
+def _source_hash(*fns)->str:
+    "Hash of the source files that define `fns`: a cache made by an older version of your module is not reused"
+    import inspect
+    h = hashlib.sha256()
+    for f in fns:
+        try: h.update(Path(inspect.getsourcefile(f)).read_bytes())
+        except (TypeError, OSError): h.update(getattr(f, '__qualname__', repr(f)).encode())
+    return h.hexdigest()[:16]
+
+class CustomPreset(Preset):
+    "A `Preset` made of your own functions: `make_model(seed)`, `make_data() -> (train, test)` and `train_fn(model, train, ...)`"
+    def __init__(self, model:str, # 'module:function': seed -> a freshly initialised nn.Module
+                 data:str, # 'module:function': () -> (train, test), two `ExampleSet`s
+                 train:str, # 'module:function': (model, train, idx=, seed=, checkpoints=, progress=, device=) -> TrainResult or the trained nn.Module
+                 domain:str='classification', # 'classification' (margin / cross-entropy outputs) | 'language' (LM loss)
+                 output:str='', # the output LDS uses ('' : the domain's: 'margin' | 'lm_loss')
+                 gt_queries:int=100, # evaluation queries of a generated ground truth (seeded draw from the test split)
+                ):
+        if domain not in ('classification', 'language'):
+            raise ValueError(f"--domain {domain!r}: your own model can be 'classification' or 'language' (diffusion: build a Preset in Python).")
+        self.specs = {'model': model, 'data': data, 'train': train}
+        self.fns = {k: load_callable(v, f'--{k}') for k, v in self.specs.items()}
+        self.gt_queries, self._data = gt_queries, None
+        super().__init__(model, domain, {'custom': {**self.specs, 'source': _source_hash(*self.fns.values())}}, output,
+                         f"your own model: --model {model} --data {data} --train {train}")
+
+    def __getstate__(self): return {**self.__dict__, '_data': None}   # worker processes reload the data themselves
+
+    def cli_args(self)->list:
+        "(option, value) pairs that rebuild this preset on the command line"
+        return [*self.specs.items(), ('domain', self.domain)] + ([('output', self.output)] if self.output != _OUTPUTS[self.domain] else [])
+
+    def _call(self, what:str, *args):
+        "Call your `what` function; a failure is one line naming the option (the traceback would be pwattr's, not yours)"
+        try: return self.fns[what](*args)
+        except Exception as e: raise ValueError(f"--{what} {self.specs[what]}: calling it{' with a seed' if args else ''} failed: {type(e).__name__}: {e}") from None
+
+    def load(self)->tuple: # (train, test) ExampleSets
+        "Your data function's (train, test), checked once and kept"
+        if self._data is None:
+            d = self._call('data')
+            if not (isinstance(d, (tuple, list)) and len(d) == 2 and all(isinstance(x, ExampleSet) for x in d)):
+                raise ValueError(f"--data {self.specs['data']}: must return (train, test), two pwattr.data.ExampleSets; it returned {_what(d)}.")
+            if len(d[0]) < 2 or len(d[1]) < 2: raise ValueError(f"--data {self.specs['data']}: train and test need at least 2 examples each, got {len(d[0])} and {len(d[1])}.")
+            self._data = tuple(d)
+        return self._data
+
+    def make_model(self, seed:int=0)->nn.Module:
+        "Your model function's model for `seed` (called inside the seed's 'init' stream, as a preset's are)"
+        with seeded(seed, 'init'): m = self._call('model', seed)
+        if not isinstance(m, nn.Module): raise ValueError(f"--model {self.specs['model']}: must return a torch.nn.Module for a seed; it returned {_what(m)}.")
+        return m
+
+    def train(self, train, idx=None, seed:int=0, checkpoints=(), progress:bool=True, device='cpu', model:nn.Module|None=None, **overrides)->TrainResult:
+        "Your training function on `train[idx]`; a bare model (or no checkpoints) gives TracIn the final model alone (lr 1)"
+        model = (model if model is not None else self.make_model(seed)).to(device)
+        f = self.fns['train']
+        kw = {k: v for k, v in dict(idx=idx, seed=seed, checkpoints=checkpoints, progress=progress, device=device, **overrides).items()
+              if k in _accepts(f, ['idx', 'seed', 'checkpoints', 'progress', 'device', *overrides])}
+        if 'idx' not in kw and idx is not None: train = train[torch.as_tensor(idx)]   # no idx argument: it trains on the subset itself
+        r = f(model, train, **kw)
+        if isinstance(r, nn.Module): r = TrainResult(r)
+        if not isinstance(r, TrainResult): raise ValueError(f"--train {self.specs['train']}: must return a pwattr.train.TrainResult or the trained torch.nn.Module; it returned {_what(r)}.")
+        if not r.checkpoints: r.checkpoints = [(0, 1.0, {k: v.detach().clone() for k, v in r.model.state_dict().items()})]
+        return r
+
+    def groundtruth(self, m:int, # subsets
+                    out_path, # where the ground truth is saved (and resumed from)
+                    workers:int=1, device='cpu', seed:int=0, **kw, # passed to `run_groundtruth`
+                   )->GroundTruth:
+        "An LDS ground truth of your model: `m` half-size subsets of the training set, retrained with your training function"
+        from pwattr.groundtruth import run_groundtruth
+        task = CustomTask(self, self.gt_queries, 0, device)
+        n, batch, qids, kind, out_name, chash, _ = task.setup()
+        meta = {'name': self.name, 'custom': self.specs, 'output': out_name, 'n_queries': len(qids), 'device': device}
+        return run_groundtruth(task.train_fn, task.output_fn, n, batch, m, 0.5, 1, out_path, workers, seed,
+                               None, kind, qids, chash, meta, **kw)
+
+class CustomTask(PresetTask):
+    "`PresetTask` of a `CustomPreset`: picklable (worker processes import your module by name)"
+    def _get(self): return self.preset
+
+def check_custom(p:CustomPreset, seed:int=0)->None:
+    "Call each of your functions once on a small input: a one-line ValueError naming the option whose function misbehaves"
+    train, test = p.load(); model = p.make_model(seed).eval(); b = test[torch.arange(2)].batch()
+    for name in dict.fromkeys((p.output, LOSS[p.domain])):   # the outputs the methods and LDS use
+        try: o = output_fn(name)(model, b)
+        except Exception as e:
+            raise ValueError(f"--model {p.specs['model']}: its {name!r} output on 2 test examples failed ({type(e).__name__}: {e}); "
+                             f"check --domain ({p.domain}) and the data's tensors ({', '.join(b)}).") from None
+        if not (torch.is_tensor(o) and tuple(o.shape) == (2,)):
+            raise ValueError(f"--model {p.specs['model']}: its {name!r} output on 2 test examples has shape {tuple(getattr(o, 'shape', ()))}, not (2,).")
+
 # %% ../nbs/10_audit.ipynb #21ea73b2
-def check_audit_args(a)->None:
-    "Check every `pwattr audit` option before any compute: a ValueError whose one line names the option and the fix"
+def check_audit_args(a)->Preset:
+    "Check every `pwattr audit` option before any compute (a ValueError whose one line names the option and the fix); the preset to audit"
     import math
     from pwattr.presets import PRESETS
     from pwattr.groundtruth import check_device, check_writable
-    if a.preset not in PRESETS: raise ValueError(f"--preset {a.preset!r} is not a preset: choose from {', '.join(PRESETS)}.")
-    p = get_preset(a.preset)
+    own = {o: getattr(a, o, None) for o in ('model', 'data', 'train')}
+    if any(own.values()):                                  # your own model: import and call each function once, now
+        miss = [f'--{o}' for o, v in own.items() if not v]
+        if miss: raise ValueError(f"your own model needs --model, --data and --train together: {', '.join(miss)} missing.")
+        if a.preset is not None: raise ValueError(f"--preset {a.preset} and --model exclude each other: audit a preset or your own model.")
+        if a.gt_queries < 1: raise ValueError(f"--gt_queries must be >= 1, got {a.gt_queries}.")
+        p = CustomPreset(a.model, a.data, a.train, a.domain, a.output or '', a.gt_queries)
+        check_custom(p, a.seed)
+    else:
+        if a.preset is None: a.preset = 'fmnist-mlp'
+        if a.preset not in PRESETS: raise ValueError(f"--preset {a.preset!r} is not a preset: choose from {', '.join(PRESETS)}, or pass --model/--data/--train.")
+        p = get_preset(a.preset)
     parse_methods(a.methods, p.domain)
     ints = [('--k', a.k, 1), ('--n_learn', a.n_learn, 1), ('--seed', a.seed, 0), ('--workers', a.workers, 1),
             ('--gt_subsets', a.gt_subsets, 0), ('--gen_steps', a.gen_steps, 1), ('--timesteps', a.K, 1),
@@ -742,30 +902,51 @@ def check_audit_args(a)->None:
         if v is not None and v < lo: raise ValueError(f"{name} must be >= {lo}, got {v}.")
     if not (math.isfinite(a.lam) and a.lam >= 0): raise ValueError(f"--lam (the weights' penalty) must be a finite number >= 0, got {a.lam}.")
     check_device(a.device); check_writable(a.out, '--out', is_dir=True)
-    gt_path = Path(a.gt) if a.gt is not None else GT_DIR / f'{p.name}.npz'
-    gt = GroundTruth.load(gt_path) if gt_path.with_suffix('.npz').exists() else None
+    custom = isinstance(p, CustomPreset)
+    gt_path = Path(a.gt) if a.gt is not None else None if custom else GT_DIR / f'{p.name}.npz'
+    gt = GroundTruth.load(gt_path) if gt_path is not None and gt_path.with_suffix('.npz').exists() else None
     if gt is None and a.gt_subsets == 0:
+        if custom: raise ValueError(("no LDS ground truth at " + str(gt_path) if gt_path else "your own model has no LDS ground truth") +
+                                    ": pass --gt_subsets 20 to make one (retrains your model on 20 half-size subsets) or --gt FILE.npz.")
         raise ValueError(f"no LDS ground truth at {gt_path}: generate one with `python -m pwattr.groundtruth --preset {p.name} --subsets 50` "
                          f"and pass --gt groundtruth/{p.name}.npz, or pass --gt_subsets 50 to generate it into --out.")
     if gt is not None and gt.n_queries == 0: raise ValueError(f"the ground truth {gt_path} has no evaluation queries: regenerate it with --queries 100.")
     train, test = p.load()
     if a.k >= len(train): raise ValueError(f"--k {a.k}: the top-k must be smaller than the {len(train)} training examples of {p.name}.")
+    if custom and gt is not None and gt.masks.shape[1] != len(train):
+        raise ValueError(f"--gt {gt_path} covers {gt.masks.shape[1]} training examples but --data gives {len(train)}: pass --gt_subsets 20 instead.")
     if learn_source(p.domain, a.learn_from) == 'test':
         ev = set(map(str, gt.query_ids)) if gt is not None else set()
-        free = sum(str(i) not in ev for i in test.ids) if gt is not None else len(test)
+        free = (sum(str(i) not in ev for i in test.ids) if gt is not None else
+                len(test) - min(a.gt_queries, len(test)) if custom else len(test))
         if a.n_learn > free:
             raise ValueError(f"--n_learn {a.n_learn}: {p.name} has {free} test examples that are not evaluation queries; "
-                             f"use --n_learn {free} or less.")
+                             + (f"use --n_learn {free} or less" if free else "none are left for learning the weights") +
+                             (" (or fewer --gt_queries)." if custom and gt is None else "."))
     elif a.n_learn > 50_000: raise ValueError(f"--n_learn {a.n_learn}: at most 50,000 generated learning queries.")
+    return p
+
+AUDIT_USAGE = """Audit a preset, or your own model:
+
+  pwattr audit --preset fmnist-mlp --methods tracin,trak
+  pwattr audit --model my_module:make_model --data my_module:make_data --train my_module:train_fn --gt_subsets 20
+
+my_module.py (in the current directory) defines
+  make_model(seed) -> torch.nn.Module           a fresh model
+  make_data() -> (train, test)                   two pwattr.data.ExampleSets ('x', 'y' for a classifier)
+  train_fn(model, train, idx=None, seed=0, **kw) -> TrainResult | nn.Module
+                                                 kw: checkpoints, progress, device; e.g. pwattr.train.train_classifier
+A model of your own has no committed ground truth: --gt_subsets N retrains it on N half-size subsets (cached in --out)."""
 
 def main(argv=None):
     "pwattr's console command: `pwattr audit | groundtruth | presets`"
     import argparse, sys
     ap = argparse.ArgumentParser(prog='pwattr', description='Training data attribution with learned parameter-group weights.')
     sub = ap.add_subparsers(dest='cmd', required=True)
-    a = sub.add_parser('audit', help='train/featurise/attribute/learn weights/evaluate a preset and write a report',
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    a.add_argument('--preset', default='fmnist-mlp', help='preset name (`pwattr presets` lists them)')
+    class Fmt(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter): pass
+    a = sub.add_parser('audit', help='train/featurise/attribute/learn weights/evaluate a preset (or your own model) and write a report',
+                       formatter_class=Fmt, description=AUDIT_USAGE)
+    a.add_argument('--preset', default=None, help='preset name (`pwattr presets` lists them); None: fmnist-mlp, unless --model is given')
     a.add_argument('--methods', default='tracin,trak', help=f"comma-separated, from {','.join(METHODS)}")
     a.add_argument('--grouping', default='preset', choices=GROUPINGS, help='parameter groups')
     a.add_argument('--k', '--topk', dest='k', type=int, default=20, help='top-k training examples per query the weights optimise (< N)')
@@ -773,7 +954,7 @@ def main(argv=None):
     a.add_argument('--proj_dim', type=int, default=None, help='projected dims per group; None: 512 (128 for diffusion); 0: raw gradients')
     a.add_argument('--n_learn', type=int, default=100, help='weight-learning queries')
     a.add_argument('--out', default='runs/audit', help='report directory (its cache/ holds the stages)')
-    a.add_argument('--gt', default=None, help="ground-truth .npz; None: the preset's committed one")
+    a.add_argument('--gt', default=None, help="ground-truth .npz; None: the preset's committed one (your own model has none: --gt_subsets)")
     a.add_argument('--gt_subsets', type=int, default=0, help='generate a ground truth with this many subsets when none exists (0: never)')
     a.add_argument('--workers', type=int, default=1, help='worker processes for a generated ground truth')
     a.add_argument('--device', default='cpu', help='cpu, cuda, cuda:N or mps')
@@ -785,6 +966,14 @@ def main(argv=None):
     a.add_argument('--timesteps', dest='K', type=int, default=10, help='diffusion: (timestep, noise) draws per example')
     a.add_argument('--K', dest='K_old', type=int, default=None, help=argparse.SUPPRESS)   # deprecated spelling of --timesteps
     a.add_argument('--journey_steps', type=int, default=10, help='diffusion, JourneyTRAK: sampling steps per query')
+    own = a.add_argument_group('your own model (instead of --preset; modules are imported from the current directory)')
+    own.add_argument('--model', default=None, help='module:function, seed -> a freshly initialised torch.nn.Module')
+    own.add_argument('--data', default=None, help='module:function, () -> (train, test), two pwattr.data.ExampleSets')
+    own.add_argument('--train', default=None, help='module:function, (model, train, idx=, seed=, checkpoints=, progress=, device=) '
+                     '-> a pwattr.train.TrainResult or the trained model (it may take only the arguments it needs)')
+    own.add_argument('--domain', default='classification', choices=('classification', 'language'), help="what the model does: its outputs and losses")
+    own.add_argument('--output', default=None, help="the output LDS uses; None: the domain's ('margin' | 'lm_loss')")
+    own.add_argument('--gt_queries', type=int, default=100, help='evaluation queries of a generated ground truth (--gt_subsets)')
     sub.add_parser('presets', help='list the presets')
     sub.add_parser('groundtruth', help='generate or resume a preset\'s LDS ground truth (see python -m pwattr.groundtruth -h)', add_help=False)
     args, rest = ap.parse_known_args(argv)
@@ -799,8 +988,8 @@ def main(argv=None):
         print("pwattr audit: note: --K is deprecated (it differed from --k only by case): use --timesteps.", file=sys.stderr)
         args.K = args.K_old
     try:
-        check_audit_args(args)      # bad input: one line and exit code 2, before anything is trained
-        r = audit(args.preset, args.methods, args.grouping, args.k, args.lam, args.proj_dim, args.n_learn, args.out, args.gt,
+        p = check_audit_args(args)  # bad input: one line and exit code 2, before anything is trained
+        r = audit(p, args.methods, args.grouping, args.k, args.lam, args.proj_dim, args.n_learn, args.out, args.gt,
                   args.gt_subsets, args.workers, args.device, args.seed, progress=not args.no_progress, learn_from=args.learn_from,
                   gen_steps=args.gen_steps, n_show=args.n_show, K=args.K, journey_steps=args.journey_steps)
     except (KeyError, ValueError, FileNotFoundError) as e: ap.exit(2, f'pwattr audit: error: {e.args[0] if e.args else e}\n')  # no traceback for bad input

@@ -215,7 +215,7 @@ def run_groundtruth(train_fn, # (idx: LongTensor of training indices, seed: int)
                     config_hash:str='', # the training recipe's hash (e.g. `Preset.config_hash`)
                     meta:dict|None=None, # extra information to record
                     threads:int=1, # torch threads per worker process
-                    progress:bool=True, # print one line per finished model
+                    progress:bool=True, # a start line and a tqdm bar over the models to train
                     keep_work:bool=False, # keep the per-model files after merging
                     wait_s:float=24*3600, # torchrun rank 0: how long to wait for the other ranks' models
                    )->GroundTruth|None: # None on torchrun ranks other than 0
@@ -251,11 +251,10 @@ def run_groundtruth(train_fn, # (idx: LongTensor of training indices, seed: int)
             for j in range(rank, m, world) for r in range(R) if not _job_file(workdir, j, r).exists()]
     if progress: print(f"[groundtruth] rank {rank}/{world}: {len(todo)} of {len(range(rank, m, world)) * R} models to train"
                        f" ({workers} worker{'s' * (workers > 1)}), work dir {workdir}", flush=True)
-    done, t0 = 0, time.time()
+    from tqdm.auto import tqdm
+    bar = tqdm(total=len(todo), desc='groundtruth', unit='model', disable=not progress or not todo)
     def report(res):
-        nonlocal done; done += 1
-        if progress: print(f"[groundtruth] model {res[0]}/{res[1]}: {res[2]:.2f} s ({done}/{len(todo)}, "
-                           f"{(time.time() - t0) / done:.2f} s/model wall)", flush=True)
+        bar.update(1); bar.set_postfix_str(f"model {res[0]}/{res[1]}: {res[2]:.2f} s")
     if workers <= 1 or len(todo) <= 1:
         prev = torch.get_num_threads()
         _init_worker(train_fn, output_fn, queries, workdir, None)
@@ -268,6 +267,7 @@ def run_groundtruth(train_fn, # (idx: LongTensor of training indices, seed: int)
         with ProcessPoolExecutor(min(workers, len(todo)), mp_context=mp.get_context('spawn'), initializer=_init_worker,
                                  initargs=(train_fn, output_fn, queries, workdir, threads, os.getpid())) as ex:
             for fut in as_completed([ex.submit(_run_job, job) for job in todo]): report(fut.result())
+    bar.close()
     if rank != 0: return None
     files = [[_job_file(workdir, j, r) for r in range(R)] for j in range(m)]
     deadline = time.time() + wait_s

@@ -436,9 +436,10 @@ class KronFactors:
         return (f"KronFactors({len(self.shapes)} layers, n={self.n}, "
                 + ', '.join(f"{k}:{o}x{i}" for k, (o, i) in list(self.shapes.items())[:6]) + (' ...' if len(self.shapes) > 6 else '') + ')')
 
-def _fisher_passes(model, data, fisher_output, layers, batch_size, device, generator, fn):
-    "Run `fisher_output` over `data`; for each batch and pseudo-output k call fn(name, a, d, k, batch)"
+def _fisher_passes(model, data, fisher_output, layers, batch_size, device, generator, fn, bar=None):
+    "Run `fisher_output` over `data`; for each batch and pseudo-output k call fn(name, a, d, k, batch); `bar` counts the examples"
     for ids, b in iter_batches(data, batch_size, device):
+        if bar is not None: bar.update(len(ids))
         with torch.enable_grad(), KronCapture(layers) as cap:
             out = _call_out(fisher_output, model, b, generator)
             out = out[:, None] if out.dim() == 1 else out.reshape(out.shape[0], -1)
@@ -455,6 +456,7 @@ def fit_kron_factors(model:nn.Module, # the model
                      seed:int=0, # seeds the sampled labels
                      device=None, # default: the model's device
                      mask_key:str='attention_mask', # token mask used to leave padding out of A (sequence layers)
+                     progress:bool=False, # tqdm bar over the two passes' examples
                     )->KronFactors:
     "EK-FAC factors in two passes: covariances A, S -> float64 eigenbases, then the eigenvalue correction"
     layers = layers if isinstance(layers, dict) else kron_layers(model, layers)
@@ -471,8 +473,11 @@ def fit_kron_factors(model:nn.Module, # the model
         a = a.reshape(-1, a.shape[-1]).double(); A[n] += a.T @ a
     count, first = [0, 0], next(iter(layers))
     from pwattr.features import attribution_mode
+    from tqdm.auto import tqdm
+    n_ex = _n_examples(data)
+    bar = tqdm(total=None if n_ex is None else 2 * n_ex, unit='ex', desc='EK-FAC factors', disable=not progress, leave=False)
     with attribution_mode(model, 'fit_kron_factors'):
-        _fisher_passes(model, data, fisher_output, layers, batch_size, device, torch.Generator().manual_seed(seed), cov)
+        _fisher_passes(model, data, fisher_output, layers, batch_size, device, torch.Generator().manual_seed(seed), cov, bar)
         if not count[0]: raise ValueError("fit_kron_factors got no examples: `data` is empty.")
         QA, eA, QS, eS = {}, {}, {}, {}
         for n in layers:   # per-example second moments (summed over positions and pseudo-outputs), float64
@@ -481,7 +486,8 @@ def fit_kron_factors(model:nn.Module, # the model
         def corr(n, a, d, k, b):
             lam[n] += kron_grad(a.double(), d.double(), QA[n], QS[n]).pow(2).sum(0)
             if n == first and k == 0: count[1] += a.shape[0]
-        _fisher_passes(model, data, fisher_output, layers, batch_size, device, torch.Generator().manual_seed(seed + 1), corr)
+        _fisher_passes(model, data, fisher_output, layers, batch_size, device, torch.Generator().manual_seed(seed + 1), corr, bar)
+    bar.close()
     lam = {n: v / count[1] for n, v in lam.items()}
     N = count[1]
     return KronFactors(shapes, QA, eA, QS, eS, lam, N, meta=dict(fisher_output=repr(fisher_output), seed=seed))

@@ -65,6 +65,12 @@ def _spans(n:int, size:int):
     size = max(1, int(size))
     return [(a, min(a + size, n)) for a in range(0, n, size)]
 
+def _bar(spans:list, progress:bool, desc:str):
+    "`spans` under a tqdm bar when `progress` and there is more than one block (off by default: notebooks and tests stay quiet)"
+    if not progress or len(spans) < 2: return spans
+    from tqdm.auto import tqdm
+    return tqdm(spans, desc=desc, unit='block', leave=False)
+
 # %% ../nbs/04_methods.ipynb #71fe770c
 @dataclass
 class TopK:
@@ -437,7 +443,9 @@ class Method:
     def _dev(self, x): return torch.device(self.device) if self.device is not None else (x.device if isinstance(x, Tensor) else torch.device('cpu'))
 
     def fit(self, train, # Features, or list[Features] (one per checkpoint / ensemble model)
-            cache=None)->Method: # None: default; False: recompute the training side per chunk; a path: store it on disk (.npy)
+            cache=None, # None: default; False: recompute the training side per chunk; a path: store it on disk (.npy)
+            progress:bool=False, # tqdm bars over the training blocks (kernel, training side)
+           )->Method:
         "Compute the training side once (kernel, Q terms, learning rates) and keep it in memory, on disk or lazily"
         comps = _as_list(train)
         if self.n_comp is not None and len(comps) != self.n_comp:
@@ -445,15 +453,16 @@ class Method:
                              + ("Use TracInCP for several checkpoints." if self.n_comp == 1 else ""))
         self._train, self.groups, self.dims = comps, list(comps[0].groups), list(comps[0].dims)
         self.train_ids, self.N, self.C = list(comps[0].ids), comps[0].x.shape[0], len(comps)
+        self._progress = progress
         self._layout(comps); self._fit(comps)
         self._cache = None
         if cache is None and not self.lazy:
-            blocks = [self._cat(self._psi(comps, a, b)) for a, b in _spans(self.N, self.chunk)]
+            blocks = [self._cat(self._psi(comps, a, b)) for a, b in _bar(_spans(self.N, self.chunk), progress, f'{self.name} fit')]
             self._cache = torch.cat(blocks, 0) if len(blocks) > 1 else blocks[0]
         elif cache not in (None, False):
             first = self._cat(self._psi(comps, 0, 1))
             self._cache = NpyFile.create(Path(cache), (self.N, first.shape[1]), np.dtype(str(first.dtype).replace('torch.', '')))
-            for a, b in _spans(self.N, self.chunk): self._cache.write(a, self._cat(self._psi(comps, a, b)))
+            for a, b in _bar(_spans(self.N, self.chunk), progress, f'{self.name} fit'): self._cache.write(a, self._cat(self._psi(comps, a, b)))
         self.fitted = True
         return self
 
@@ -502,19 +511,20 @@ class Method:
 
     def contributions(self, query, # Features (or list, one per checkpoint/model) of the queries
                       out=None,    # None: in memory; a folder path: stream S to disk and return StreamedContributions
-                      chunk:int=None, query_chunk:int=1024):
+                      chunk:int=None, query_chunk:int=1024,
+                      progress:bool=False): # tqdm bar over the training blocks
         "Per-group contributions S[q, n, j] = phi_j(q)^T (K g(n))_j; their sum over groups is the method's score"
         q = self._check(query); nq = q[0].x.shape[0]; M = len(self.groups)
         dev = self._dev(q[0].x); chunk = chunk or self.chunk
         if out is None:
             phi = self._query_all(q, 0, nq, dev)
             S = torch.empty(nq, self.N, M, dtype=phi.dtype, device=dev)
-            for a, b in _spans(self.N, chunk): S[:, a:b] = self._block_S(phi, self._train_rows(a, b, dev))
+            for a, b in _bar(_spans(self.N, chunk), progress, f'{self.name} contributions'): S[:, a:b] = self._block_S(phi, self._train_rows(a, b, dev))
             return Contributions(S, self.groups, list(q[0].ids), self.train_ids, self.name)
         first = self._query_all(q, 0, 1, dev)
         res = StreamedContributions.create(out, (nq, self.N, M), self.groups, list(q[0].ids), self.train_ids, self.name,
                                            dtype=str(first.dtype).replace('torch.', ''))
-        for a, b in _spans(self.N, chunk):
+        for a, b in _bar(_spans(self.N, chunk), progress, f'{self.name} contributions'):
             P = self._train_rows(a, b, dev)
             for qa, qb in _spans(nq, query_chunk): res.write(qa, a, self._block_S(self._query_all(q, qa, qb, dev), P))
         return res.finish()
@@ -583,10 +593,10 @@ class TracInCP(Method):
     def _args(self): return f"lrs={getattr(self, 'eta', self.lrs)}"
 
 # %% ../nbs/04_methods.ipynb #04600ba2
-def _gram(x, N:int, chunk:int, dev)->Tensor:
+def _gram(x, N:int, chunk:int, dev, progress:bool=False)->Tensor:
     "Phi^T Phi in float64, accumulated over blocks of rows"
     G = None
-    for a, b in _spans(N, chunk):
+    for a, b in _bar(_spans(N, chunk), progress, 'kernel'):
         X = _rows(x, a, b).to(dev, torch.float64)
         G = X.T @ X if G is None else G.addmm_(X.T, X)
     return G
@@ -618,7 +628,7 @@ class TRAK(Method):
         dev = self._dev(comps[0].x); offs = np.cumsum([0] + self.dims)
         self.L, self.lams = [], []
         for c, f in enumerate(comps):
-            G = _gram(f.x, self.N, self.chunk, dev)
+            G = _gram(f.x, self.N, self.chunk, dev, getattr(self, '_progress', False))
             if self.kernel == 'global':
                 lam = self.lam if self.lam is not None else self.lam_rel * G.diagonal().mean().item()
                 self.L.append(_chol(G + lam * torch.eye(len(G), dtype=G.dtype, device=dev), f"Phi^T Phi + lam I (model {c}, lam={lam:.3g})"))

@@ -137,6 +137,7 @@ def learn_refit_weights(refit:KernelRefit, # the method's kernel refit
                         steps:int=100, # maximum steps
                         patience:int=10, tol:float=1e-4, # stop after `patience` steps without relative improvement > tol
                         query_ids:list|None=None, # ids of the learning queries (refused at evaluation)
+                        progress:bool=False, # tqdm bar over the steps (it stops early at convergence)
                        )->GroupWeights:
     "The paper's self-supervised weights, learned through the kernel refit (weights on both sides = per-group ridge)"
     t0 = time.perf_counter(); M = refit.M
@@ -144,7 +145,9 @@ def learn_refit_weights(refit:KernelRefit, # the method's kernel refit
     theta = torch.zeros(M, dtype=torch.float64, device=refit.X.device, requires_grad=True)
     opt = torch.optim.Adam([theta], lr=lr)
     hist, best, best_w, since = [], math.inf, torch.ones(M, dtype=torch.float64), 0
-    for step in range(steps):
+    steps_ = range(steps)
+    if progress: from tqdm.auto import tqdm; steps_ = tqdm(steps_, desc='refit weights', unit='step', leave=False)
+    for step in steps_:
         w = M * torch.softmax(theta, 0)
         tau = refit.scores(Xq, w)
         idx = tau.detach().topk(k, dim=1).indices

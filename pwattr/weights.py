@@ -384,6 +384,7 @@ def learn_weights(S, # contributions [Q,N,M]: Tensor | ndarray / .npy memmap | C
                   chunk_size:int=2**24, # entries of S per chunk (memory per chunk = 4 bytes x this in float32)
                   device=None, # compute device (None: S's)
                   verbose:bool=False,
+                  progress:bool=False, # tqdm bar over the steps (it stops early at convergence)
                  )->GroupWeights:
     "Learn non-negative parameter-group weights self-supervised: -top-k mean / norm of the weighted scores (Li et al. 2026)"
     t0 = time.perf_counter()
@@ -415,7 +416,10 @@ def learn_weights(S, # contributions [Q,N,M]: Tensor | ndarray / .npy memmap | C
     gen = torch.Generator().manual_seed(seed)
     hist, moves, best, best_v, since, sel0, prev, converged = [], [], math.inf, None, 0, None, None, False
     t_setup = time.perf_counter() - t0
+    bar = None
+    if progress: from tqdm.auto import tqdm; bar = tqdm(total=steps, desc='learn_weights', unit='step', leave=False)
     for step in range(steps):
+        if bar is not None: bar.update(1)
         qb = None if batch_size is None or batch_size >= Q else torch.randperm(Q, generator=gen)[:batch_size].to(dev)
         obj, v, sel = _objective(scr, theta, c, k, lam, qb)
         if qb is None:  # which training examples are selected (top-k recomputed at every step)
@@ -430,6 +434,7 @@ def learn_weights(S, # contributions [Q,N,M]: Tensor | ndarray / .npy memmap | C
         if verbose and step % 20 == 0: print(f"step {step}: objective {f:.6g}")
         if since >= patience: converged = True; break
         adam.step(torch.autograd.grad(obj, theta)[0])
+    if bar is not None: bar.close()
     if best_v is None: best_v = (M * torch.softmax(theta.detach(), 0)) / c
     w = (best_v / best_v.sum() * M).float()
     improved = math.isfinite(best) and bool(hist) and best < hist[0]
