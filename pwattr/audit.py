@@ -438,7 +438,8 @@ class AuditRun:
         paper = learn_weights(learn[name], k=k, lam=lam, query_ids=list(self.learn_q.ids))
         refs = {r: c.S.sum(-1) for r, c in learn.items() if r != name}
         rf = self.refit(name)
-        return paper, safe_weights(learn[name], refs, rf and rf[0], rf and rf[1]('learn'), k=k, lam=lam, paper=paper)
+        return paper, safe_weights(learn[name], refs, rf and rf[0], rf and rf[1]('learn'), k=k, lam=lam, paper=paper,
+                                   progress=self.progress)
 
     def weighted_scores(self, name:str, c:Contributions, # the method and its contributions of `split`
                         w, # GroupWeights (or weights [M], applied as S @ w)
