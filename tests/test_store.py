@@ -66,7 +66,7 @@ def test_kill9_then_resume_is_byte_identical(job):
     p = subprocess.Popen([sys.executable, str(job / 'job.py'), str(out), 'sparse'], env=_env(PWATTR_SLOW='0.15'), cwd=ROOT)
     t0 = time.time()
     while time.time() - t0 < 300:
-        try: n = len(json.loads((out / 'manifest.json').read_text())['completed'])
+        try: n = len(FeatureStore(out).completed())        # manifest + the progress log
         except (FileNotFoundError, json.JSONDecodeError, KeyError): n = 0
         if n >= 3 or p.poll() is not None: break
         time.sleep(0.05)
