@@ -3,6 +3,12 @@
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/featurize.py                         # all presets, 64 examples each
     .venv/bin/python benchmarks/featurize.py --presets fmnist-mlp kjv-gpt2 --n 128 --dims 1024
     .venv/bin/python benchmarks/featurize.py --device cuda                               # on a GPU
+    OMP_NUM_THREADS=1 nice -n 10 .venv/bin/python benchmarks/featurize.py --store        # store vs memory, 50,000 examples
+
+`--store` featurizes 50,000 examples (fmnist-mlp, untrained, random inputs, sparse projection to `--dims`) at the
+default batch size 32, into a FeatureStore and in memory, alternating the sides (`--repeats`, medians), prints
+the store / memory time ratio (goal <= 1.2), the time of one chunk commit, the peak RSS of each side, then kills
+a child writing the store with SIGKILL and checks the resumed store is byte-identical to the uninterrupted one.
 
 For every preset's model (untrained, seed 0; its data when available, else random inputs of the same shapes)
 it times `featurize` on the same examples with
@@ -96,6 +102,77 @@ def run_traker(model, data, dims, bs, device):
             dt, dc = time.perf_counter() - t, time.process_time() - c
     return n - bs, dt, dc, pk.mb
 
+# --- store vs in memory at scale (issue 17) ---------------------------------------------------------------------------
+def store_setup(n, dims, preset='fmnist-mlp'):
+    "The preset's untrained model (seed 0), n seeded random inputs of its data's shapes, a sparse projection to `dims`"
+    from pwattr.presets import get_preset
+    p = get_preset(preset); model = p.make_model(0).eval()
+    groups = GroupSpec.preset(model, 'module')
+    return model, synthetic(p.domain, n, model), groups, Projector(max(1, dims // len(groups)), 'sparse', seed=0)
+
+def store_worker(path, n, dims, bs):
+    "Child process of the kill -9 test: featurize into the store at `path` (resumes what is there)"
+    torch.set_num_threads(1)
+    model, data, groups, proj = store_setup(n, dims)
+    featurize(model, 'margin', data, groups, projector=proj, batch_size=bs, store=path, progress=False)
+
+def store_run(a):
+    "Store vs in-memory featurize of `--store-n` examples at `--batch`: alternating sides, medians, peak RSS, kill -9 + resume"
+    import resource, shutil, signal, statistics, subprocess
+    from pwattr.store import FeatureStore
+    model, data, groups, proj = store_setup(a.store_n, a.dims)
+    kw = dict(projector=proj, batch_size=a.batch, progress=False)
+    n_chunks = -(-a.store_n // a.batch)
+    print(f"store run: fmnist-mlp (untrained, seed 0), {a.store_n:,} random inputs, sparse projection to "
+          f"{proj.dims_for(groups)[0] * len(groups)} dims, batch {a.batch} ({n_chunks} chunks), {a.repeats} repeats "
+          f"alternating the sides, store under {a.store_dir}")
+    featurize(model, 'margin', {k: v[:a.batch] for k, v in data.items()}, groups, **kw)       # warm-up
+    root = Path(a.store_dir); root.mkdir(parents=True, exist_ok=True)
+    commit = [0.0]; real = FeatureStore.write_chunk
+    def timed(self, *args, **kws):
+        t = time.perf_counter(); real(self, *args, **kws); commit[0] += time.perf_counter() - t
+    FeatureStore.write_chunk = timed
+    res = {'memory': [], 'store': []}; cpu = {'memory': [], 'store': []}; peak = {'memory': 0.0, 'store': 0.0}; per_chunk = []
+    for r in range(a.repeats):
+        for side in (['memory', 'store'] if r % 2 == 0 else ['store', 'memory']):
+            shutil.rmtree(root / 'ref', ignore_errors=True); commit[0] = 0.0
+            with Peak('cpu') as pk:
+                t, c = time.perf_counter(), time.process_time()
+                f = featurize(model, 'margin', data, groups, store=root / 'ref' if side == 'store' else None, **kw)
+                s = float(f.x[:, 0].sum())        # touch a column: the result is usable (a mapped x is read here)
+                dt, dc = time.perf_counter() - t, time.process_time() - c
+            del f
+            res[side].append(dt); cpu[side].append(dc); peak[side] = max(peak[side], pk.mb)
+            if side == 'store': per_chunk.append(commit[0] / n_chunks * 1e3)
+            print(f"  repeat {r} {side:6s} {dt:7.2f} s wall {dc:7.2f} s CPU  peak RSS +{pk.mb:7.1f} MB"
+                  + (f"  (chunk commits {per_chunk[-1]:.2f} ms each)" if side == 'store' else ''), flush=True)
+    FeatureStore.write_chunk = real
+    med = {k: statistics.median(v) for k, v in res.items()}; medc = {k: statistics.median(v) for k, v in cpu.items()}
+    print(f"median wall: in memory {med['memory']:.2f} s, store {med['store']:.2f} s -> store / memory = "
+          f"{med['store'] / med['memory']:.3f} (goal <= 1.2; wall time on a loaded machine)")
+    print(f"median CPU:  in memory {medc['memory']:.2f} s, store {medc['store']:.2f} s -> ratio {medc['store'] / medc['memory']:.3f}")
+    print(f"median chunk commit (write + fdatasync + one log line): {statistics.median(per_chunk):.2f} ms")
+    print(f"peak RSS above baseline: in memory +{peak['memory']:.0f} MB, store (memory-mapped result) +{peak['store']:.0f} MB; "
+          f"process max RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB "
+          f"(inputs {sum(v.numel() * v.element_size() for v in data.values()) / 2**20:.0f} MB)")
+    # kill -9 in the middle of writing, then resume: byte-identical to the uninterrupted store?
+    kd = root / 'killed'; shutil.rmtree(kd, ignore_errors=True)
+    cmd = [sys.executable, __file__, '--_store_worker', str(kd), '--store-n', str(a.store_n), '--dims', str(a.dims),
+           '--batch', str(a.batch)]
+    env = {**{k: v for k, v in os.environ.items() if k != 'IN_TEST'}, 'OMP_NUM_THREADS': '1'}
+    p = subprocess.Popen(cmd, env=env)
+    def done():
+        try: return len(FeatureStore(kd).completed())
+        except (OSError, ValueError, KeyError): return 0
+    while done() < n_chunks * a.kill_at and p.poll() is None: time.sleep(0.05)
+    os.kill(p.pid, signal.SIGKILL); p.wait(); at = done()
+    t = time.perf_counter(); subprocess.run(cmd, env=env, check=True); dt = time.perf_counter() - t
+    same = all((kd / f).read_bytes() == (root / 'ref' / f).read_bytes() for f in ('manifest.json', 'x.npy', 'extra_out.npy', 'extra_q.npy'))
+    left = sorted(x.name for x in kd.iterdir() if x.name not in ('manifest.json', 'x.npy', 'extra_out.npy', 'extra_q.npy', '.lock'))
+    print(f"kill -9 after {at} of {n_chunks} chunks recorded, resumed in {dt:.1f} s (process start included): "
+          f"{'byte-identical' if same else 'DIFFERENT'} to the uninterrupted store; files left over: {left or 'none'}")
+    if not a.keep: shutil.rmtree(root, ignore_errors=True)
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument('--presets', nargs='*', default=PRESETS)
@@ -105,8 +182,20 @@ def main():
     ap.add_argument('--level', default='module', help="GroupSpec.preset level: 'module' | 'block' | 'function' | 'tensor'")
     ap.add_argument('--K', type=int, default=2, help='timesteps per example for the diffusion loss')
     ap.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
+    ap.add_argument('--store', action='store_true', help='only the store run: store vs in-memory featurize at scale')
+    ap.add_argument('--store-n', type=int, default=50_000, help='examples of the store run')
+    ap.add_argument('--repeats', type=int, default=3, help='repeats per side of the store run (medians)')
+    ap.add_argument('--kill-at', type=float, default=0.4, help='fraction of chunks recorded when the store run is killed')
+    ap.add_argument('--store-dir', default=None, help='folder for the store run (default: a temporary folder)')
+    ap.add_argument('--keep', action='store_true', help='keep the store run\'s folder')
+    ap.add_argument('--_store_worker', default=None, help=argparse.SUPPRESS)
     a = ap.parse_args()
     warnings.filterwarnings('ignore')
+    if a._store_worker: return store_worker(a._store_worker, a.store_n, a.dims, a.batch)
+    if a.store:
+        torch.set_num_threads(int(os.environ.get('OMP_NUM_THREADS', torch.get_num_threads())))
+        a.store_dir = a.store_dir or tempfile.mkdtemp(prefix='pwattr-store-')
+        return store_run(a)
     have_trak = importlib.util.find_spec('trak') is not None
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {a.device}; "
           f"traker {'found' if have_trak else 'not installed (skipped)'}\n")

@@ -294,7 +294,7 @@ def _dtype_problem(model, out_fn, batch:dict)->str|None:
                     f"with model.to(torch.{name}).")
         if k == main and not v.is_floating_point() and not v.is_complex() and (v.dtype in (torch.uint8, torch.bool)
                                                                            or v.ndim >= 3 or not has_emb):
-            return (f"Input '{k}' is {name} {list(v.shape)} (integers, e.g. raw image pixels) but the model computes in "
+            return (f"Input '{k}' is {name} ({list(v.shape[1:])} per example: integers, e.g. raw image pixels) but the model computes in "
                     f"{want} and has no embedding to look them up. Convert it to floats scaled as in training, e.g. "
                     f"data['{k}'] = data['{k}'].to(torch.{want}) / 255.")
     return None
