@@ -110,65 +110,72 @@ def store_setup(n, dims, preset='fmnist-mlp'):
     groups = GroupSpec.preset(model, 'module')
     return model, synthetic(p.domain, n, model), groups, Projector(max(1, dims // len(groups)), 'sparse', seed=0)
 
-def store_worker(path, n, dims, bs):
-    "Child process of the kill -9 test: featurize into the store at `path` (resumes what is there)"
+def store_worker(path, n, dims, bs, timed=False):
+    "Child process: featurize into the store at `path` ('-': in memory); with `timed`, print one JSON line of times and RSS"
+    import json, resource
+    from pwattr.store import FeatureStore
     torch.set_num_threads(1)
     model, data, groups, proj = store_setup(n, dims)
-    featurize(model, 'margin', data, groups, projector=proj, batch_size=bs, store=path, progress=False)
+    kw = dict(projector=proj, batch_size=bs, progress=False)
+    if not timed: return featurize(model, 'margin', data, groups, store=path, **kw)
+    featurize(model, 'margin', {k: v[:bs] for k, v in data.items()}, groups, **kw)       # warm-up
+    commit = [0.0]; real = FeatureStore.write_chunk
+    def spy(self, *args, **kws):
+        t = time.perf_counter(); real(self, *args, **kws); commit[0] += time.perf_counter() - t
+    FeatureStore.write_chunk = spy
+    base = rss()
+    with Peak('cpu') as pk:
+        t, c = time.perf_counter(), time.process_time()
+        f = featurize(model, 'margin', data, groups, store=None if path == '-' else path, **kw)
+        s = float(f.x.sum())            # read every row once: the result is usable (a mapped x is paged in here)
+        dt, dc = time.perf_counter() - t, time.process_time() - c
+    print(json.dumps({'wall': dt, 'cpu': dc, 'base_mb': base / 2**20, 'peak_mb': pk.peak / 2**20,
+                      'maxrss_mb': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                      'commit_ms': commit[0] / -(-n // bs) * 1e3, 'sum': s}))
 
 def store_run(a):
-    "Store vs in-memory featurize of `--store-n` examples at `--batch`: alternating sides, medians, peak RSS, kill -9 + resume"
-    import resource, shutil, signal, statistics, subprocess
+    "Store vs in-memory featurize of `--store-n` examples at `--batch`: one process per run, alternating sides, medians, peak RSS, kill -9 + resume"
+    import json, shutil, signal, statistics, subprocess
     from pwattr.store import FeatureStore
-    model, data, groups, proj = store_setup(a.store_n, a.dims)
-    kw = dict(projector=proj, batch_size=a.batch, progress=False)
     n_chunks = -(-a.store_n // a.batch)
+    _, _, groups, proj = store_setup(8, a.dims)
     print(f"store run: fmnist-mlp (untrained, seed 0), {a.store_n:,} random inputs, sparse projection to "
           f"{proj.dims_for(groups)[0] * len(groups)} dims, batch {a.batch} ({n_chunks} chunks), {a.repeats} repeats "
-          f"alternating the sides, store under {a.store_dir}")
-    featurize(model, 'margin', {k: v[:a.batch] for k, v in data.items()}, groups, **kw)       # warm-up
+          f"alternating the sides, one process per run, store under {a.store_dir}", flush=True)
     root = Path(a.store_dir); root.mkdir(parents=True, exist_ok=True)
-    commit = [0.0]; real = FeatureStore.write_chunk
-    def timed(self, *args, **kws):
-        t = time.perf_counter(); real(self, *args, **kws); commit[0] += time.perf_counter() - t
-    FeatureStore.write_chunk = timed
-    res = {'memory': [], 'store': []}; cpu = {'memory': [], 'store': []}; peak = {'memory': 0.0, 'store': 0.0}; per_chunk = []
+    env = {**{k: v for k, v in os.environ.items() if k != 'IN_TEST'}, 'OMP_NUM_THREADS': '1'}
+    cmd = lambda path, *x: [sys.executable, __file__, '--_store_worker', str(path), '--store-n', str(a.store_n),
+                            '--dims', str(a.dims), '--batch', str(a.batch), *x]
+    res = {'memory': [], 'store': []}
     for r in range(a.repeats):
         for side in (['memory', 'store'] if r % 2 == 0 else ['store', 'memory']):
-            shutil.rmtree(root / 'ref', ignore_errors=True); commit[0] = 0.0
-            with Peak('cpu') as pk:
-                t, c = time.perf_counter(), time.process_time()
-                f = featurize(model, 'margin', data, groups, store=root / 'ref' if side == 'store' else None, **kw)
-                s = float(f.x[:, 0].sum())        # touch a column: the result is usable (a mapped x is read here)
-                dt, dc = time.perf_counter() - t, time.process_time() - c
-            del f
-            res[side].append(dt); cpu[side].append(dc); peak[side] = max(peak[side], pk.mb)
-            if side == 'store': per_chunk.append(commit[0] / n_chunks * 1e3)
-            print(f"  repeat {r} {side:6s} {dt:7.2f} s wall {dc:7.2f} s CPU  peak RSS +{pk.mb:7.1f} MB"
-                  + (f"  (chunk commits {per_chunk[-1]:.2f} ms each)" if side == 'store' else ''), flush=True)
-    FeatureStore.write_chunk = real
-    med = {k: statistics.median(v) for k, v in res.items()}; medc = {k: statistics.median(v) for k, v in cpu.items()}
-    print(f"median wall: in memory {med['memory']:.2f} s, store {med['store']:.2f} s -> store / memory = "
-          f"{med['store'] / med['memory']:.3f} (goal <= 1.2; wall time on a loaded machine)")
-    print(f"median CPU:  in memory {medc['memory']:.2f} s, store {medc['store']:.2f} s -> ratio {medc['store'] / medc['memory']:.3f}")
-    print(f"median chunk commit (write + fdatasync + one log line): {statistics.median(per_chunk):.2f} ms")
-    print(f"peak RSS above baseline: in memory +{peak['memory']:.0f} MB, store (memory-mapped result) +{peak['store']:.0f} MB; "
-          f"process max RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB "
-          f"(inputs {sum(v.numel() * v.element_size() for v in data.values()) / 2**20:.0f} MB)")
+            shutil.rmtree(root / 'ref', ignore_errors=True)
+            out = subprocess.run(cmd(root / 'ref' if side == 'store' else '-', '--_timed'), env=env, check=True,
+                                 capture_output=True, text=True).stdout
+            d = json.loads(out.strip().splitlines()[-1]); res[side].append(d)
+            print(f"  repeat {r} {side:6s} {d['wall']:7.2f} s wall {d['cpu']:7.2f} s CPU  peak RSS {d['peak_mb']:6.0f} MB "
+                  f"(+{d['peak_mb'] - d['base_mb']:.0f} over the {d['base_mb']:.0f} MB before featurize)"
+                  + (f"  chunk commits {d['commit_ms']:.2f} ms each" if side == 'store' else ''), flush=True)
+    med = lambda side, k: statistics.median(d[k] for d in res[side])
+    print(f"median wall: in memory {med('memory', 'wall'):.2f} s, store {med('store', 'wall'):.2f} s -> store / memory = "
+          f"{med('store', 'wall') / med('memory', 'wall'):.3f} (goal <= 1.2; wall time, on a machine loaded by other work)")
+    print(f"median CPU:  in memory {med('memory', 'cpu'):.2f} s, store {med('store', 'cpu'):.2f} s -> "
+          f"store / memory = {med('store', 'cpu') / med('memory', 'cpu'):.3f}")
+    print(f"median chunk commit (pwrite + fdatasync + one fsynced log line): {med('store', 'commit_ms'):.2f} ms")
+    print(f"peak RSS (median): in memory {med('memory', 'peak_mb'):.0f} MB, store with its memory-mapped result "
+          f"{med('store', 'peak_mb'):.0f} MB, of which {med('store', 'base_mb'):.0f} MB before featurize (model, inputs)")
     # kill -9 in the middle of writing, then resume: byte-identical to the uninterrupted store?
     kd = root / 'killed'; shutil.rmtree(kd, ignore_errors=True)
-    cmd = [sys.executable, __file__, '--_store_worker', str(kd), '--store-n', str(a.store_n), '--dims', str(a.dims),
-           '--batch', str(a.batch)]
-    env = {**{k: v for k, v in os.environ.items() if k != 'IN_TEST'}, 'OMP_NUM_THREADS': '1'}
-    p = subprocess.Popen(cmd, env=env)
+    p = subprocess.Popen(cmd(kd), env=env)
     def done():
         try: return len(FeatureStore(kd).completed())
         except (OSError, ValueError, KeyError): return 0
     while done() < n_chunks * a.kill_at and p.poll() is None: time.sleep(0.05)
     os.kill(p.pid, signal.SIGKILL); p.wait(); at = done()
-    t = time.perf_counter(); subprocess.run(cmd, env=env, check=True); dt = time.perf_counter() - t
-    same = all((kd / f).read_bytes() == (root / 'ref' / f).read_bytes() for f in ('manifest.json', 'x.npy', 'extra_out.npy', 'extra_q.npy'))
-    left = sorted(x.name for x in kd.iterdir() if x.name not in ('manifest.json', 'x.npy', 'extra_out.npy', 'extra_q.npy', '.lock'))
+    t = time.perf_counter(); subprocess.run(cmd(kd), env=env, check=True); dt = time.perf_counter() - t
+    names = ('manifest.json', 'x.npy', 'extra_out.npy', 'extra_q.npy')
+    same = all((kd / f).read_bytes() == (root / 'ref' / f).read_bytes() for f in names)
+    left = sorted(x.name for x in kd.iterdir() if x.name not in names + ('.lock',))
     print(f"kill -9 after {at} of {n_chunks} chunks recorded, resumed in {dt:.1f} s (process start included): "
           f"{'byte-identical' if same else 'DIFFERENT'} to the uninterrupted store; files left over: {left or 'none'}")
     if not a.keep: shutil.rmtree(root, ignore_errors=True)
@@ -189,9 +196,10 @@ def main():
     ap.add_argument('--store-dir', default=None, help='folder for the store run (default: a temporary folder)')
     ap.add_argument('--keep', action='store_true', help='keep the store run\'s folder')
     ap.add_argument('--_store_worker', default=None, help=argparse.SUPPRESS)
+    ap.add_argument('--_timed', action='store_true', help=argparse.SUPPRESS)
     a = ap.parse_args()
     warnings.filterwarnings('ignore')
-    if a._store_worker: return store_worker(a._store_worker, a.store_n, a.dims, a.batch)
+    if a._store_worker: return store_worker(a._store_worker, a.store_n, a.dims, a.batch, a._timed)
     if a.store:
         torch.set_num_threads(int(os.environ.get('OMP_NUM_THREADS', torch.get_num_threads())))
         a.store_dir = a.store_dir or tempfile.mkdtemp(prefix='pwattr-store-')

@@ -770,8 +770,10 @@ def _featurize_eval(model, out_fn, data, groups, projector, batch_size, chunk_si
         todo = st.missing(rank, world)
         with tqdm(total=sum(st.rows(c)[1] - st.rows(c)[0] for c in todo), unit='ex', desc='featurize',
                   disable=not progress or rank != 0) as bar:
-            for c in todo:
-                x, ex = run(c); st.write_chunk(c, x, ex, rank=rank, world=world); bar.update(len(x))
+            try:
+                for c in todo:
+                    x, ex = run(c); st.write_chunk(c, x, ex, rank=rank, world=world); bar.update(len(x))
+            finally: st.close()
         _barrier()
         if rank == 0: st.finalize()
         _barrier()
