@@ -12,8 +12,8 @@ import torch
 from .features import Features
 
 # %% auto #0
-__all__ = ['FORMAT', 'IDENTITY', 'LOCK_TIMEOUT', 'StoreMismatch', 'StoreCorrupt', 'StoreLocked', 'FeatureStore', 'write_index',
-           'load_features']
+__all__ = ['FORMAT', 'IDENTITY', 'LOCK_TIMEOUT', 'SYNC_EVERY', 'StoreMismatch', 'StoreCorrupt', 'StoreLocked', 'FeatureStore',
+           'write_index', 'load_features']
 
 # %% ../nbs/03b_store.ipynb #7bc72669
 FORMAT = 'pwattr.features/1'
@@ -21,6 +21,7 @@ FORMAT = 'pwattr.features/1'
 IDENTITY = ('n', 'groups', 'dims', 'group_spec', 'fingerprint', 'output_fn', 'projection', 'dtype', 'ids',
             'chunk_size', 'checkpoint', 'extras', 'data_hash')
 LOCK_TIMEOUT = float(os.environ.get('PWATTR_STORE_LOCK_TIMEOUT', 6 * 3600))  # seconds a second writer waits
+SYNC_EVERY = float(os.environ.get('PWATTR_STORE_SYNC_S', 0.5))  # seconds between group commits (fdatasync + log lines)
 
 class StoreMismatch(ValueError):
     "A store on disk holds features of another model, group spec, projection or dataset"
@@ -263,7 +264,7 @@ class FeatureStore:
                     x, # [rows, D] features of the chunk (tensor or array)
                     extras:dict|None=None, # name -> [rows]
                     rank:int=0, world:int=1):
-        "Write chunk c's rows (pwrite + fdatasync), then append one fsynced line `[c, checksum]` to this rank's progress log"
+        "Write chunk c's rows (pwrite); at the next group commit (every `SYNC_EVERY` s) they are synced, then recorded as a line `[c, checksum]`"
         m = self._m; s, e = self.rows(c)
         x = x.numpy() if torch.is_tensor(x) else np.asarray(x)
         if x.shape != (e - s, sum(m['dims'])):
@@ -274,26 +275,38 @@ class FeatureStore:
         parts = []
         for (fd, off, rb, dt), arr in zip(w['files'], [x] + [(extras or {})[k] for k in m['extras']]):
             b = np.ascontiguousarray(arr.numpy() if torch.is_tensor(arr) else arr, dtype=dt).tobytes()
-            os.pwrite(fd, b, off + s * rb); os.fdatasync(fd); parts.append(b)
-        line = json.dumps([c, _digest(parts)]).encode() + b'\n'
-        if rank not in w['logs']:
-            f = self._log_file(rank); new = not f.exists()
-            fd = os.open(f, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-            if not new and f.stat().st_size and f.read_bytes()[-1:] != b'\n': os.write(fd, b'\n')  # end a torn line
-            if new: _fsync_dir(self.path)
-            w['logs'][rank] = fd
-        os.write(w['logs'][rank], line); os.fsync(w['logs'][rank])     # O(chunk): one line, whatever N is
+            os.pwrite(fd, b, off + s * rb); parts.append(b)
+        w['pending'].append((rank, json.dumps([c, _digest(parts)]).encode() + b'\n'))
+        if time.monotonic() - w['synced'] >= SYNC_EVERY: self._commit()
+
+    def _commit(self):
+        "Group commit: fdatasync the arrays, then append the pending chunks' lines to the progress logs and fsync them"
+        w = self.__dict__.get('_w')
+        if not w or not w['pending']: return
+        for fd, *_ in w['files']: os.fdatasync(fd)          # rows on disk before the lines that record them
+        for rank in sorted({r for r, _ in w['pending']}):
+            if rank not in w['logs']:
+                f = self._log_file(rank); new = not f.exists()
+                fd = os.open(f, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+                if not new and f.stat().st_size:         # end a torn line a killed writer left
+                    with open(f, 'rb') as fh: fh.seek(-1, 2); torn = fh.read(1) != b'\n'
+                    if torn: os.write(fd, b'\n')
+                if new: _fsync_dir(self.path)
+                w['logs'][rank] = fd
+            os.write(w['logs'][rank], b''.join(l for r, l in w['pending'] if r == rank)); os.fsync(w['logs'][rank])
+        w['pending'], w['synced'] = [], time.monotonic()     # O(chunks since the last commit), whatever N is
 
     def _writer(self)->dict:
         "Open file descriptors of the arrays (data offset, bytes per row, dtype) and of the progress logs, kept while writing"
         w = self.__dict__.get('_w')
         if w is None:
             files = [(os.open(p, os.O_RDWR), off, rb, dt) for (p, off, rb), (_, _, dt) in zip(self._layout(), self._files(self._m))]
-            w = self._w = {'files': files, 'logs': {}}
+            w = self._w = {'files': files, 'logs': {}, 'pending': [], 'synced': time.monotonic()}
         return w
 
     def close(self):
-        "Close the writer's file descriptors"
+        "Commit what is pending, then close the writer's file descriptors"
+        self._commit()
         w = self.__dict__.pop('_w', None)
         if w:
             for fd in [f[0] for f in w['files']] + list(w['logs'].values()): os.close(fd)
