@@ -123,13 +123,15 @@ def store_worker(path, n, dims, bs, timed=False):
     def spy(self, *args, **kws):
         t = time.perf_counter(); real(self, *args, **kws); commit[0] += time.perf_counter() - t
     FeatureStore.write_chunk = spy
-    base = rss()
+    base = rss(); r0 = resource.getrusage(resource.RUSAGE_SELF)
     with Peak('cpu') as pk:
         t, c = time.perf_counter(), time.process_time()
         f = featurize(model, 'margin', data, groups, store=None if path == '-' else path, **kw)
         s = float(f.x.sum())            # read every row once: the result is usable (a mapped x is paged in here)
         dt, dc = time.perf_counter() - t, time.process_time() - c
-    print(json.dumps({'wall': dt, 'cpu': dc, 'base_mb': base / 2**20, 'peak_mb': pk.peak / 2**20,
+    r1 = resource.getrusage(resource.RUSAGE_SELF)
+    print(json.dumps({'wall': dt, 'cpu': dc, 'user': r1.ru_utime - r0.ru_utime, 'sys': r1.ru_stime - r0.ru_stime,
+                      'minflt': r1.ru_minflt - r0.ru_minflt, 'base_mb': base / 2**20, 'peak_mb': pk.peak / 2**20,
                       'maxrss_mb': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
                       'commit_ms': commit[0] / -(-n // bs) * 1e3, 'sum': s}))
 
@@ -153,7 +155,8 @@ def store_run(a):
             out = subprocess.run(cmd(root / 'ref' if side == 'store' else '-', '--_timed'), env=env, check=True,
                                  capture_output=True, text=True).stdout
             d = json.loads(out.strip().splitlines()[-1]); res[side].append(d)
-            print(f"  repeat {r} {side:6s} {d['wall']:7.2f} s wall {d['cpu']:7.2f} s CPU  peak RSS {d['peak_mb']:6.0f} MB "
+            print(f"  repeat {r} {side:6s} {d['wall']:7.2f} s wall {d['cpu']:7.2f} s CPU ({d['user']:.1f} user, {d['sys']:.1f} sys, "
+                  f"{d['minflt']} page faults)  peak RSS {d['peak_mb']:6.0f} MB "
                   f"(+{d['peak_mb'] - d['base_mb']:.0f} over the {d['base_mb']:.0f} MB before featurize)"
                   + (f"  chunk commits {d['commit_ms']:.2f} ms each" if side == 'store' else ''), flush=True)
     med = lambda side, k: statistics.median(d[k] for d in res[side])

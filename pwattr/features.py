@@ -712,6 +712,20 @@ def _featurize_one(model, out_fn, data, groups, projector, batch_size, chunk_siz
         return _featurize_eval(model, out_fn, data, groups, projector, batch_size, chunk_size, dev, progress, method,
                                store, dtype, extras, ckpt, mmap)
 
+_heap_set = False
+def _retain_freed_buffers():
+    "glibc: keep freed per-batch buffers in the heap for the next batch (not unmapped and page-faulted in again each batch)"
+    global _heap_set
+    if _heap_set: return
+    _heap_set = True
+    import os, platform, sys, ctypes, ctypes.util
+    if not sys.platform.startswith('linux') or platform.libc_ver()[0] != 'glibc': return
+    if any(k.startswith('MALLOC_') for k in os.environ): return        # the user tuned malloc: leave it
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library('c'))
+        libc.mallopt(-3, 32 << 20); libc.mallopt(-1, 1 << 30); libc.mallopt(-2, 256 << 20)  # MMAP_THRESHOLD, TRIM_THRESHOLD, TOP_PAD
+    except (OSError, AttributeError): pass
+
 def _check_first(model, out_fn, get, ids, dev):
     "Before any compute or store: one forward on the first example, so that an input of the wrong dtype is a clear TypeError"
     b = out_fn.prepare({k: v.to(dev) for k, v in get(torch.arange(1)).items()}, ids[:1])
@@ -724,6 +738,7 @@ def _featurize_eval(model, out_fn, data, groups, projector, batch_size, chunk_si
     from tqdm.auto import tqdm
     N, ids, get = _as_data(data)
     if N: _check_first(model, out_fn, get, ids, dev)
+    _retain_freed_buffers()     # without it, a store run (which keeps no batch) page-faults every batch's gradients in again
     dims = projector.dims_for(groups) if projector is not None else groups.sizes
     meta = {'fingerprint': model_fingerprint(model), 'groups_fingerprint': groups.fingerprint(),
             'output_fn': _jsonable(out_fn.config()), 'projection': _jsonable(projector.config()) if projector else None,
