@@ -10,6 +10,9 @@ import argparse, json, os, signal, subprocess, sys, tempfile, textwrap, time
 from pathlib import Path
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from pwattr.store import FeatureStore
+
 ROOT = Path(__file__).resolve().parent.parent
 ENV = {**{k: v for k, v in os.environ.items() if k != 'IN_TEST'}, 'OMP_NUM_THREADS': '1', 'PYTHONPATH': str(ROOT)}
 
@@ -64,13 +67,13 @@ def featurize_trials(n, rng, d):
     for i in range(n):
         out = d / f'f{i}'
         p = subprocess.Popen([sys.executable, str(script), str(out)], env={**ENV, 'PWATTR_SLOW': '0.1'})
-        def n_done():
-            try: return len(json.loads((out / 'manifest.json').read_text())['completed'])
+        def n_done():                                  # chunks recorded: the manifest plus the progress log
+            try: return len(FeatureStore(out).completed())
             except (OSError, ValueError, KeyError): return 0
         while n_done() < 1 and p.poll() is None: time.sleep(0.005)   # the first chunk is on disk
-        t = rng.uniform(0, 2.4); time.sleep(t)             # 24 more chunks x 0.1 s: the kill lands anywhere in the writing
+        t = rng.uniform(0, 1.9); time.sleep(t)             # the first group commit (0.5 s) holds ~5 chunks; ~20 more x 0.1 s
         os.kill(p.pid, signal.SIGKILL); p.wait()
-        done = len(json.loads((out / 'manifest.json').read_text())['completed']) if (out / 'manifest.json').exists() else -1
+        done = n_done() if (out / 'manifest.json').exists() else -1
         killed_at.append(done)
         subprocess.run([sys.executable, str(script), str(out)], env=ENV, check=True)
         same = _files(out) == _files(d / 'ref'); ok += same

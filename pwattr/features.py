@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib, copy, hashlib, json, math, re, time, warnings, weakref, difflib
 from dataclasses import dataclass, field
 from contextlib import contextmanager
+from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -271,6 +272,38 @@ def per_example_grads(model:nn.Module, # the model (attributed in eval mode, see
     with attribution_mode(model, 'per_example_grads'):
         return _per_example_grads(model, out_fn, batch, groups, chunk_size, method)
 
+def _model_inputs(model, out_fn, batch:dict)->list:
+    "Batch keys whose tensors reach the model: the output function's input keys and the arguments its forward takes by name"
+    keys = [getattr(out_fn, a) for a in ('x', 'input_ids') if isinstance(getattr(out_fn, a, None), str)]
+    cond = getattr(out_fn, 'cond', None)
+    keys += list(cond) if isinstance(cond, tuple) else []
+    keys += [k for k in _forward_args(model) if k not in _NOT_INPUTS]
+    return [k for k in dict.fromkeys(keys) if torch.is_tensor(batch.get(k))]
+
+def _dtype_problem(model, out_fn, batch:dict)->str|None:
+    "A message naming the first input whose dtype the model cannot take (float of another precision, integer images), or None"
+    pdt = next((p.dtype for p in model.parameters() if p.is_floating_point()), None)
+    if pdt is None: return None
+    has_emb = any(isinstance(m, nn.Embedding) for m in model.modules())
+    main = getattr(out_fn, 'x', None)
+    for k in _model_inputs(model, out_fn, batch):
+        v = batch[k]; name = str(v.dtype).replace('torch.', ''); want = str(pdt).replace('torch.', '')
+        if v.is_floating_point() and v.dtype != pdt:
+            return (f"Input '{k}' is {name} but the model's parameters are {want}. Convert it before featurizing, e.g. "
+                    f"data['{k}'] = data['{k}'].to(torch.{want}) (or in your Dataset / collate_fn), or cast the model "
+                    f"with model.to(torch.{name}).")
+        if k == main and not v.is_floating_point() and not v.is_complex() and (v.dtype in (torch.uint8, torch.bool)
+                                                                           or v.ndim >= 3 or not has_emb):
+            return (f"Input '{k}' is {name} ({list(v.shape[1:])} per example: integers, e.g. raw image pixels) but the model computes in "
+                    f"{want} and has no embedding to look them up. Convert it to floats scaled as in training, e.g. "
+                    f"data['{k}'] = data['{k}'].to(torch.{want}) / 255.")
+    return None
+
+def _raise_dtype(model, out_fn, batch, err):
+    "Re-raise a failure caused by an input dtype as a TypeError that names the input, its dtype and the fix"
+    msg = _dtype_problem(model, out_fn, batch)
+    if msg is not None: raise TypeError(msg) from err
+
 def _per_example_grads(model, out_fn, batch, groups, chunk_size, method):
     groups = groups if groups is not None else GroupSpec.by_tensor(model)
     attr = groups.parameters(model)
@@ -282,13 +315,15 @@ def _per_example_grads(model, out_fn, batch, groups, chunk_size, method):
     if method != 'loop':
         try: return _vmap_grads(model, out_fn, batch, p0, rest, B, chunk_size or B)
         except Exception as e:
+            _raise_dtype(model, out_fn, batch, e)
             if method == 'vmap': raise
             key = (type(model).__name__, type(out_fn).__name__)
             if key not in _warned:
                 _warned.add(key)
                 warnings.warn(f"vmap could not run {key[1]} on {key[0]} ({type(e).__name__}: {str(e)[:160]}); "
                               "using a per-example loop (same gradients in eval mode, slower).")
-    return _loop_grads(model, out_fn, batch, p0, rest, B)
+    try: return _loop_grads(model, out_fn, batch, p0, rest, B)
+    except Exception as e: _raise_dtype(model, out_fn, batch, e); raise
 
 def _vmap_grads(model, out_fn, batch, p0, rest, B, chunk):
     def f(p, ex):
@@ -484,6 +519,30 @@ class Features:
             if f.groups != f0.groups or f.dims != f0.dims: raise ValueError("Features to concatenate must share groups and dims.")
         return Features(torch.cat([f.x for f in feats]), f0.groups, f0.dims, sum([f.ids for f in feats], []),
                         {k: torch.cat([f.extras[k] for f in feats]) for k in f0.extras}, dict(f0.meta))
+    def save(self, path, # a folder: x.npy, extra_<name>.npy and features.json (readable without pwattr)
+            )->Path:
+        "Write the features as plain `.npy` arrays plus a JSON description (groups, dims, ids, meta)"
+        p = Path(path); p.mkdir(parents=True, exist_ok=True)
+        if self.x.dtype not in (torch.float32, torch.float16, torch.float64):
+            raise TypeError(f"Features.save writes float16/32/64 .npy files; x is {self.x.dtype}: use f.to(dtype=torch.float32).save(...).")
+        (p / 'features.json').unlink(missing_ok=True)          # written last: a folder without it is unfinished
+        np.save(p / 'x.npy', self.x.detach().cpu().numpy())
+        for k, v in self.extras.items(): np.save(p / f'extra_{k}.npy', v.detach().cpu().float().numpy())
+        desc = {'format': 'pwattr.features.plain/1', 'n': len(self), 'groups': self.groups, 'dims': self.dims,
+                'ids': _jsonable(self.ids), 'extras': list(self.extras), 'dtype': str(self.x.dtype).replace('torch.', ''),
+                'meta': _jsonable(self.meta)}
+        (p / 'features.json').write_text(json.dumps(desc, indent=1)); return p
+    @classmethod
+    def load(cls, path, mmap:bool=True, # x memory-mapped (copy-on-write); False: read into memory
+            )->Features:
+        "Features written by `save`"
+        p = Path(path)
+        if not (p / 'features.json').exists():
+            raise FileNotFoundError(f"{p} holds no saved Features (no features.json): write them with Features.save(path).")
+        d = json.loads((p / 'features.json').read_text())
+        x = torch.from_numpy(np.load(p / 'x.npy', mmap_mode='c' if mmap else None))
+        ex = {k: torch.from_numpy(np.load(p / f'extra_{k}.npy')) for k in d['extras']}
+        return cls(x, d['groups'], d['dims'], d['ids'], ex, d['meta'])
     def group_norms(self)->Tensor:
         "L2 norm of every example's block in every group: [N, M]"
         return torch.stack([b.float().norm(dim=1) for b in self.blocks()], 1)
@@ -620,6 +679,7 @@ def featurize(model:nn.Module, # the model (a template when `checkpoints` is giv
               dtype:str='float32', # 'float32' | 'float16' features
               extras:tuple=('out', 'q'), # per-example extras to record
               keys:tuple=('x', 'y'), # batch keys of tuple items / batches (Dataset, DataLoader)
+              mmap:bool=True, # with `store`: return x memory-mapped from the store (bounded memory); False: read into RAM
              )->Features|list:
     "Per-example per-group (projected) gradient features of `data`, computed in eval mode (see `attribution_mode`)"
     out_fn = output_fn(out_fn)
@@ -637,25 +697,48 @@ def featurize(model:nn.Module, # the model (a template when `checkpoints` is giv
             else: m, info = item, {}
             res.append(_featurize_one(m, out_fn, data, groups, projector, batch_size, chunk_size, device, progress,
                                       method, None if store is None else f"{store}/{i:03d}", dtype, extras,
-                                      {'index': i, **info}))
+                                      {'index': i, **info}, mmap))
         return res
     return _featurize_one(model, out_fn, data, groups, projector, batch_size, chunk_size, device, progress,
-                          method, store, dtype, extras, None)
+                          method, store, dtype, extras, None, mmap)
 
 def _featurize_one(model, out_fn, data, groups, projector, batch_size, chunk_size, device, progress, method,
-                   store, dtype, extras, ckpt):
+                   store, dtype, extras, ckpt, mmap=True):
     from tqdm.auto import tqdm
     if dtype not in ('float32', 'float16'): raise ValueError(f"dtype must be 'float32' or 'float16', got {dtype!r}")
     groups = groups if groups is not None else GroupSpec.preset(model)
     dev = torch.device(device) if device is not None else next(model.parameters()).device
     with attribution_mode(model.to(dev), 'featurize'):
         return _featurize_eval(model, out_fn, data, groups, projector, batch_size, chunk_size, dev, progress, method,
-                               store, dtype, extras, ckpt)
+                               store, dtype, extras, ckpt, mmap)
+
+_heap_set = False
+def _retain_freed_buffers():
+    "glibc: keep freed per-batch buffers in the heap for the next batch (not unmapped and page-faulted in again each batch)"
+    global _heap_set
+    if _heap_set: return
+    _heap_set = True
+    import os, platform, sys, ctypes, ctypes.util
+    if not sys.platform.startswith('linux') or platform.libc_ver()[0] != 'glibc': return
+    if any(k.startswith('MALLOC_') for k in os.environ): return        # the user tuned malloc: leave it
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library('c'))
+        libc.mallopt(-3, 32 << 20); libc.mallopt(-1, 1 << 30); libc.mallopt(-2, 256 << 20)  # MMAP_THRESHOLD, TRIM_THRESHOLD, TOP_PAD
+    except (OSError, AttributeError): pass
+
+def _check_first(model, out_fn, get, ids, dev):
+    "Before any compute or store: one forward on the first example, so that an input of the wrong dtype is a clear TypeError"
+    b = out_fn.prepare({k: v.to(dev) for k, v in get(torch.arange(1)).items()}, ids[:1])
+    try:
+        with torch.no_grad(): out_fn(model, b)
+    except Exception as e: _raise_dtype(model, out_fn, b, e)   # other failures surface, unchanged, in the first batch
 
 def _featurize_eval(model, out_fn, data, groups, projector, batch_size, chunk_size, dev, progress, method,
-                    store, dtype, extras, ckpt):
+                    store, dtype, extras, ckpt, mmap=True):
     from tqdm.auto import tqdm
     N, ids, get = _as_data(data)
+    if N: _check_first(model, out_fn, get, ids, dev)
+    _retain_freed_buffers()     # without it, a store run (which keeps no batch) page-faults every batch's gradients in again
     dims = projector.dims_for(groups) if projector is not None else groups.sizes
     meta = {'fingerprint': model_fingerprint(model), 'groups_fingerprint': groups.fingerprint(),
             'output_fn': _jsonable(out_fn.config()), 'projection': _jsonable(projector.config()) if projector else None,
@@ -702,9 +785,11 @@ def _featurize_eval(model, out_fn, data, groups, projector, batch_size, chunk_si
         todo = st.missing(rank, world)
         with tqdm(total=sum(st.rows(c)[1] - st.rows(c)[0] for c in todo), unit='ex', desc='featurize',
                   disable=not progress or rank != 0) as bar:
-            for c in todo:
-                x, ex = run(c); st.write_chunk(c, x, ex, rank=rank, world=world); bar.update(len(x))
+            try:
+                for c in todo:
+                    x, ex = run(c); st.write_chunk(c, x, ex, rank=rank, world=world); bar.update(len(x))
+            finally: st.close()
         _barrier()
         if rank == 0: st.finalize()
         _barrier()
-        return st.load()
+        return st.load(mmap)

@@ -12,8 +12,8 @@ import torch
 from .features import Features
 
 # %% auto #0
-__all__ = ['FORMAT', 'IDENTITY', 'LOCK_TIMEOUT', 'StoreMismatch', 'StoreCorrupt', 'StoreLocked', 'FeatureStore', 'write_index',
-           'load_features']
+__all__ = ['FORMAT', 'IDENTITY', 'LOCK_TIMEOUT', 'SYNC_EVERY', 'StoreMismatch', 'StoreCorrupt', 'StoreLocked', 'FeatureStore',
+           'write_index', 'load_features']
 
 # %% ../nbs/03b_store.ipynb #7bc72669
 FORMAT = 'pwattr.features/1'
@@ -21,6 +21,7 @@ FORMAT = 'pwattr.features/1'
 IDENTITY = ('n', 'groups', 'dims', 'group_spec', 'fingerprint', 'output_fn', 'projection', 'dtype', 'ids',
             'chunk_size', 'checkpoint', 'extras', 'data_hash')
 LOCK_TIMEOUT = float(os.environ.get('PWATTR_STORE_LOCK_TIMEOUT', 6 * 3600))  # seconds a second writer waits
+SYNC_EVERY = float(os.environ.get('PWATTR_STORE_SYNC_S', 0.5))  # seconds between group commits (fdatasync + log lines)
 
 class StoreMismatch(ValueError):
     "A store on disk holds features of another model, group spec, projection or dataset"
@@ -31,14 +32,16 @@ class StoreCorrupt(RuntimeError):
 class StoreLocked(TimeoutError):
     "Another process is writing the store"
 
+def _fsync_dir(path:Path):
+    fd = os.open(path, os.O_RDONLY)
+    try: os.fsync(fd)
+    finally: os.close(fd)
+
 def _atomic_write(path:Path, text:str):
     "Write `text` to `path` atomically: temp file, fsync, os.replace, fsync the directory"
     tmp = path.with_name(path.name + f'.tmp{os.getpid()}')
     with open(tmp, 'w') as f: f.write(text); f.flush(); os.fsync(f.fileno())
-    os.replace(tmp, path)
-    fd = os.open(path.parent, os.O_RDONLY)
-    try: os.fsync(fd)
-    finally: os.close(fd)
+    os.replace(tmp, path); _fsync_dir(path.parent)
 
 def _short(v, n=80):
     s = json.dumps(v, sort_keys=True); return s if len(s) <= n else s[:n] + '...'
@@ -157,14 +160,23 @@ class FeatureStore:
     def rows(self, c:int)->tuple:
         "(start, stop) rows of chunk c"
         m = self._m; cs = m['chunk_size']; return c * cs, min(m['n'], (c + 1) * cs)
-    def _rank_file(self, rank): return self.path / f'progress.rank{rank}.json'
+    def _log_file(self, rank): return self.path / f'progress.rank{rank}.log'
+    def _read_log(self, f:Path)->dict:
+        "chunk -> checksum of the whole lines of a progress log; a torn last line (a killed writer) is ignored"
+        done = {}
+        for line in f.read_bytes().split(b'\n')[:-1]:        # the part after the last newline is torn or empty
+            try: c, d = json.loads(line)
+            except (ValueError, TypeError): continue
+            if isinstance(c, int) and 0 <= c < self.n_chunks and isinstance(d, str): done[c] = d
+        return done
     def _progress(self)->dict:
-        "chunk -> checksum (None: recorded before checksums) of every completed chunk, per-rank progress included"
+        "chunk -> checksum (None: recorded before checksums) of every completed chunk: manifest plus the progress logs"
         m = self.manifest; sums = m.get('checksums') or [None] * self.n_chunks
         done = {c: sums[c] for c in m['completed']}
-        for f in self.path.glob('progress.rank*.json'):
+        for f in sorted(self.path.glob('progress.rank*.json')):     # per-rank progress of an older pwattr
             p = json.loads(f.read_text())
             done.update({int(c): d for c, d in p.items()} if isinstance(p, dict) else {c: None for c in p})
+        for f in sorted(self.path.glob('progress.rank*.log')): done.update(self._read_log(f))
         return done
     def completed(self)->set:
         "Chunks completed so far (manifest plus any per-rank progress files of a distributed run)"
@@ -192,18 +204,33 @@ class FeatureStore:
             out.append(np.load(p, mmap_mode=mode))
         return out
 
-    def _chunk_sum(self, arrays, c:int)->str:
-        s, e = self.rows(c); return _digest([np.ascontiguousarray(a[s:e]).tobytes() for a in arrays])
+    def _chunk_sum(self, fds, c:int)->str:
+        "Checksum of chunk c read from disk with pread (no memmap pages: memory stays bounded)"
+        s, e = self.rows(c)
+        return _digest([os.pread(fd, (e - s) * rb, off + s * rb) for fd, off, rb in fds])
+
+    def _layout(self)->list:
+        "(path, data offset, bytes per row) of every file, headers checked (`StoreCorrupt` when missing or truncated)"
+        self._arrays()
+        out = []
+        for name, shape, dtype in self._files(self._m):
+            with open(self.path / name, 'rb') as f:
+                np.lib.format.read_magic(f); np.lib.format.read_array_header_1_0(f); off = f.tell()
+            out.append((self.path / name, off, int(np.prod(shape[1:])) * np.dtype(dtype).itemsize))
+        return out
 
     def verify(self, chunks=None, # chunks to check (default: all completed ones)
               )->list:
         "Completed chunks whose bytes on disk differ from their checksum (chunks recorded without one are not checked)"
-        done = self._progress(); arrays = self._arrays()
-        return [c for c in sorted(done if chunks is None else chunks) if done.get(c) and self._chunk_sum(arrays, c) != done[c]]
+        done = self._progress(); lay = self._layout()
+        fds = [(os.open(p, os.O_RDONLY), off, rb) for p, off, rb in lay]
+        try: return [c for c in sorted(done if chunks is None else chunks) if done.get(c) and self._chunk_sum(fds, c) != done[c]]
+        finally:
+            for fd, _, _ in fds: os.close(fd)
 
     def repair(self)->list:
         "Before resuming (under the lock): regrow damaged files, forget chunks that fail their checksum; returns those chunks"
-        if any(self.path.glob('progress.rank*.json')): self.finalize()     # merge what the ranks of a killed run recorded
+        if any(self.path.glob('progress.rank*')): self.finalize()     # merge what the ranks of a killed run recorded
         m = self.manifest; lost, damaged = set(), False
         for name, shape, dtype in self._files(m):
             p = self.path / name
@@ -237,39 +264,64 @@ class FeatureStore:
                     x, # [rows, D] features of the chunk (tensor or array)
                     extras:dict|None=None, # name -> [rows]
                     rank:int=0, world:int=1):
-        "Write chunk c to the memmaps, flush them, then record it and its checksum as completed (atomically)"
+        "Write chunk c's rows (pwrite); at the next group commit (every `SYNC_EVERY` s) they are synced, then recorded as a line `[c, checksum]`"
         m = self._m; s, e = self.rows(c)
         x = x.numpy() if torch.is_tensor(x) else np.asarray(x)
         if x.shape != (e - s, sum(m['dims'])):
             raise ValueError(f"Chunk {c} should be [{e - s}, {sum(m['dims'])}], got {list(x.shape)}.")
         missing = set(m['extras']) - set(extras or {})
         if missing: raise ValueError(f"Chunk {c} lacks extras {sorted(missing)} that the store records.")
+        w = self._writer()
         parts = []
-        for name, arr in [('x.npy', x)] + [(f'extra_{k}.npy', (extras or {})[k]) for k in m['extras']]:
-            mm = np.load(self.path / name, mmap_mode='r+')
-            mm[s:e] = arr.numpy() if torch.is_tensor(arr) else arr
-            mm.flush(); parts.append(np.ascontiguousarray(mm[s:e]).tobytes()); del mm
-        d = _digest(parts)
-        if world == 1:
-            m = self.manifest; m['completed'] = sorted(set(m['completed']) | {c})
-            m['checksums'] = m.get('checksums') or [None] * self.n_chunks; m['checksums'][c] = d
-            _atomic_write(self.manifest_path, json.dumps(m, indent=1))
-        else:
-            f = self._rank_file(rank)
-            p = json.loads(f.read_text()) if f.exists() else {}
-            p = {str(k): None for k in p} if isinstance(p, list) else p
-            p[str(c)] = d
-            _atomic_write(f, json.dumps({k: p[k] for k in sorted(p, key=int)}))
+        for (fd, off, rb, dt), arr in zip(w['files'], [x] + [(extras or {})[k] for k in m['extras']]):
+            b = np.ascontiguousarray(arr.numpy() if torch.is_tensor(arr) else arr, dtype=dt).tobytes()
+            os.pwrite(fd, b, off + s * rb); parts.append(b)
+        w['pending'].append((rank, json.dumps([c, _digest(parts)]).encode() + b'\n'))
+        if time.monotonic() - w['synced'] >= SYNC_EVERY: self._commit()
+
+    def _commit(self):
+        "Group commit: fdatasync the arrays, then append the pending chunks' lines to the progress logs and fsync them"
+        w = self.__dict__.get('_w')
+        if not w or not w['pending']: return
+        for fd, *_ in w['files']: os.fdatasync(fd)          # rows on disk before the lines that record them
+        for rank in sorted({r for r, _ in w['pending']}):
+            if rank not in w['logs']:
+                f = self._log_file(rank); new = not f.exists()
+                fd = os.open(f, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+                if not new and f.stat().st_size:         # end a torn line a killed writer left
+                    with open(f, 'rb') as fh: fh.seek(-1, 2); torn = fh.read(1) != b'\n'
+                    if torn: os.write(fd, b'\n')
+                if new: _fsync_dir(self.path)
+                w['logs'][rank] = fd
+            os.write(w['logs'][rank], b''.join(l for r, l in w['pending'] if r == rank)); os.fsync(w['logs'][rank])
+        w['pending'], w['synced'] = [], time.monotonic()     # O(chunks since the last commit), whatever N is
+
+    def _writer(self)->dict:
+        "Open file descriptors of the arrays (data offset, bytes per row, dtype) and of the progress logs, kept while writing"
+        w = self.__dict__.get('_w')
+        if w is None:
+            files = [(os.open(p, os.O_RDWR), off, rb, dt) for (p, off, rb), (_, _, dt) in zip(self._layout(), self._files(self._m))]
+            w = self._w = {'files': files, 'logs': {}, 'pending': [], 'synced': time.monotonic()}
+        return w
+
+    def close(self):
+        "Commit what is pending, then close the writer's file descriptors"
+        self._commit()
+        w = self.__dict__.pop('_w', None)
+        if w:
+            for fd in [f[0] for f in w['files']] + list(w['logs'].values()): os.close(fd)
 
     def finalize(self):
-        "Merge per-rank progress into the manifest (rank 0, after all ranks finished)"
+        "Compact: merge the progress logs into the manifest (one atomic write), then remove them (rank 0, after all ranks finished)"
+        self.close()
         m = self.manifest; done = self._progress()
         m['completed'] = sorted(done)
         m['checksums'] = [done.get(c) for c in range(self.n_chunks)]
         _atomic_write(self.manifest_path, json.dumps(m, indent=1))
-        for f in self.path.glob('progress.rank*.json'): f.unlink()
+        for f in self.path.glob('progress.rank*'): f.unlink()
+        _fsync_dir(self.path)
 
-    def load(self, mmap:bool=False, # keep x memory-mapped (copy-on-write) instead of reading it into memory
+    def load(self, mmap:bool=True, # x memory-mapped (copy-on-write, pages read on access); False: read into memory
             )->Features:
         "The stored Features (raises if chunks are missing or fail their checksums)"
         m = self.manifest
@@ -301,10 +353,13 @@ def write_index(path, # folder of numbered stores (000, 001, ...)
     p = Path(path); p.mkdir(parents=True, exist_ok=True)
     _atomic_write(p / 'stores.json', json.dumps({'format': FORMAT, 'n': n, 'kind': kind}))
 
-def load_features(path:str|Path)->Features|list:
+def load_features(path:str|Path, # a store, a folder of numbered stores, or a folder written by `Features.save`
+                  mmap:bool=True, # x memory-mapped (bounded memory); False: read into memory
+                 )->Features|list:
     "Features stored at `path`, or the list stored in its numbered subfolders (checkpoints / models); refuses gaps"
     p = Path(path)
-    if (p / 'manifest.json').exists(): return FeatureStore(p).load()
+    if (p / 'manifest.json').exists(): return FeatureStore(p).load(mmap)
+    if (p / 'features.json').exists(): return Features.load(p, mmap)
     subs = sorted(d for d in p.iterdir() if d.is_dir() and d.name.isdigit()) if p.exists() else []
     if not subs: raise FileNotFoundError(f"No feature store at {p} or in its subfolders.")
     idx = json.loads((p / 'stores.json').read_text()) if (p / 'stores.json').exists() else {'n': len(subs)}
@@ -315,4 +370,4 @@ def load_features(path:str|Path)->Features|list:
         raise FileNotFoundError(f"{p} should hold {idx['n']} feature stores ({want[0]}..{want[-1]}), but "
                                 + (f"{gone} are missing or unfinished" if gone else f"{extra} are unexpected")
                                 + f": run featurize(..., store='{p}') again to compute them.")
-    return [FeatureStore(p / w).load() for w in want]
+    return [FeatureStore(p / w).load(mmap) for w in want]

@@ -66,7 +66,7 @@ def test_kill9_then_resume_is_byte_identical(job):
     p = subprocess.Popen([sys.executable, str(job / 'job.py'), str(out), 'sparse'], env=_env(PWATTR_SLOW='0.15'), cwd=ROOT)
     t0 = time.time()
     while time.time() - t0 < 300:
-        try: n = len(json.loads((out / 'manifest.json').read_text())['completed'])
+        try: n = len(FeatureStore(out).completed())        # manifest + the progress log
         except (FileNotFoundError, json.JSONDecodeError, KeyError): n = 0
         if n >= 3 or p.poll() is not None: break
         time.sleep(0.05)
@@ -107,3 +107,106 @@ def test_torchrun_two_ranks_equal_single_process(job):
                        env=_env(), cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     assert _files(out) == _files(job / 'ref')
+
+# --- issue 17: O(chunk) commits, memory-mapped results, a plain format; issue 13: input dtypes ---------------------
+def _small():
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Linear(12, 16), nn.Tanh(), nn.Linear(16, 5)).eval()
+    d = {'x': torch.randn(61, 12), 'y': torch.randint(0, 5, (61,))}
+    return m, d, GroupSpec.by_module(m), Projector(24, 'sparse', seed=4)
+
+def test_chunk_commits_do_not_rewrite_the_manifest(tmp_path, monkeypatch):
+    "Per chunk: one fixed-size line appended to a log; the manifest (all ids) is written at creation and compaction only"
+    import pwattr.store as S
+    m, d, gs, pr = _small()
+    writes, lines = [], []
+    real_aw, real_wc = S._atomic_write, S.FeatureStore.write_chunk
+    monkeypatch.setattr(S, '_atomic_write', lambda p, t: (writes.append(Path(p).name), real_aw(p, t))[1])
+    monkeypatch.setattr(S, 'SYNC_EVERY', 0.0)                                  # a group commit after every chunk
+    def spy(self, c, *a, **k):
+        real_wc(self, c, *a, **k); lines.append((self.path / 'progress.rank0.log').stat().st_size)
+    monkeypatch.setattr(S.FeatureStore, 'write_chunk', spy)
+    f = featurize(m, 'margin', d, gs, projector=pr, batch_size=2, store=tmp_path / 's', progress=False)   # 31 chunks
+    assert writes == ['manifest.json', 'manifest.json']                      # create + compact, not one per chunk
+    steps = np.diff([0] + lines)
+    assert len(steps) == 31 and 0 < steps.min() and steps.max() <= 30, steps  # one ~25-byte line per chunk, whatever N is
+    assert not list((tmp_path / 's').glob('progress*'))                       # compacted and removed
+    assert FeatureStore(tmp_path / 's').manifest['completed'] == list(range(31))
+    ref = featurize(m, 'margin', d, gs, projector=pr, batch_size=2, progress=False)
+    assert torch.equal(f.x, ref.x)
+
+def test_torn_log_line_is_ignored_and_recomputed(job, tmp_path):
+    "A run killed while appending: whole lines count, the torn last one does not; resume ends byte-identical"
+    ref = job / 'ref'; out = tmp_path / 'k'; shutil.copytree(ref, out)
+    man = json.loads((out / 'manifest.json').read_text()); sums = man['checksums']
+    man['completed'] = [0, 1]; man['checksums'] = [s if c < 2 else None for c, s in enumerate(sums)]
+    (out / 'manifest.json').write_text(json.dumps(man, indent=1))
+    (out / 'progress.rank0.log').write_bytes(b''.join(json.dumps([c, sums[c]]).encode() + b'\n' for c in (2, 3))
+                                             + b'[4, "' + sums[4][:5].encode())           # torn: no newline
+    x = np.load(out / 'x.npy', mmap_mode='r+'); x[16:] = 0; x.flush(); del x              # chunks 4.. never written
+    st = FeatureStore(out)
+    assert st.completed() == {0, 1, 2, 3} and st.missing()[:2] == [4, 5]
+    subprocess.run([sys.executable, str(job / 'job.py'), str(out), 'sparse'], check=True, env=_env(), cwd=ROOT)
+    assert _files(out) == _files(ref)
+
+def _mapped(t:torch.Tensor, path:Path)->bool:
+    "Is the memory of tensor t a mapping of the file at path? (read from /proc/self/maps)"
+    a = t.data_ptr()
+    for line in Path('/proc/self/maps').read_text().splitlines():
+        parts = line.split()
+        if len(parts) >= 6 and parts[5] == str(path.resolve()):
+            lo, hi = (int(v, 16) for v in parts[0].split('-'))
+            if lo <= a < hi: return True
+    return False
+
+def test_featurize_store_is_memory_mapped_and_methods_take_it(tmp_path):
+    from pwattr.methods import TRAK, TracInCP
+    m, d, gs, pr = _small()
+    mem = featurize(m, 'margin', d, gs, projector=pr, batch_size=8, progress=False)
+    mm = featurize(m, 'margin', d, gs, projector=pr, batch_size=8, store=tmp_path / 's', progress=False)
+    ram = featurize(m, 'margin', d, gs, projector=pr, batch_size=8, store=tmp_path / 's', progress=False, mmap=False)
+    assert _mapped(mm.x, tmp_path / 's' / 'x.npy') and not _mapped(ram.x, tmp_path / 's' / 'x.npy')
+    assert not _mapped(mem.x, tmp_path / 's' / 'x.npy')
+    assert torch.equal(mm.x, mem.x) and torch.equal(ram.x, mem.x) and torch.equal(mm.extras['q'], mem.extras['q'])
+    assert _mapped(load_features(tmp_path / 's').x, tmp_path / 's' / 'x.npy')
+    q = mem[list(range(5))]
+    for meth in (lambda: TRAK(), lambda: TracInCP(lrs=[0.1])):
+        a, b = meth().fit(mem).contributions(q).S, meth().fit(mm).contributions(q).S
+        assert torch.equal(a, b), (a - b).abs().max()
+    # a write into the returned features (copy-on-write) never reaches the store
+    before = (tmp_path / 's' / 'x.npy').read_bytes(); mm.x[0] += 1
+    assert (tmp_path / 's' / 'x.npy').read_bytes() == before and FeatureStore(tmp_path / 's').verify() == []
+
+def test_features_and_contributions_read_with_plain_numpy(tmp_path):
+    from pwattr.methods import TRAK
+    m, d, gs, pr = _small()
+    f = featurize(m, 'margin', d, gs, projector=pr, batch_size=8, progress=False)
+    f.save(tmp_path / 'f')
+    desc = json.loads((tmp_path / 'f' / 'features.json').read_text())      # no pwattr below: numpy + json
+    x = np.load(tmp_path / 'f' / 'x.npy')
+    assert np.array_equal(x, f.x.numpy()) and desc['ids'] == f.ids and desc['groups'] == f.groups
+    off = np.cumsum([0] + desc['dims'])
+    assert np.array_equal(x[:, off[1]:off[2]], f.block(desc['groups'][1]).numpy())
+    assert np.array_equal(np.load(tmp_path / 'f' / 'extra_q.npy'), f.extras['q'].numpy())
+    g = load_features(tmp_path / 'f')
+    assert torch.equal(g.x, f.x) and g.meta == json.loads(json.dumps(f.meta)) and _mapped(g.x, tmp_path / 'f' / 'x.npy')
+    c = TRAK().fit(f).contributions(f[list(range(4))]); c.save(tmp_path / 'c')
+    S = np.load(tmp_path / 'c' / 'S.npy'); cm = json.loads((tmp_path / 'c' / 'contributions.json').read_text())
+    assert np.array_equal(S, c.S.numpy()) and cm['groups'] == c.groups and cm['train_ids'] == list(range(61))
+
+def test_wrong_input_dtypes_are_named_up_front(tmp_path):
+    from pwattr.features import per_example_grads, Margin
+    m, d, gs, pr = _small()
+    for bad, want in [({**d, 'x': d['x'].double()}, "Input 'x' is float64 but the model's parameters are float32"),
+                      ({**d, 'x': (d['x'] * 100).long()}, "Input 'x' is int64")]:
+        with pytest.raises(TypeError, match=want):
+            featurize(m, 'margin', bad, gs, projector=pr, batch_size=8, store=tmp_path / 's', progress=False)
+        assert not (tmp_path / 's').exists()                                    # refused before any store or compute
+        with pytest.raises(TypeError, match=want): per_example_grads(m, Margin(), bad, gs)
+    torch.manual_seed(0)
+    cnn = nn.Sequential(nn.Conv2d(1, 4, 3), nn.Flatten(), nn.Linear(4 * 6 * 6, 3)).eval()
+    imgs = {'x': torch.randint(0, 256, (5, 1, 8, 8)), 'y': torch.randint(0, 3, (5,))}
+    with pytest.raises(TypeError, match=r"Input 'x' is int64 \(\[1, 8, 8\] per example.*to\(torch.float32\) / 255"):
+        featurize(cnn, 'cross_entropy', imgs, GroupSpec.by_module(cnn), progress=False)
+    f = featurize(cnn, 'cross_entropy', {**imgs, 'x': imgs['x'].float() / 255}, GroupSpec.by_module(cnn), progress=False)
+    assert len(f) == 5
