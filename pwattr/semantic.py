@@ -21,13 +21,12 @@ from .audit import cached
 from .safe import agreement_gate
 
 # %% auto #0
-__all__ = ['SHALLOW', 'GRID', 'semantic_group_of', 'semantic_groups', 'group_kind', 'query_plan', 'plan_prompts',
+__all__ = ['GRID', 'semantic_group_of', 'semantic_groups', 'unet_levels', 'group_kind', 'query_plan', 'plan_prompts',
            'topk_positions', 'attribute_recall', 'chance_recall', 'learn_weight_sets', 'semantic_table',
            'gate_weight_sets', 'gate_table', 'tune_weight_sets', 'SemanticStudy', 'semantic_study']
 
 # %% ../nbs/15_semantic.ipynb #ce814268
 _TB = {'attn1': 'self_attn', 'norm1': 'self_attn', 'attn2': 'cross_attn', 'norm2': 'cross_attn', 'ff': 'ff', 'norm3': 'ff'}
-SHALLOW = ('conv_in', 'down0', 'up1', 'conv_out')   # blocks at full resolution (16x16 here)
 
 def semantic_group_of(name:str, # a parameter name of an `AttributeUNet` ('embed.style.weight', 'unet.up_blocks.0...')
                      )->str: # e.g. 'embed.style', 'down1.cross_attn', 'up1.resnets', 'conv_out'
@@ -53,13 +52,22 @@ def semantic_groups(model:torch.nn.Module, # an `AttributeUNet` (or any model wi
     "Parameter groups by (block, function) plus one per attribute embedding"
     return GroupSpec.by_key(model, semantic_group_of)
 
-def group_kind(g:str)->str:
+def unet_levels(model:torch.nn.Module)->int:
+    "Resolution levels of a diffusers UNet (or of the UNet inside an `AttributeUNet`), read from its config"
+    cfg = getattr(getattr(model, 'unet', model), 'config', None)
+    if cfg is None or 'block_out_channels' not in cfg: raise ValueError(f"{type(model).__name__} has no UNet config with block_out_channels")
+    return len(cfg['block_out_channels'])
+
+def group_kind(g:str, # a `semantic_group_of` name
+               levels:int=2, # the UNet's resolution levels (`unet_levels`): down0 / up{levels-1} run at full resolution
+              )->str:
     "Coarse kind of a semantic group: 'embedding', 'cross-attention', 'self-attention', 'shallow conv', 'deep conv', 'other'"
     if g.startswith('embed.'): return 'embedding'
     if g.endswith('.cross_attn'): return 'cross-attention'
     if g.endswith(('.self_attn', '.ff', '.attn_io')): return 'self-attention'
-    if g.split('.')[0] in SHALLOW: return 'shallow conv'
-    if g.split('.')[0] in ('down1', 'mid', 'up0'): return 'deep conv'
+    blk = g.split('.')[0]
+    if blk in ('conv_in', 'down0', f'up{levels - 1}', 'conv_out'): return 'shallow conv'
+    if blk in (f'down{levels - 1}', 'mid', 'up0'): return 'deep conv'
     return 'other'
 
 # %% ../nbs/15_semantic.ipynb #37a0dca6
@@ -367,7 +375,7 @@ class SemanticStudy:
         "Mean weight per kind of group (embedding, cross-attention, shallow conv, ...) for each weight set; 1 = uniform"
         ws = self.all_weights[method] if method else self.weights
         t = weights_table(ws)
-        return t.T.groupby([group_kind(g) for g in t.columns]).mean().T
+        return t.T.groupby([group_kind(g, self.settings.get('levels', 2)) for g in t.columns]).mean().T
 
     def gallery(self, attribute:str='style', # whose evaluation queries, and whose weights
                 q:int=0, # position among that attribute's evaluation queries
@@ -495,6 +503,6 @@ def semantic_study(preset:str|Preset='sbemoji-cond', # a conditional diffusion p
     T['total'] = time.perf_counter() - t0
     settings = dict(preset=p.name, config_hash=p.config_hash, methods=methods, n_learn=n_learn, n_eval=n_eval, k=k, seed=seed,
                     K=K, proj_dim=proj_dim, gen_steps=gen_steps, k_learn=int(k_learn or k), lam=lam, normalize=normalize, tune=tune,
-                    grid=grid, attributes=attributes, exclude=list(exclude), out=str(out))
+                    grid=grid, attributes=attributes, exclude=list(exclude), out=str(out), levels=unet_levels(model))
     return SemanticStudy(res, all_w[methods[0]], all_w, pd.concat(dets, ignore_index=True), contribs, queries, plan, train, T,
                          settings, sweeps, safe)
