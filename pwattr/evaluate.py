@@ -190,26 +190,14 @@ class PerGroupLDS:
         return h + ('' if self.cross is None else f"<p>LDS by {self.cross_views[0]} x {self.cross_views[1]}</p>" + self.cross.to_html(float_format='%.3f'))
 
     def plot(self, ax=None, view:str='group', annot:bool=True):
-        "Heatmap of the cross table when there is one, else bars of one view's LDS with intervals"
-        import matplotlib.pyplot as plt
-        if self.cross is not None:
-            c = self.cross
-            ax = ax or plt.subplots(figsize=(2 + 0.7 * c.shape[1], 1 + 0.4 * c.shape[0]))[1]
-            lim = max(0.05, float(np.nanmax(np.abs(c.values))))
-            im = ax.imshow(c.values.astype(float), cmap='RdBu_r', vmin=-lim, vmax=lim, aspect='auto')
-            ax.set_xticks(range(c.shape[1]), c.columns, rotation=45, ha='right'); ax.set_yticks(range(c.shape[0]), c.index)
-            ax.set_xlabel(self.cross_views[1]); ax.set_ylabel(self.cross_views[0])
-            if annot:
-                for (i, j), v in np.ndenumerate(c.values.astype(float)):
-                    if not np.isnan(v): ax.text(j, i, f'{v:.2f}', ha='center', va='center', fontsize=8 if c.shape[1] <= 8 else 6.5,
-                                                color='w' if abs(v) > 0.6 * lim else 'k')
-            plt.colorbar(im, ax=ax, label='LDS')
-            return ax
-        t = self.view(view)
-        ax = ax or plt.subplots(figsize=(max(4, 0.4 * len(t)), 3))[1]
-        ax.bar(range(len(t)), t.lds, yerr=[t.lds - t.lo, t.hi - t.lds], color='C0', capsize=2)
-        ax.set_xticks(range(len(t)), t.index, rotation=60, ha='right', fontsize=8); ax.set_ylabel('LDS'); ax.axhline(0, color='k', lw=0.5)
-        return ax
+        "Heatmap of the cross table when there is one, else bars of one view's LDS with intervals (`pwattr.plots`)"
+        from pwattr.plots import plot_group_lds, plot_block_function
+        if self.cross is not None: fig = plot_block_function(self, ax=ax, annot=annot)
+        else:
+            t = self.view(view)
+            fig = plot_group_lds(t.rename_axis('name').reset_index(), ax=ax, kind='bars', title=f'per-group LDS ({view})')
+        return ax if ax is not None else fig.axes[0]
+
 
 # %% ../nbs/08_evaluate.ipynb #5c67f265
 def per_group_lds(contrib, # `Contributions` or a [Q, N, M] Tensor / array

@@ -301,16 +301,11 @@ class GroupWeights:
         return float(torch.nn.functional.cosine_similarity(self.w, o, dim=0))
 
     def plot(self, ax=None, title=None, color='C0'):
-        "Bar chart of w over groups in model order (dashed: the base method's w = 1)"
-        import matplotlib.pyplot as plt
-        M = len(self.w)
-        if ax is None: _, ax = plt.subplots(figsize=(min(16, max(5, 0.22 * M + 2)), 3.2))
-        ax.bar(range(M), self.w.numpy(), color=color)
-        ax.axhline(1, ls='--', c='k', lw=0.8)
-        ax.set_xticks(range(M)); ax.set_xticklabels(self.groups, rotation=90, fontsize=7 if M > 20 else 9)
-        ax.set_ylabel('w'); ax.set_xlim(-0.6, M - 0.4)
-        ax.set_title(title or f"learned group weights (k={self.settings.get('k')}, lam={self.settings.get('lam')})")
-        return ax
+        "Bars of w over groups in model order (dashed: the base method's w = 1); many groups as a block x function heatmap"
+        from pwattr.plots import plot_weights
+        fig = plot_weights(self, title=title or f"learned group weights (k={self.settings.get('k')}, lam={self.settings.get('lam')})",
+                           ax=ax, color=color)
+        return ax if ax is not None else fig.axes[0]
 
     def save(self, path)->Path:
         "Write as JSON"

@@ -225,6 +225,16 @@ def _every_figure():
     yield 'gallery, images', plot_topk_gallery(S, 0, imgs, imgs[0], {'without weights': None, 'learned weights': [0.5, 2., 1.]}, k=6,
                                                title='trak: evaluation query test-00001 (a long title that must wrap, not run off the page)')
     yield 'gallery, text', plot_topk_gallery(S, 1, verses, verses[3], {'without weights': None, 'learned': [0.1, 1., 3.]}, k=4)
+    from pwattr.weights import GroupWeights
+    from pwattr.evaluate import per_group_lds
+    from pwattr.groundtruth import GroundTruth
+    gt = GroundTruth(masks=rng.random((8, 60)) < 0.5, seeds=np.zeros((8, 1)), outputs=rng.normal(size=(8, 1, 10)), query_ids=list(range(10)))
+    S4 = torch.randn(10, 60, 4, generator=torch.Generator().manual_seed(2))
+    yield 'PerGroupLDS.plot', per_group_lds(S4, gt).plot().figure
+    views = {'block': dict(zip(['g0', 'g1', 'g2', 'g3'], 'aabb')), 'function': dict(zip(['g0', 'g1', 'g2', 'g3'], 'xyxy'))}
+    yield 'PerGroupLDS.plot, cross', per_group_lds(S4, gt, views=views, cross=True).plot().figure
+    yield 'GroupWeights.plot, many', GroupWeights(torch.tensor(list(w(many).values())), many, settings=dict(k=20, lam=1e-4)).plot().figure
+    yield 'GroupWeights.plot, MLP', GroupWeights(torch.tensor([2.5, .5, .02]), ['1', '3', '5'], settings=dict(k=20, lam=1e-4)).plot().figure
     yield 'gallery, long ids', plot_gallery(imgs[0], {'a row label': list(imgs[:5])}, {'a row label': [f'#{i}  0.123\ntrain-000{i}-a-very-long-id\nAnkle boot' for i in range(5)]})
 
 @pytest.mark.parametrize('name_fig', list(_every_figure()), ids=lambda nf: nf[0])
