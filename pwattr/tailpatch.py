@@ -52,7 +52,7 @@ def tail_patch_proponents(result:AuditResult, # a language audit (its evaluation
     pos = torch.as_tensor(np.asarray(q_pos), dtype=torch.long)
     props = {}
     for m in methods:
-        c, w = result.contributions[m][pos], result.weights[m]
+        c, w = result.contributions[m][pos], result.paper[m]   # the paper's learned weights (the audit applies safe ones by default)
         check_disjoint(w.settings.get('query_ids'), c.query_ids)
         props[m, 'uniform'] = c.topk(k).indices
         props[m, 'learned'] = c.topk(k, w=w.w).indices
@@ -105,7 +105,7 @@ def tail_patch_study(preset='kjv-gpt2', # a language preset name (or Preset)
         deltas = tail_patch_deltas(r.run.model(), output_fn('lm_loss'), r.run.eval_q[torch.as_tensor(q_pos)].batch(device=device),
                                    r.run.train.batch(device=device), props, lr=lr, k=k, progress=progress)
         return dict(deltas=deltas, proponents=props, query_ids=settings['queries'], settings=settings,
-                    weights={m: r.weights[m] for m in names},
+                    weights={m: r.paper[m] for m in names},
                     times=dict(audit_and_proponents=round(t1 - t0, 2), tail_patch=round(time.time() - t1, 2)))
     d = cached(out / 'cache' / p.config_hash / f'tailpatch-{key}.pt', compute,
                f'tail-patch ({len(q_pos)} queries, k={k}, lr={lr})', log)

@@ -131,7 +131,7 @@ def test_study_end_to_end(toy):
     # the learned-weight proponents are the weighted top-k of the audit's contributions, and the weights never saw these queries
     a = audit(p, 'trak', out=out, k=4, proj_dim=32, gt=gt, progress=False, report=False, log=None)
     pos = [list(map(str, gt.query_ids)).index(q) for q in d['query_ids']]
-    w = a.weights['trak']
+    w = a.paper['trak']                 # tail-patch studies the paper's learned weights (the audit reports them beside its safe ones)
     assert not set(map(str, w.settings['query_ids'])) & set(d['query_ids'])
     assert torch.equal(d['proponents']['trak', 'learned'], (a.contributions['trak'].S[pos] @ w.w.to(a.contributions['trak'].S.dtype)).topk(3, dim=1).indices)
     # cached and seeded: the same call gives the same table; another seed draws other queries
