@@ -703,6 +703,7 @@ def write_report(r:AuditResult, run:AuditRun, n_gallery:int=3)->Path:
             parts.append(_img(f'heatmap-{m}', f'{m}: per-group LDS, block x function', plot_block_function(pg, title=m), out,
                               'LDS of the groups of each block and function summed.', problems))
         r.weights[m].save(out / 'weights' / f'{m}.json')
+        if m in r.paper: r.paper[m].save(out / 'weights' / f'{m}-paper.json')   # the paper's, reported beside
         cg = r.showcase['contributions'].get(m) if r.showcase else r.contributions[m]
         weighted = None
         if cg is not None:

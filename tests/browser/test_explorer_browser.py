@@ -157,7 +157,8 @@ def independent_topk(runs, query_pos:int, weights:bool, k:int=K_WALK):
     phi = ev.x.double().numpy()[query_pos]
     offs = np.cumsum([0] + list(tr.dims))
     S = np.stack([phi[a:b] @ psi[:, a:b].T for a, b in zip(offs[:-1], offs[1:])], 1)          # [N, M]
-    w = np.asarray(json.loads((runs / 'weights' / 'trak.json').read_text())['w']) if weights else np.ones(S.shape[1])
+    # the walkthrough's explorer shows the paper's learned weights (the audit saves them beside its safe ones)
+    w = np.asarray(json.loads((runs / 'weights' / 'trak-paper.json').read_text())['w']) if weights else np.ones(S.shape[1])
     s = S @ w
     return {str(i): v for i, v in zip(tr.ids, s)}, [str(tr.ids[i]) for i in np.argsort(-s, kind='stable')[:k]], list(ev.ids)
 
