@@ -160,10 +160,11 @@ def safe_study(preset:str, # a preset with a committed ground truth
     from pwattr.safe import ridge_by_agreement, chosen_ridge, agreement_gate
     gt = GroundTruth.load(GT_DIR / f'{preset}.npz')
     run = AuditRun(preset, gt, Path(out or f'runs/{preset}'), progress=False, log=None, **run_kw)
-    names = parse_methods(methods); learn = {m: run.contributions(m)[1] for m in names}
+    names = parse_methods(methods); cs = {m: run.contributions(m) for m in names}   # (eval, learn) of each method, read once
+    learn = {m: c[1] for m, c in cs.items()}
     res, ws, ridges = ResultsTable(), {}, {}
     for m in names:
-        ce = run.contributions(m)[0]
+        ce = cs[m][0]
         paper, safe = run.weigh(m, learn, k, lam)
         sc = {'paper': ce.scores(paper.w), 'safe': run.weighted_scores(m, ce, safe)}
         rf = run.refit(m)
