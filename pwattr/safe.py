@@ -180,9 +180,9 @@ class GateResult:
     use:bool # True: apply `w`; False: keep the unweighted method
     chosen:str # the candidate kept ('uniform' when none)
     shrink:float # the shrinkage a of the kept candidate (w = 1 + a (c - 1))
-    gain:float # G: minimum over references of the mean agreement gain
-    lower:float # the lower bootstrap quantile of G
-    table:pd.DataFrame # every (candidate, shrink): gain per reference, G, its lower bound
+    gain:float # G: minimum over references of the mean agreement gain, on the verification half
+    lower:float # the lower bootstrap quantile of G on the verification half
+    table:pd.DataFrame # every (candidate, shrink): gain per reference (all queries), G select, G and its lower bound
     apply:str='linear' # 'linear' (S @ w) or 'refit' (KernelRefit)
     level:float=0.95
 
@@ -190,12 +190,16 @@ class GateResult:
     def verdict(self)->str:
         "One sentence: whether to use the weights, and why"
         if self.use:
-            return (f"use the weights ({self.chosen}, shrink {self.shrink:g}): they raise the agreement with every other method "
-                    f"(smallest mean gain {self.gain:+.4f}, {self.level:.0%} lower bound {self.lower:+.4f})")
-        best = self.table.sort_values('G', ascending=False).iloc[0] if len(self.table) else None
-        why = ("no reference method to check against" if best is None else
-               f"no candidate raised the agreement with every other method (best: {best['candidate']} shrink {best['shrink']:g}, "
-               f"smallest mean gain {best['G']:+.4f}, lower bound {best['lower']:+.4f})")
+            return (f"use the weights ({self.chosen}, shrink {self.shrink:g}): chosen on half the learning queries, they raise "
+                    f"the agreement with every other method on the other half (smallest mean gain {self.gain:+.4f}, "
+                    f"{self.level:.0%} lower bound {self.lower:+.4f})")
+        if not len(self.table): return "keep uniform weights: no reference method or too few learning queries to check against"
+        best = self.table.sort_values('G select', ascending=False).iloc[0]
+        what = f"{best['candidate']} shrink {best['shrink']:g}"
+        why = (f"no candidate raised the agreement with every other method (best: {what}, smallest mean gain {best['G select']:+.4f})"
+               if best['G select'] <= 0 else
+               f"the best candidate on half the queries ({what}, {best['G select']:+.4f}) did not hold on the other half "
+               f"(smallest mean gain {best['G']:+.4f}, lower bound {best['lower']:+.4f})")
         return f"keep uniform weights: {why}"
     def __repr__(self): return f"GateResult({self.verdict})"
     def _repr_html_(self): return f"<b>gate</b>: {self.verdict}" + self.table.round(4).to_html(index=False)
@@ -206,34 +210,39 @@ def agreement_gate(candidates:dict, # name -> (weights [M], scores function w ->
                    references:dict, # name -> [Q, N] another method's unweighted scores on the same queries and training set
                    shrink=(0.25, 0.5, 0.75, 1.0), # a in w = 1 + a (c - 1)
                    level:float=0.95, # one-sided bootstrap level of the lower bound
-                   n_boot:int=1000, # bootstrap resamples of the learning queries
-                   seed:int=0, # bootstrap seed
+                   n_boot:int=1000, # bootstrap resamples of the verification queries
+                   seed:int=0, # seeds the split into halves and the bootstrap
                   )->GateResult:
-    "Keep the candidate weighting that most raises agreement with every reference method, if the gain is clearly > 0"
+    "Choose the weighting that most raises agreement with every reference on half the queries; keep it if the other half confirms"
     base = torch.as_tensor(base).double(); Q = base.shape[0]
     refs = {r: torch.as_tensor(v).double() for r, v in references.items()}
     for r, v in refs.items():
         if v.shape != base.shape: raise ValueError(f"reference {r!r} has shape {tuple(v.shape)}, the method's scores {tuple(base.shape)}: score the same queries and training set")
     M = len(next(iter(candidates.values()))[0]) if candidates else 0
     ones = torch.ones(M)
-    if not refs or not candidates or Q < 2:
-        return GateResult(ones, False, 'uniform', 0., float('nan'), float('nan'), pd.DataFrame(columns=['candidate', 'shrink', 'G', 'lower']))
+    if not refs or not candidates or Q < 4:
+        return GateResult(ones, False, 'uniform', 0., float('nan'), float('nan'), pd.DataFrame(columns=['candidate', 'shrink', 'G select', 'G', 'lower']))
+    rng = np.random.default_rng(seed)
+    perm = rng.permutation(Q); sel, ver = perm[:Q // 2], perm[Q // 2:]
+    idx = rng.integers(0, len(ver), (n_boot, len(ver)))
     r0 = {r: row_pearson(base, v) for r, v in refs.items()}
-    idx = np.random.default_rng(seed).integers(0, Q, (n_boot, Q))
-    rows, best = [], None
+    rows, ws = [], []
     for name, (c, fn) in candidates.items():
         c = torch.as_tensor(c).double().cpu()
         for a in shrink:
             w = 1 + a * (c - 1)
             with torch.no_grad(): tau = torch.as_tensor(fn(w)).double()
             gains = torch.stack([row_pearson(tau, v) - r0[r] for r, v in refs.items()]).cpu().numpy()   # [R, Q]
-            G = float(gains.mean(1).min()); lower = float(np.quantile(gains[:, idx].mean(2).min(0), 1 - level))
-            rows.append(dict(candidate=name, shrink=a, **{f'gain vs {r}': float(x) for r, x in zip(refs, gains.mean(1))}, G=G, lower=lower))
-            if G > 0 and lower > 0 and (best is None or G > best[2]): best = (name, a, G, lower, w)
+            gv = gains[:, ver]
+            rows.append(dict(candidate=name, shrink=a, **{f'gain vs {r}': float(x) for r, x in zip(refs, gains.mean(1))},
+                             **{'G select': float(gains[:, sel].mean(1).min()), 'G': float(gv.mean(1).min()),
+                                'lower': float(np.quantile(gv[:, idx].mean(2).min(0), 1 - level))}))
+            ws.append(w)
     table = pd.DataFrame(rows)
-    if best is None: return GateResult(ones, False, 'uniform', 0., float(table['G'].max()), float(table.loc[table['G'].idxmax(), 'lower']), table, level=level)
-    name, a, G, lower, w = best
-    return GateResult(w.float(), True, name, a, G, lower, table, level=level)
+    b = int(table['G select'].idxmax()); best = table.iloc[b]
+    use = bool(best['G select'] > 0 and best['G'] > 0 and best['lower'] > 0)
+    if not use: return GateResult(ones, False, 'uniform', 0., float(best['G']), float(best['lower']), table, level=level)
+    return GateResult(ws[b].float(), True, best['candidate'], float(best['shrink']), float(best['G']), float(best['lower']), table, level=level)
 
 # %% ../nbs/07b_safe.ipynb #1f96f9dd
 def safe_weights(c_learn, # Contributions [Q, N, M] of the learning queries

@@ -177,13 +177,13 @@ def safe_study(preset:str, # a preset with a committed ground truth
             ridges[m] = t.assign(lds=[lds(at(r), gt).mean for r in t.lam_rel], own=np.isclose(t.lam_rel, own),
                                  chosen=np.isclose(t.lam_rel, chosen_ridge(g, own)))[['lam_rel', 'lds', 'G', 'lower', 'own', 'chosen']]
         if m == 'ekfac' and len(damping):
-            cs = {d: run.contributions(m, damping_scale=d) for d in damping}
+            cd = {d: run.contributions(m, damping_scale=d) for d in damping}
             refs = {r: c.S.sum(-1) for r, c in learn.items() if r != m}
-            g = agreement_gate({f'damping={d:g}': (torch.ones(len(ce.groups)), lambda w, d=d: cs[d][1].S.sum(-1)) for d in damping},
+            g = agreement_gate({f'damping={d:g}': (torch.ones(len(ce.groups)), lambda w, d=d: cd[d][1].S.sum(-1)) for d in damping},
                                learn[m].S.sum(-1), refs, shrink=(1.0,))
             pick = float(g.chosen.split('=')[1]) if g.use else 0.1
-            sc['damping (agreement)'] = cs[pick][0].scores() if pick in cs else ce.scores()
-            ridges[m] = g.table.assign(lam_rel=list(damping), lds=[lds(cs[d][0], gt).mean for d in damping],
+            sc['damping (agreement)'] = cd[pick][0].scores() if pick in cd else ce.scores()
+            ridges[m] = g.table.assign(lam_rel=list(damping), lds=[lds(cd[d][0], gt).mean for d in damping],
                                        own=np.isclose(list(damping), 0.1), chosen=np.isclose(list(damping), pick))[['lam_rel', 'lds', 'G', 'lower', 'own', 'chosen']]
         _, w = compare_weights(ce, learn[m], gt, m, {}, oracle, res, scores=sc)
         ws[m] = {**w, 'paper': paper, 'safe': safe}
