@@ -185,6 +185,7 @@ class GateResult:
     table:pd.DataFrame # every (candidate, shrink): gain per reference (all queries), G select, G and its lower bound
     apply:str='linear' # 'linear' (S @ w) or 'refit' (KernelRefit)
     level:float=0.95
+    min_gain:float=1e-3
 
     @property
     def verdict(self)->str:
@@ -198,6 +199,8 @@ class GateResult:
         what = f"{best['candidate']} shrink {best['shrink']:g}"
         why = (f"no candidate raised the agreement with every other method (best: {what}, smallest mean gain {best['G select']:+.4f})"
                if best['G select'] <= 0 else
+               f"the best candidate on half the queries ({what}) raises the agreement on the other half by {best['G']:+.5f}, "
+               f"less than the {self.min_gain:g} pwattr acts on" if 0 < best['G'] < self.min_gain and best['lower'] > 0 else
                f"the best candidate on half the queries ({what}, {best['G select']:+.4f}) did not hold on the other half "
                f"(smallest mean gain {best['G']:+.4f}, lower bound {best['lower']:+.4f})")
         return f"keep uniform weights: {why}"
@@ -212,6 +215,7 @@ def agreement_gate(candidates:dict, # name -> (weights [M], scores function w ->
                    level:float=0.95, # one-sided bootstrap level of the lower bound
                    n_boot:int=1000, # bootstrap resamples of the verification queries
                    seed:int=0, # seeds the split into halves and the bootstrap
+                   min_gain:float=1e-3, # the smallest G acted on: a tenth of a point of Pearson correlation
                   )->GateResult:
     "Choose the weighting that most raises agreement with every reference on half the queries; keep it if the other half confirms"
     base = torch.as_tensor(base).double(); Q = base.shape[0]
@@ -240,9 +244,9 @@ def agreement_gate(candidates:dict, # name -> (weights [M], scores function w ->
             ws.append(w)
     table = pd.DataFrame(rows)
     b = int(table['G select'].idxmax()); best = table.iloc[b]
-    use = bool(best['G select'] > 0 and best['G'] > 0 and best['lower'] > 0)
-    if not use: return GateResult(ones, False, 'uniform', 0., float(best['G']), float(best['lower']), table, level=level)
-    return GateResult(ws[b].float(), True, best['candidate'], float(best['shrink']), float(best['G']), float(best['lower']), table, level=level)
+    use = bool(best['G select'] > 0 and best['G'] >= min_gain and best['lower'] > 0)
+    if not use: return GateResult(ones, False, 'uniform', 0., float(best['G']), float(best['lower']), table, level=level, min_gain=min_gain)
+    return GateResult(ws[b].float(), True, best['candidate'], float(best['shrink']), float(best['G']), float(best['lower']), table, level=level, min_gain=min_gain)
 
 # %% ../nbs/07b_safe.ipynb #1f96f9dd
 def safe_weights(c_learn, # Contributions [Q, N, M] of the learning queries
@@ -252,7 +256,7 @@ def safe_weights(c_learn, # Contributions [Q, N, M] of the learning queries
                  k:int=20, # the paper's top-k
                  lam:float=1e-4, # the paper's penalty
                  paper:GroupWeights|None=None, # the paper's weights if already learned (else learned here)
-                 shrink=(0.25, 0.5, 0.75, 1.0), level:float=0.95, n_boot:int=1000, seed:int=0,
+                 shrink=(0.25, 0.5, 0.75, 1.0), level:float=0.95, n_boot:int=1000, seed:int=0, min_gain:float=1e-3, # see `agreement_gate`
                  progress:bool=False, # a progress bar over the refit learner's steps (the slow candidate)
                 )->GroupWeights:
     "Weights pwattr applies by default: candidate weightings through the agreement gate (uniform unless confirmed)"
@@ -267,10 +271,10 @@ def safe_weights(c_learn, # Contributions [Q, N, M] of the learning queries
         if query_x is None: raise ValueError("a refit candidate needs the learning queries' features: pass query_x")
         cands['refit'] = learn_refit_weights(refit, query_x, k=k, lam=lam, query_ids=qids, progress=progress)
         fns['refit'] = lambda w: refit.scores(query_x, w)
-    gate = agreement_gate({n: (c.w, fns[n]) for n, c in cands.items()}, S.sum(-1), references, shrink, level, n_boot, seed)
+    gate = agreement_gate({n: (c.w, fns[n]) for n, c in cands.items()}, S.sum(-1), references, shrink, level, n_boot, seed, min_gain)
     apply = 'refit' if gate.use and gate.chosen == 'refit' else 'linear'
     settings = dict(mode='safe', apply=apply, k=k, lam=lam, query_ids=qids, n_queries=len(qids), references=list(references),
-                    shrink=list(shrink), level=level, n_boot=n_boot, seed=seed)
+                    shrink=list(shrink), level=level, n_boot=n_boot, seed=seed, min_gain=min_gain)
     info = dict(gate=dict(verdict=gate.verdict, use=gate.use, chosen=gate.chosen, shrink=gate.shrink, gain=gate.gain,
                           lower=gate.lower, table=gate.table.to_dict(orient='records')),
                 candidates={n: c.w.tolist() for n, c in cands.items()})

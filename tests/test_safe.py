@@ -128,3 +128,13 @@ def test_learn_weights_says_when_it_returns_uniform():
     S = torch.ones(4, 50, 3)                            # every weighting scores the same: nothing to improve
     with pytest.warns(UserWarning, match='no step improved'): w = learn_weights(S, k=5)
     assert w.info['improved'] is False and torch.allclose(w.w, torch.ones(3))
+
+def test_gate_floor_refuses_a_consistent_but_negligible_gain():
+    "A candidate that moves every query a hair towards the references passes the test but not the floor (min_gain)"
+    S, refs = _planted()
+    base = S.sum(-1); pull = torch.stack(list(refs.values())).mean(0)
+    nudge = lambda eps: {'nudge': (torch.full((8,), 2.), lambda w: base + eps * (w.mean() - 1) * pull * base.std() / pull.std())}
+    g = agreement_gate(nudge(1e-4), base, refs)
+    assert not g.use and 0 < g.gain < 1e-3 and g.lower > 0 and 'less than the 0.001' in g.verdict
+    assert agreement_gate(nudge(1e-4), base, refs, min_gain=0).use
+    assert agreement_gate(nudge(0.5), base, refs).use     # the same direction, a real step
