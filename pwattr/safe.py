@@ -15,6 +15,12 @@ from .methods import Contributions
 __all__ = ['RIDGE_GRID', 'KernelRefit', 'refit_from', 'query_matrix', 'learn_refit_weights', 'row_pearson', 'GateResult',
            'agreement_gate', 'safe_weights', 'ridge_by_agreement', 'chosen_ridge']
 
+# %% ../nbs/07b_safe.ipynb #ad3a7cdd
+def _ram_bytes(default:int=8 * 2**30)->int:
+    "Physical memory in bytes (POSIX sysconf; `default` where the platform does not say, e.g. Windows)"
+    try: return os.sysconf('SC_PHYS_PAGES') * os.sysconf('SC_PAGE_SIZE')
+    except (AttributeError, ValueError, OSError): return default
+
 # %% ../nbs/07b_safe.ipynb #71532d48
 def _group_cols(dims:list)->Tensor:
     "Group index of every feature column"
@@ -52,7 +58,7 @@ class KernelRefit:
         self.form = ('dual' if self.N < self.D else 'primal') if form == 'auto' else form
         if self.form == 'primal': self.G = self.X.T @ self.X
         else:   # per-group Grams Phi_j Phi_j^T: a step then costs O(M N^2) instead of O(N^2 D)
-            if max_bytes is None: max_bytes = os.sysconf('SC_PHYS_PAGES') * os.sysconf('SC_PAGE_SIZE') / 4
+            if max_bytes is None: max_bytes = _ram_bytes() / 4
             keep = self.M * self.N ** 2 * 8 <= max_bytes
             self.A = torch.stack([self.X[:, self.cols == j] @ self.X[:, self.cols == j].T for j in range(self.M)]) if keep else None
 
