@@ -2,6 +2,7 @@
 level this CPU offers (default, avx2, native) and compare with the stored outputs and with each other.
 
     OMP_NUM_THREADS=1 nice -n 10 .venv/bin/python benchmarks/cross_cpu.py fmnist-mlp fmnist-resnet9
+    OMP_NUM_THREADS=1 nice -n 10 .venv/bin/python benchmarks/cross_cpu.py emoji-unet --j=0 --caps=native,avx2   (R=1: model (0, 0))
 The numbers justify the tolerance of tests/test_groundtruth.py::test_committed_groundtruth_reproduces.
 """
 import json, os, subprocess, sys
@@ -10,10 +11,10 @@ import numpy as np
 ONE = r'''
 import json, sys, numpy as np, torch
 torch.set_num_threads(1)
-from pwattr.groundtruth import GroundTruth, GT_DIR, PresetTask
+from pwattr.groundtruth import GroundTruth, GT_DIR, preset_task
 preset, j, r = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 gt = GroundTruth.load(GT_DIR / preset)
-task = PresetTask(preset, n_queries=gt.meta['n_queries'], query_seed=gt.meta['query_seed'])
+task, _ = preset_task(preset, gt.meta.get('n_queries', 100), gt.meta.get('query_seed', 0), randomness=gt.meta.get('randomness', 'random'))
 n, batch, *_ = task.setup()
 model = task.train_fn(torch.from_numpy(np.flatnonzero(gt.masks[j])), int(gt.seeds[j, r]))
 with torch.no_grad(): o = task.output_fn(model, batch).numpy()
@@ -28,17 +29,20 @@ def run(preset, cap, j=7, r=1):
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 if __name__ == '__main__':
-    for preset in sys.argv[1:] or ['fmnist-mlp', 'fmnist-resnet9']:
-        res = {cap: run(preset, cap) for cap in ('default', 'avx2', 'native')}
-        stored = np.array(res['native']['stored'])
+    args = [a for a in sys.argv[1:] if not a.startswith('--')]
+    opt = dict(a[2:].split('=', 1) for a in sys.argv[1:] if a.startswith('--'))
+    j, caps = int(opt.get('j', 7)), opt.get('caps', 'default,avx2,native').split(',')
+    for preset in args or ['fmnist-mlp', 'fmnist-resnet9']:
+        res = {cap: run(preset, cap, j, 1 if preset != 'emoji-unet' else 0) for cap in caps}
+        stored = np.array(res[caps[0]]['stored'])
         scale = np.abs(stored).max()
-        print(f"{preset}: stored outputs max|.| = {scale:.3f} (stored on {res['native']['stored_cap'] or 'unrecorded'})")
+        print(f"{preset}: stored outputs max|.| = {scale:.3f} (stored on {res[caps[0]]['stored_cap'] or 'unrecorded'})")
         outs = {cap: np.array(v['out']) for cap, v in res.items()}
         for cap, o in outs.items():
             d = np.abs(o - stored).max()
             print(f"  {cap:>7} ({res[cap]['cap']}): max|out - stored| = {d:.3g} ({d / scale:.2e} of max|stored|)")
         caps = list(outs)
-        for a in range(3):
-            for b in range(a + 1, 3):
+        for a in range(len(caps)):
+            for b in range(a + 1, len(caps)):
                 d = np.abs(outs[caps[a]] - outs[caps[b]]).max()
                 print(f"  {caps[a]} vs {caps[b]}: max|diff| = {d:.3g} ({d / scale:.2e})")

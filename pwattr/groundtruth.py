@@ -13,7 +13,7 @@ import numpy as np, torch
 
 # %% auto #0
 __all__ = ['GT_DIR', 'GroundTruth', 'make_subsets', 'model_seeds', 'run_groundtruth', 'merge_work', 'RidgeTask', 'PresetTask',
-           'groundtruth_for_preset', 'check_device', 'check_writable', 'main']
+           'preset_task', 'groundtruth_for_preset', 'check_device', 'check_writable', 'main']
 
 # %% ../nbs/08b_groundtruth.ipynb #9e9aea04
 def _write_npz(path:Path, arrays:dict):
@@ -153,10 +153,11 @@ def make_subsets(n:int, # training set size N
 # %% ../nbs/08b_groundtruth.ipynb #3309987c
 def model_seeds(m:int, # subsets
                 seeds=1, # R (int: seeds 0..R-1) or a list of R base seeds
+                shared:bool=False, # controlled randomness: model r of every subset gets the same seed `base_r * 100_003`
                )->np.ndarray: # int [m, R]
-    "Training seed of model (j, r): `base_r * 100_003 + j`, distinct for every subset and replicate"
+    "Training seed of model (j, r): `base_r * 100_003 + j`, distinct for every subset and replicate (or shared by the subsets)"
     base = list(range(seeds)) if isinstance(seeds, int) else [int(s) for s in seeds]
-    return np.array([[b * 100_003 + j for b in base] for j in range(m)], dtype=np.int64)
+    return np.array([[b * 100_003 + (0 if shared else j) for b in base] for j in range(m)], dtype=np.int64)
 
 # %% ../nbs/08b_groundtruth.ipynb #52e2dc66
 _W = {}  # per-process job context (set once per worker)
@@ -218,15 +219,19 @@ def run_groundtruth(train_fn, # (idx: LongTensor of training indices, seed: int)
                     progress:bool=True, # a start line and a tqdm bar over the models to train
                     keep_work:bool=False, # keep the per-model files after merging
                     wait_s:float=24*3600, # torchrun rank 0: how long to wait for the other ranks' models
+                    randomness:str='random', # 'random': every model its own seed; 'controlled': replicate r of every subset shares one seed
                    )->GroundTruth|None: # None on torchrun ranks other than 0
     "Retrain on `m` seeded subsets x R seeds, record every model's outputs on the queries; resumable and parallel"
     t_start = time.time()
+    if randomness not in ('random', 'controlled'):
+        raise ValueError(f"randomness={randomness!r}: use 'random' (a seed per model) or 'controlled' (one seed per replicate, shared by the subsets)")
     masks = make_subsets(n, m, alpha, seed, stratify)
-    mseeds = model_seeds(m, seeds)
+    mseeds = model_seeds(m, seeds, shared=randomness == 'controlled')
     R = mseeds.shape[1]
     spec = {'n': n, 'm': m, 'alpha': alpha, 'subset_seed': seed, 'model_seeds': mseeds.tolist(), 'kind': kind,
             'config_hash': config_hash, 'stratified': stratify is not None, 'masks': _sha(np.packbits(masks, axis=1).tobytes()),
             'query_ids': None if query_ids is None else [_jsonable(q) for q in query_ids]}
+    if randomness != 'random': spec['randomness'] = randomness   # absent for 'random': earlier ground truths keep their hash
     spec_hash = _sha(json.dumps(spec, sort_keys=True).encode())[:16]
     rank, world = _dist_info()
     if out_path is not None:            # a finished run of this very spec: return it, train nothing
@@ -275,7 +280,7 @@ def run_groundtruth(train_fn, # (idx: LongTensor of training indices, seed: int)
         if time.time() > deadline: raise TimeoutError(f"other ranks' models missing in {workdir} after {wait_s} s")
         time.sleep(1)
     meta = {**(meta or {}), 'alpha': alpha, 'subset_seed': seed, 'stratified': stratify is not None, 'spec_hash': spec_hash,
-            'workers': workers, 'world_size': world,
+            'randomness': randomness, 'workers': workers, 'world_size': world,
             'cpu_capability': torch.backends.cpu.get_cpu_capability(),  # bit-identical retraining needs the same instruction set
             'wall_s_last_session': round(time.time() - t_start, 2)}
     gt = _collect(workdir, masks, mseeds, range(m), query_ids, kind, config_hash, meta)
@@ -329,7 +334,8 @@ def merge_work(out_path, # the `out_path` of a running, stopped or killed `run_g
     done = [j for j in range(spec['m']) if all(_job_file(workdir, j, r).exists() for r in range(mseeds.shape[1]))]
     if not done: raise ValueError(f"no subset of {workdir} has all its models finished yet")
     meta = {**w.get('meta', {}), **(meta or {}), 'alpha': spec['alpha'], 'subset_seed': spec['subset_seed'],
-            'stratified': spec['stratified'], 'spec_hash': w['spec_hash'], 'partial': f"{len(done)} of {spec['m']} subsets"}
+            'stratified': spec['stratified'], 'spec_hash': w['spec_hash'],
+            'randomness': spec.get('randomness', 'random'), 'partial': f"{len(done)} of {spec['m']} subsets"}
     gt = _collect(workdir, masks, mseeds, done, spec['query_ids'], spec['kind'], spec['config_hash'], meta)
     if save: gt.save(stem)
     return gt
@@ -370,9 +376,10 @@ class PresetTask:
                  device:str='cpu', # training / evaluation device
                  batch_size:int=256, # query batch size for the outputs
                  train_kwargs:dict|None=None, # extra arguments for `Preset.train`
+                 randomness:str='random', # 'controlled': train with `order='full'` (the example order of a permutation of the whole training set)
                 ):
         self.preset, self.n_queries, self.query_seed, self.device = preset, n_queries, query_seed, device
-        self.batch_size, self.train_kwargs = batch_size, dict(train_kwargs or {})
+        self.batch_size, self.train_kwargs, self.randomness = batch_size, dict(train_kwargs or {}), randomness
 
     def _get(self):
         from pwattr.presets import get_preset
@@ -394,7 +401,8 @@ class PresetTask:
     def train_fn(self, idx, seed:int):
         "Train the preset's model on training rows `idx` with `seed`"
         p = self._get(); train, _ = p.load()
-        return p.train(train, idx=idx, seed=seed, progress=False, device=self.device, **self.train_kwargs).model
+        kw = {**({'order': 'full'} if getattr(self, 'randomness', 'random') == 'controlled' else {}), **self.train_kwargs}
+        return p.train(train, idx=idx, seed=seed, progress=False, device=self.device, **kw).model
 
     def output_fn(self, model, queries:dict):
         "The preset's LDS output on the query batch, in chunks"
@@ -408,6 +416,20 @@ class PresetTask:
             outs.append(fn(model, b).detach().float().cpu())
         return torch.cat(outs)
 
+def preset_task(preset:str, # preset name
+                n_queries:int=100, query_seed:int=0, device:str='cpu', # as `PresetTask`
+                randomness:str='random', # 'random' or 'controlled'
+                diffusion:dict|None=None, # diffusion presets: K, noise_seeds, timesteps of the LDS output
+               )->tuple: # (task, extra meta)
+    "The task `groundtruth_for_preset` trains: `PresetTask`, or for a diffusion preset the multi-seed denoising loss"
+    from pwattr.presets import get_preset
+    if get_preset(preset).domain != 'diffusion': return PresetTask(preset, n_queries, query_seed, device, randomness=randomness), {}
+    from pwattr.diffusion import DiffusionPresetTask     # the D-TRAK / DAS protocol, as `diffusion_groundtruth`
+    d = {'K': 10, 'noise_seeds': [0, 1, 2], 'timesteps': 'uniform', **(diffusion or {})}
+    task = DiffusionPresetTask(preset, n_queries, query_seed, device, K=d['K'], noise_seeds=d['noise_seeds'], timesteps=d['timesteps'])
+    task.randomness = randomness
+    return task, {k: list(v) if k == 'noise_seeds' else v for k, v in d.items()}
+
 def groundtruth_for_preset(preset:str, # preset name
                            m:int=50, # subsets
                            seeds=1, # training seeds per subset
@@ -419,18 +441,20 @@ def groundtruth_for_preset(preset:str, # preset name
                            query_seed:int=0, # query draw seed
                            stratify:bool=False, # stratify subsets by the training labels 'y'
                            device:str='cpu', # device
+                           randomness:str='random', # 'random' or 'controlled' (shared init and example order per replicate)
+                           diffusion:dict|None=None, # a diffusion preset's LDS output: K, noise_seeds, timesteps (default 10, (0, 1, 2), 'uniform')
                            **kwargs, # passed to `run_groundtruth`
                           )->GroundTruth:
     "Generate (or resume) the LDS ground truth of a preset with its own trainer and output"
-    task = PresetTask(preset, n_queries, query_seed, device)
+    task, extra = preset_task(preset, n_queries, query_seed, device, randomness, diffusion)
     n, batch, qids, kind, out_name, chash, labels = task.setup()
     if stratify and labels is None: raise ValueError(f"preset {preset!r} has no labels 'y' to stratify by")
     out_path = Path(out_path) if out_path is not None else GT_DIR / f'{preset}.npz'
     meta = {'name': preset, 'output': out_name, 'n_queries': n_queries, 'query_seed': query_seed, 'device': device,
-            'torch': torch.__version__, 'threads': kwargs.get('threads', 1)}
+            'torch': torch.__version__, 'threads': kwargs.get('threads', 1), **extra}
     t0 = time.time()
     gt = run_groundtruth(task.train_fn, task.output_fn, n, batch, m, alpha, seeds, out_path, workers, seed,
-                         labels if stratify else None, kind, qids, chash, meta, **kwargs)
+                         labels if stratify else None, kind, qids, chash, meta, randomness=randomness, **kwargs)
     if gt is not None and not getattr(gt, '_reused', False):  # record the wall time of this session; model times are in gt.times
         gt.meta['wall_s_last_session'] = round(time.time() - t0, 2); gt.save(out_path)
     return gt
@@ -482,6 +506,8 @@ def main(argv=None):
     ap.add_argument('--query-seed', type=int, default=0, help='seed of the query draw')
     ap.add_argument('--seed', type=int, default=0, help='subset seed')
     ap.add_argument('--stratify', action='store_true', help="stratify subsets by the labels 'y'")
+    ap.add_argument('--randomness', choices=('random', 'controlled'), default='random',
+                    help="'controlled': the subsets' models of one replicate share init and example order (less seed noise)")
     ap.add_argument('--workers', type=int, default=1, help='worker processes on this machine')
     ap.add_argument('--threads', type=int, default=1, help='torch threads per worker')
     ap.add_argument('--device', default='cpu', help='training device: cpu, cuda, cuda:N or mps')
@@ -502,7 +528,7 @@ def main(argv=None):
         if a.merge_partial:
             print(merge_work(out, meta={'name': a.preset})); return
         gt = groundtruth_for_preset(a.preset, a.subsets, a.seeds, a.alpha, a.queries, a.workers, out, a.seed,
-                                    a.query_seed, a.stratify, a.device, threads=a.threads)
+                                    a.query_seed, a.stratify, a.device, a.randomness, threads=a.threads)
     except (ValueError, FileNotFoundError, KeyError) as e:
         ap.exit(2, f"{ap.prog}: error: {e.args[0] if e.args else e}\n")
     if gt is not None: print(gt)

@@ -120,6 +120,7 @@ def fit(model:nn.Module, # the model to train (trained in place, then returned i
         schedule:str='cosine', # 'cosine', 'linear' or 'constant' after warm-up
         warmup:float=0.0, # fraction of steps with linear warm-up
         grad_clip:float|None=None, # max gradient norm
+        order:str='subset', # 'subset': each epoch shuffles the chosen examples; 'full': each epoch permutes the whole training set and keeps the chosen examples in that order
         checkpoints=(), # steps to keep (step, lr, state_dict) at, or an int k (evenly spaced)
         progress:bool=True, # show a tqdm bar
         device=None, # where to train (default: the model's device)
@@ -129,6 +130,8 @@ def fit(model:nn.Module, # the model to train (trained in place, then returned i
     device = torch.device(device) if device is not None else next(model.parameters()).device
     model.to(device).train()
     pos = _positions(len(train), idx); n = len(pos)
+    if order not in ('subset', 'full'): raise ValueError(f"order={order!r}: use 'subset' (shuffle the chosen examples) or 'full' (a permutation of the whole training set, filtered to them)")
+    chosen = torch.zeros(len(train), dtype=torch.bool); chosen[pos] = True
     per_epoch = math.ceil(n / batch_size)
     total = int(steps) if steps is not None else max(1, round(epochs * per_epoch))
     keep = checkpoint_steps(total, checkpoints)
@@ -138,14 +141,16 @@ def fit(model:nn.Module, # the model to train (trained in place, then returned i
     else: raise ValueError(f"optimizer={optimizer!r}: use 'adamw' or 'sgd'")
     g_order, g_noise = generator(seed, 'order'), generator(seed, 'noise')
     snap = lambda: {k: v.detach().to('cpu', copy=True) for k, v in model.state_dict().items()}
-    cks, hist, order = [], [], None
+    cks, hist, seq = [], [], None
     if 0 in keep: cks.append((0, _lr_at(0, total, lr, schedule, warmup), snap()))
     t0 = time.perf_counter()
     with seeded(seed, 'global', device), tqdm(total=total, desc=desc, disable=not progress, leave=False) as bar:
         for step in range(total):
             e, j = divmod(step, per_epoch)
-            if j == 0: order = pos[torch.randperm(n, generator=g_order)]
-            b = order[j * batch_size:(j + 1) * batch_size]
+            if j == 0:
+                if order == 'full': perm = torch.randperm(len(train), generator=g_order); seq = perm[chosen[perm]]
+                else: seq = pos[torch.randperm(n, generator=g_order)]
+            b = seq[j * batch_size:(j + 1) * batch_size]
             batch = {k: v.to(device) for k, v in train.batch(b).items()}
             cur = _lr_at(step, total, lr, schedule, warmup)
             for gr in opt.param_groups: gr['lr'] = cur
