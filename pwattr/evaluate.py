@@ -9,12 +9,11 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 import numpy as np, pandas as pd, torch
 from scipy.stats import rankdata
-from .groundtruth import GroundTruth
 
 # %% auto #0
-__all__ = ['spearman_rows', 'subset_predictions', 'bootstrap_ci', 'LDSResult', 'lds', 'seed_agreement', 'group_predictions',
-           'PerGroupLDS', 'per_group_lds', 'roc_auc', 'flip_labels', 'mislabel_auc', 'recall_at_k', 'TailPatchResult',
-           'tail_patch_deltas', 'tail_patch', 'ResultsTable']
+__all__ = ['spearman_rows', 'subset_predictions', 'bootstrap_ci', 'LDSResult', 'check_disjoint', 'lds', 'seed_agreement',
+           'group_predictions', 'PerGroupLDS', 'per_group_lds', 'roc_auc', 'flip_labels', 'mislabel_auc', 'recall_at_k',
+           'TailPatchResult', 'tail_patch_deltas', 'tail_patch', 'ResultsTable']
 
 # %% ../nbs/08_evaluate.ipynb #51e01029
 def spearman_rows(a, # [Q, S] predictions
@@ -95,6 +94,18 @@ def _check_queries(obj, gt, q):
     if qids is not None and len(qids) == q and [str(i) for i in qids] != [str(i) for i in gt.query_ids]:
         raise ValueError(f"the scored query ids differ from the ground truth's (first: {list(qids)[:3]} vs {gt.query_ids[:3]})")
 
+# %% ../nbs/08_evaluate.ipynb #40fcf953
+def check_disjoint(learn_ids, # ids of the queries the weights were learned on
+                   eval_ids, # ids of the queries being evaluated
+                  ):
+    "Refuse evaluating on queries that were used to learn the weights"
+    if learn_ids is None or eval_ids is None: return
+    both = set(map(str, learn_ids)) & set(map(str, eval_ids))
+    if both:
+        ex = sorted(both)[:5]
+        raise ValueError(f"{len(both)} evaluation queries were used to learn these weights (e.g. {ex}): "
+                         f"learn on one query split and evaluate on a disjoint one")
+
 # %% ../nbs/08_evaluate.ipynb #e895e86d
 def lds(scores, # [Q, N] scores (Tensor / array) or a `Contributions`
         gt:GroundTruth, # the ground truth of the same queries and training set
@@ -119,7 +130,6 @@ def _check_weights(w, gt):
     if (a < 0).any():
         raise ValueError(f"weights w must be >= 0; groups {np.flatnonzero(a < 0)[:5].tolist()} are negative and would flip "
                          "those groups' contributions. Clamp them at 0 or learn them again.")
-    from pwattr.weights import check_disjoint
     check_disjoint((getattr(w, 'settings', None) or {}).get('query_ids'), gt.query_ids)
 
 def _check_finite(s:np.ndarray):

@@ -14,12 +14,13 @@ import torch.nn.functional as F
 from torch import nn, Tensor
 from torch.func import functional_call, vmap, grad
 from .grouping import GroupSpec
+from .store import FeatureStore, write_index, numbered_stores
 
 # %% auto #0
 __all__ = ['OUTPUT_FNS', 'OutputFn', 'CrossEntropy', 'Margin', 'LMLoss', 'ddpm_alphas_cumprod', 'DiffusionLoss', 'DTRAKOutput',
            'DASOutput', 'output_fn', 'vmap_friendly', 'attribution_mode', 'per_example_grads',
            'timestep_normalized_grads', 'group_grads', 'Projector', 'Features', 'Examples', 'model_fingerprint',
-           'featurize']
+           'featurize', 'load_features']
 
 # %% ../nbs/03_features.ipynb #ddf98e3e
 def _logits(out):
@@ -689,7 +690,6 @@ def featurize(model:nn.Module, # the model (a template when `checkpoints` is giv
         res, items = [], checkpoints if checkpoints is not None else models
         work = copy.deepcopy(model) if checkpoints is not None else None
         if store is not None and _dist()[0] == 0:      # how many stores the folder holds: load_features refuses gaps
-            from pwattr.store import write_index
             write_index(store, len(items), 'checkpoints' if checkpoints is not None else 'models')
         for i, item in enumerate(items):
             if checkpoints is not None:
@@ -771,7 +771,6 @@ def _featurize_eval(model, out_fn, data, groups, projector, batch_size, chunk_si
         x = torch.cat(xs) if xs else torch.zeros(0, sum(dims), dtype=tdt)
         ex = {k: torch.cat([e[k] for e in exs]) for k in (exs[0] if exs else {})}
         return Features(x, groups.names, dims, ids, ex, meta)
-    from pwattr.store import FeatureStore
     spec = {'n': N, 'groups': groups.names, 'dims': dims, 'group_spec': groups.to_dict(),
             'fingerprint': meta['fingerprint'], 'output_fn': meta['output_fn'], 'projection': meta['projection'],
             'dtype': dtype, 'ids': _jsonable(ids), 'chunk_size': batch_size, 'checkpoint': _jsonable(ckpt),
@@ -792,4 +791,14 @@ def _featurize_eval(model, out_fn, data, groups, projector, batch_size, chunk_si
         _barrier()
         if rank == 0: st.finalize()
         _barrier()
-        return st.load(mmap)
+        return Features(**st.read(mmap))
+
+# %% ../nbs/03_features.ipynb #5a6f8be0
+def load_features(path:str|Path, # a store, a folder of numbered stores, or a folder written by `Features.save`
+                  mmap:bool=True, # x memory-mapped (bounded memory); False: read into memory
+                 )->Features|list:
+    "Features stored at `path`, or the list stored in its numbered subfolders (checkpoints / models); refuses gaps"
+    p = Path(path)
+    if (p / 'manifest.json').exists(): return Features(**FeatureStore(p).read(mmap))
+    if (p / 'features.json').exists(): return Features.load(p, mmap)
+    return [Features(**s.read(mmap)) for s in numbered_stores(p)]

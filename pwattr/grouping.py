@@ -6,12 +6,13 @@
 from __future__ import annotations
 import re, json, hashlib, difflib
 from collections import OrderedDict
+from collections.abc import Mapping
 from typing import Callable, Iterable
-import torch
-from torch import nn
+import numpy as np, torch
+from torch import nn, Tensor
 
 # %% auto #0
-__all__ = ['module_of', 'adapted_module', 'block_of', 'function_of', 'GroupSpec', 'model_kind', 'hf_layer_list']
+__all__ = ['module_of', 'adapted_module', 'block_of', 'function_of', 'GroupSpec', 'model_kind', 'hf_layer_list', 'align_weights']
 
 # %% ../nbs/02_grouping.ipynb #990e59f5
 _LEAVES = {'weight', 'bias'}
@@ -313,3 +314,35 @@ def _hf_block(name:str, layers:str|None)->str:
     "'layers.N' (the last part of the layer list's name, with the index) inside the layer list; else the first level after the wrappers"
     if layers and name.startswith(layers + '.'): return f"{layers.rpartition('.')[2]}.{name[len(layers) + 1:].split('.')[0]}"
     return block_of(name, 1)
+
+# %% ../nbs/02_grouping.ipynb #0ae9507b
+def _is_named(w)->bool: return isinstance(w, Mapping) or (hasattr(w, 'items') and hasattr(w, 'index') and not torch.is_tensor(w))
+
+def align_weights(w, # None (ones: the base method), [M] tensor / array / list, dict or Series name -> weight (groups it omits keep 1), or GroupWeights (aligned by name)
+                  groups:list|None=None, # the contributions' M group names (None: weights taken by position)
+                  M:int|None=None, # number of groups (default: len(groups))
+                  what:str='w', # the argument's name, for error messages
+                 )->Tensor: # [M] in the weights' dtype (float64 from dicts, lists and arrays)
+    "Group weights as one [M] tensor aligned with the contributions' `groups`: the one place weights meet contributions"
+    M = len(groups) if M is None else int(M)
+    if (getattr(w, 'settings', None) or {}).get('apply') == 'refit':
+        raise ValueError(f"{what}: refit weights (settings['apply'] == 'refit') re-solve the kernel: score them with `pwattr.safe.KernelRefit.scores`, not as S @ w")
+    if w is None: return torch.ones(M, dtype=torch.float64)
+    if hasattr(w, 'w') and hasattr(w, 'groups'):                       # a GroupWeights: align by name
+        wg, v = list(w.groups), torch.as_tensor(w.w)
+        if groups is not None and wg != list(groups):
+            miss = [g for g in groups if g not in wg][:5]
+            if miss: raise ValueError(f"{what} was learned on {len(wg)} groups that do not match the contributions' "
+                                      f"{M} groups (missing e.g. {miss}): use weights learned on the same grouping")
+            v = v[torch.tensor([wg.index(g) for g in groups], device=v.device)]
+        w = v
+    elif _is_named(w):                                                  # dict / Series: by name, the rest keep 1
+        if groups is None: raise ValueError(f"{what}: named weights (dict / Series) need the contributions' group names")
+        d = dict(w.items()); unknown = [k for k in d if k not in groups]
+        if unknown: raise KeyError(f"{what}: weights given for unknown groups {unknown[:5]}"
+                                   + ''.join(f" (close: {', '.join(map(str, c))})" for c in [difflib.get_close_matches(str(unknown[0]), list(map(str, groups)), 3, 0.3)] if c)
+                                   + f"; the groups are {list(groups)[:6]}{' ...' if M > 6 else ''}")
+        return torch.tensor([float(d.get(g, 1.0)) for g in groups], dtype=torch.float64)
+    v = (w if torch.is_tensor(w) else torch.as_tensor(np.asarray(w, dtype=np.float64))).reshape(-1)
+    if len(v) != M: raise ValueError(f"{what} has {len(v)} entries but the contributions have {M} groups: pass one weight per group")
+    return v

@@ -12,7 +12,8 @@ from functools import partial
 import numpy as np
 import torch, torch.nn as nn, torch.nn.functional as F
 from torch import Tensor
-from .methods import Method, Contributions, _rows, _spans
+from .methods import Method, Contributions
+from .store import read_rows, row_spans
 
 # %% auto #0
 __all__ = ['layer_kind', 'layer_shape', 'layer_group_map', 'kron_coverage', 'kron_layers', 'layer_input', 'output_grad',
@@ -554,14 +555,14 @@ class EKFAC(Method):
 
     # K is symmetric and block-diagonal by layer: precondition the queries, keep the training side raw (nothing cached)
     def _phi(self, comps, a, b):
-        return [self._precond(_rows(comps[0].x, a, b).to(self._dev(comps[0].x)), self.groups, self.dims)]
-    def _psi(self, comps, a, b): return [_rows(comps[0].x, a, b)]
+        return [self._precond(read_rows(comps[0].x, a, b).to(self._dev(comps[0].x)), self.groups, self.dims)]
+    def _psi(self, comps, a, b): return [read_rows(comps[0].x, a, b)]
 
     def precondition(self, feats, # Features in Kronecker layout on (a subset of) the factors' layers
                     ): # Features of the same layout holding (F + damping)^-1 g
         "The EK-FAC preconditioned per-layer gradients"
         self._validate(feats)
-        return dataclasses.replace(feats, x=self._precond(_rows(feats.x, 0, feats.x.shape[0]), feats.groups, feats.dims))
+        return dataclasses.replace(feats, x=self._precond(read_rows(feats.x, 0, feats.x.shape[0]), feats.groups, feats.dims))
     def _args(self): return f"{len(self.factors.shapes)} layers, damping_scale={self.damping_scale}"
 
 # %% ../nbs/05_kronecker.ipynb #74e6ad6e
@@ -596,8 +597,8 @@ class LoGRA(Method):
         if pa != pb: raise ValueError(f"Fisher features were projected with {pa}, training features with {pb}: use the same rank and seed.")
         offs = np.cumsum([0] + self.dims); dev = self._dev(comps[0].x); N = src.x.shape[0]
         grams = [torch.zeros(d, d, dtype=torch.float64, device=dev) for d in self.dims]
-        for a, b in _spans(N, self.chunk):
-            X = _rows(src.x, a, b).to(dev, torch.float64)
+        for a, b in row_spans(N, self.chunk):
+            X = read_rows(src.x, a, b).to(dev, torch.float64)
             for j, G in enumerate(grams): Xj = X[:, offs[j]:offs[j + 1]]; G.addmm_(Xj.T, Xj)
         self.K, self.dampings, self.eigs = [], {}, {}
         for g, G in zip(self.groups, grams):
@@ -607,9 +608,9 @@ class LoGRA(Method):
         self._offs = offs
 
     def _phi(self, comps, a, b): # queries preconditioned (K symmetric, block-diagonal by layer); training side raw
-        X = _rows(comps[0].x, a, b); dt = X.dtype; X = X.to(self._dev(comps[0].x), torch.float64)
+        X = read_rows(comps[0].x, a, b); dt = X.dtype; X = X.to(self._dev(comps[0].x), torch.float64)
         return [torch.cat([X[:, self._offs[j]:self._offs[j + 1]] @ K for j, K in enumerate(self.K)], 1).to(dt)]
-    def _psi(self, comps, a, b): return [_rows(comps[0].x, a, b)]
+    def _psi(self, comps, a, b): return [read_rows(comps[0].x, a, b)]
     def _args(self): return f"damping_scale={self.damping_scale}" if self.damping is None else f"damping={self.damping}"
 
 # %% ../nbs/05_kronecker.ipynb #70baaf3c
@@ -687,7 +688,7 @@ def stream_contributions(method, # EKFAC (fitted or not), or a fitted lazy Metho
     q = _single(query, 'stream_contributions')
     groups, rank, seed = _stream_spec(method, model, q)
     dev, nq = method._dev(q.x), q.x.shape[0]    # preconditioned queries [Q, D], a few at a time (float64 temporaries)
-    phi = torch.cat([method._query_all([q], a, b, dev) for a, b in _spans(nq, query_chunk)]) if nq else method._query_all([q], 0, 0, dev)
+    phi = torch.cat([method._query_all([q], a, b, dev) for a, b in row_spans(nq, query_chunk)]) if nq else method._query_all([q], 0, 0, dev)
     N, blocks, ids, S, n0 = _n_examples(train_data), [], [], None, 0
     if N is not None: S = torch.empty(phi.shape[0], N, len(groups), dtype=phi.dtype, device=dev)
     for bid, fb in _stream_batches(method, model, train_data, output_fn, groups, rank, seed, batch_size, device, dtype, progress):

@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 import torch
 from hypothesis import given, settings, strategies as st, HealthCheck
-from pwattr.methods import (Contributions, StreamedContributions, NpyFile, TopK, GradDot, GradCos, TracInCP, TRAK,
-                            trak_gcv, choose_lambda, stream_topk)
+from pwattr.methods import (Contributions, StreamedContributions, TopK, GradDot, GradCos, TracInCP, TRAK, stream_topk)
+from pwattr.store import NpyFile
+from pwattr.ridge import trak_gcv, choose_lambda
 
 from pwattr.features import Features
 
