@@ -249,7 +249,7 @@ class DAS(TRAK):
             if bad: raise ValueError(f"DAS needs each training example's residual in extras['residual'] (missing for features {bad[:5]}). "
                                      "Featurise with `timestep_features` (it records it), or use DAS(residual=False).")
         super()._fit(comps)
-        dev = self._dev(comps[0].x); self._r = []
+        dev = self.device_for(comps[0].x); self._r = []
         for c, f in enumerate(comps):
             r = torch.ones(self.N, dtype=torch.float64, device=dev)
             if self.residual:

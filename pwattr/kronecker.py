@@ -6,7 +6,6 @@
 from __future__ import annotations
 import dataclasses, difflib, math, re, warnings, zlib
 from types import SimpleNamespace
-from fastcore.basics import patch_to
 from dataclasses import dataclass, field
 from functools import partial
 import numpy as np
@@ -19,8 +18,8 @@ from .store import read_rows, row_spans
 __all__ = ['layer_kind', 'layer_shape', 'layer_group_map', 'kron_coverage', 'kron_layers', 'layer_input', 'output_grad',
            'to_param_grads', 'KronCapture', 'kron_grad', 'kron_grads', 'kron_projection', 'iter_batches',
            'kron_features', 'default_logits', 'SampledCrossEntropy', 'SampledLMLoss', 'ExactFisherCrossEntropy',
-           'GaussNewtonOutputs', 'fisher_output_for', 'KronFactors', 'fit_kron_factors', 'ekfac_precondition', 'EKFAC',
-           'damped_inverse', 'LoGRA', 'stream_contributions', 'stream_self_influence']
+           'GaussNewtonOutputs', 'fisher_output_for', 'KronFactors', 'fit_kron_factors', 'ekfac_precondition',
+           'KronStreamed', 'EKFAC', 'damped_inverse', 'LoGRA', 'stream_contributions', 'stream_self_influence']
 
 # %% ../nbs/05_kronecker.ipynb #856a11bb
 def layer_kind(m:nn.Module)->str|None:
@@ -502,6 +501,19 @@ def ekfac_precondition(G:Tensor, # [N, n_out, n_in] per-example layer gradients
     R = QS.T @ G.double() @ QA
     return (QS @ (R / (lam + damping)) @ QA.T).to(G.dtype)
 
+# %% ../nbs/05_kronecker.ipynb #053798d1
+class KronStreamed:
+    "Streamed training side for the Kronecker methods (EKFAC, LoGRA): training gradients captured from the model batch by batch, never stored"
+    def contributions_streamed(self, model:nn.Module, train_data, output_fn, query, batch_size:int=64, device=None,
+                               dtype=torch.float32, progress:bool=False, query_chunk:int=16)->Contributions:
+        "Contributions of `query` against training gradients streamed from `model` over `train_data` (see `stream_contributions`)"
+        return stream_contributions(self, model, train_data, output_fn, query, batch_size, device, dtype, progress, query_chunk)
+
+    def self_influence_streamed(self, model:nn.Module, train_data, output_fn, batch_size:int=64, device=None,
+                                dtype=torch.float32, progress:bool=False)->Tensor:
+        "Per-layer self-influence [N, M] of training gradients streamed from `model` over `train_data` (see `stream_self_influence`)"
+        return stream_self_influence(self, model, train_data, output_fn, batch_size, device, dtype, progress)
+
 # %% ../nbs/05_kronecker.ipynb #66e8ed98
 def _coverage_of(f)->dict|None: return (getattr(f, 'meta', None) or {}).get('coverage')
 def _covered(method, kind:str)->list:
@@ -518,7 +530,7 @@ def _check_kron(f, what):
                          f"got meta keys {list(meta)[:6]}. Build them with kron_features(model, data, output_fn, layers=...).")
     return meta
 
-class EKFAC(Method):
+class EKFAC(KronStreamed, Method):
     "EK-FAC influence per layer: S[q, n, l] = g_l(q)^T (F_l + damping_l)^-1 g_l(n), F_l the eigenvalue-corrected Kronecker Fisher"
     name, lazy, n_comp = 'EKFAC', True, 1
     def __init__(self, factors:KronFactors, # from `fit_kron_factors`
@@ -555,7 +567,7 @@ class EKFAC(Method):
 
     # K is symmetric and block-diagonal by layer: precondition the queries, keep the training side raw (nothing cached)
     def _phi(self, comps, a, b):
-        return [self._precond(read_rows(comps[0].x, a, b).to(self._dev(comps[0].x)), self.groups, self.dims)]
+        return [self._precond(read_rows(comps[0].x, a, b).to(self.device_for(comps[0].x)), self.groups, self.dims)]
     def _psi(self, comps, a, b): return [read_rows(comps[0].x, a, b)]
 
     def precondition(self, feats, # Features in Kronecker layout on (a subset of) the factors' layers
@@ -576,7 +588,7 @@ def damped_inverse(F:Tensor, # [D, D] symmetric PSD matrix (a per-layer Fisher),
     return (V / (e + d)) @ V.T, e, d
 
 # %% ../nbs/05_kronecker.ipynb #cb9817f2
-class LoGRA(Method):
+class LoGRA(KronStreamed, Method):
     "LoGRA influence per layer: S[q, n, l] = phi_l(q)^T (F_l + damping_l I)^-1 phi_l(n), F_l the covariance of projected gradients"
     name, lazy, n_comp = 'LoGRA', True, 1
     def __init__(self, damping=None, # None: damping_scale * mean eigenvalue of F_l; a float; or dict layer -> float
@@ -595,7 +607,7 @@ class LoGRA(Method):
                              f"{self.groups[:4]}/{self.dims[:4]}: build both with the same layers, rank and seed.")
         pa, pb = [(getattr(f, 'meta', None) or {}).get('projection') for f in (src, comps[0])]
         if pa != pb: raise ValueError(f"Fisher features were projected with {pa}, training features with {pb}: use the same rank and seed.")
-        offs = np.cumsum([0] + self.dims); dev = self._dev(comps[0].x); N = src.x.shape[0]
+        offs = np.cumsum([0] + self.dims); dev = self.device_for(comps[0].x); N = src.x.shape[0]
         grams = [torch.zeros(d, d, dtype=torch.float64, device=dev) for d in self.dims]
         for a, b in row_spans(N, self.chunk):
             X = read_rows(src.x, a, b).to(dev, torch.float64)
@@ -608,7 +620,7 @@ class LoGRA(Method):
         self._offs = offs
 
     def _phi(self, comps, a, b): # queries preconditioned (K symmetric, block-diagonal by layer); training side raw
-        X = read_rows(comps[0].x, a, b); dt = X.dtype; X = X.to(self._dev(comps[0].x), torch.float64)
+        X = read_rows(comps[0].x, a, b); dt = X.dtype; X = X.to(self.device_for(comps[0].x), torch.float64)
         return [torch.cat([X[:, self._offs[j]:self._offs[j + 1]] @ K for j, K in enumerate(self.K)], 1).to(dt)]
     def _psi(self, comps, a, b): return [read_rows(comps[0].x, a, b)]
     def _args(self): return f"damping_scale={self.damping_scale}" if self.damping is None else f"damping={self.damping}"
@@ -687,12 +699,12 @@ def stream_contributions(method, # EKFAC (fitted or not), or a fitted lazy Metho
     "Per-layer contributions of queries against training gradients captured batch by batch and never stored"
     q = _single(query, 'stream_contributions')
     groups, rank, seed = _stream_spec(method, model, q)
-    dev, nq = method._dev(q.x), q.x.shape[0]    # preconditioned queries [Q, D], a few at a time (float64 temporaries)
-    phi = torch.cat([method._query_all([q], a, b, dev) for a, b in row_spans(nq, query_chunk)]) if nq else method._query_all([q], 0, 0, dev)
+    dev, nq = method.device_for(q.x), q.x.shape[0]    # preconditioned queries [Q, D], a few at a time (float64 temporaries)
+    phi = torch.cat([method.query_side([q], a, b, dev) for a, b in row_spans(nq, query_chunk)]) if nq else method.query_side([q], 0, 0, dev)
     N, blocks, ids, S, n0 = _n_examples(train_data), [], [], None, 0
     if N is not None: S = torch.empty(phi.shape[0], N, len(groups), dtype=phi.dtype, device=dev)
     for bid, fb in _stream_batches(method, model, train_data, output_fn, groups, rank, seed, batch_size, device, dtype, progress):
-        blk = method._block_S(phi, method._cat(method._psi([fb], 0, len(bid))).to(dev))
+        blk = method.block_contributions(phi, method.training_side([fb], 0, len(bid)).to(dev))
         if S is None: blocks.append(blk)
         else: S[:, n0:n0 + len(bid)] = blk
         ids += bid; n0 += len(bid)
@@ -707,19 +719,6 @@ def stream_self_influence(method, # EKFAC (fitted or not), or a fitted lazy Meth
     groups, rank, seed = _stream_spec(method, model, None)
     out = []
     for bid, fb in _stream_batches(method, model, train_data, output_fn, groups, rank, seed, batch_size, device, dtype, progress):
-        dev = method._dev(fb.x); phi = method._query_all([fb], 0, len(bid), dev)
-        prod = phi * method._cat(method._psi([fb], 0, len(bid))).to(dev).to(phi.dtype)
-        out.append(torch.stack([sum(prod[:, s].sum(1) for s in cs) for cs in method._cols], -1))
+        dev = method.device_for(fb.x)
+        out.append(method.block_self_influence(method.query_side([fb], 0, len(bid), dev), method.training_side([fb], 0, len(bid)).to(dev)))
     return torch.cat(out)
-
-@patch_to((EKFAC, LoGRA))
-def contributions_streamed(self, model:nn.Module, train_data, output_fn, query, batch_size:int=64, device=None,
-                           dtype=torch.float32, progress:bool=False, query_chunk:int=16)->Contributions:
-    "Contributions of `query` against training gradients streamed from `model` over `train_data` (see `stream_contributions`)"
-    return stream_contributions(self, model, train_data, output_fn, query, batch_size, device, dtype, progress, query_chunk)
-
-@patch_to((EKFAC, LoGRA))
-def self_influence_streamed(self, model:nn.Module, train_data, output_fn, batch_size:int=64, device=None,
-                            dtype=torch.float32, progress:bool=False)->Tensor:
-    "Per-layer self-influence [N, M] of training gradients streamed from `model` over `train_data` (see `stream_self_influence`)"
-    return stream_self_influence(self, model, train_data, output_fn, batch_size, device, dtype, progress)

@@ -327,7 +327,9 @@ class Method:
 
     def _cat(self, parts:list)->Tensor: return parts[0] if len(parts) == 1 else torch.cat(parts, 1)
 
-    def _dev(self, x): return torch.device(self.device) if self.device is not None else (x.device if isinstance(x, Tensor) else torch.device('cpu'))
+    def device_for(self, x)->torch.device:
+        "Where to compute for features `x`: the method's `device`, else x's device (CPU for arrays and files)"
+        return torch.device(self.device) if self.device is not None else (x.device if isinstance(x, Tensor) else torch.device('cpu'))
 
     def fit(self, train, # Features, or list[Features] (one per checkpoint / ensemble model)
             cache=None, # None: default; False: recompute the training side per chunk; a path: store it on disk (.npy)
@@ -344,12 +346,12 @@ class Method:
         self._layout(comps); self._fit(comps)
         self._cache = None
         if cache is None and not self.lazy:
-            blocks = [self._cat(self._psi(comps, a, b)) for a, b in _bar(row_spans(self.N, self.chunk), progress, f'{self.name} fit')]
+            blocks = [self.training_side(comps, a, b) for a, b in _bar(row_spans(self.N, self.chunk), progress, f'{self.name} fit')]
             self._cache = torch.cat(blocks, 0) if len(blocks) > 1 else blocks[0]
         elif cache not in (None, False):
-            first = self._cat(self._psi(comps, 0, 1))
+            first = self.training_side(comps, 0, 1)
             self._cache = NpyFile.create(Path(cache), (self.N, first.shape[1]), np.dtype(str(first.dtype).replace('torch.', '')))
-            for a, b in _bar(row_spans(self.N, self.chunk), progress, f'{self.name} fit'): self._cache.write(a, self._cat(self._psi(comps, a, b)))
+            for a, b in _bar(row_spans(self.N, self.chunk), progress, f'{self.name} fit'): self._cache.write(a, self.training_side(comps, a, b))
         self.fitted = True
         return self
 
@@ -368,14 +370,23 @@ class Method:
     def _train_rows(self, a, b, dev):
         if isinstance(self._cache, Tensor): P = self._cache[a:b]
         elif isinstance(self._cache, NpyFile): P = self._cache.read(a, b)
-        else: P = self._cat(self._psi(self._train, a, b))
+        else: P = self.training_side(self._train, a, b)
         return P.to(dev)
 
-    def _query_all(self, q, a, b, dev): return _up(self._cat(self._phi(q, a, b)).to(dev))
+    # ---- the two sides, public: a training side computed elsewhere (streamed from a model, read from disk) meets the queries here ----
+    def query_side(self, query:list, # list of Features (one per checkpoint / model), as `_check` returns
+                   a:int, b:int, device)->Tensor: # [b-a, C*D] upcast query-side rows
+        "Query-side features phi(q) of query rows a:b, on `device`"
+        return _up(self._cat(self._phi(query, a, b)).to(device))
+
+    def training_side(self, train:list, # list of Features (one per checkpoint / model): any rows, fitted or not
+                      a:int, b:int)->Tensor: # [b-a, C*D]
+        "Training side K g(n) of rows a:b of `train`: what `fit` caches, computed for features it did not see"
+        return self._cat(self._psi(train, a, b))
 
     def _blocks(self, q:list, w, chunk, qa:int=0, qb:int=None):
         "Yield (train_slice, weighted scores [qb-qa, n]) with the weights applied on the query side: one matmul per block"
-        dev = self._dev(q[0].x); phi = self._query_all(q, qa, q[0].x.shape[0] if qb is None else qb, dev)
+        dev = self.device_for(q[0].x); phi = self.query_side(q, qa, q[0].x.shape[0] if qb is None else qb, dev)
         if w is not None:
             wv = align_weights(w, self.groups).to(phi)
             phi = phi * wv[self._gcol.to(dev)]
@@ -392,9 +403,19 @@ class Method:
         parts = [stream_topk(self._blocks(q, w, chunk, a, b), k, largest) for a, b in row_spans(nq, query_chunk)]
         return TopK(torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts]), list(q[0].ids), self.train_ids, largest)
 
-    def _block_S(self, phi, P):
+    def block_contributions(self, phi:Tensor, # [q, C*D] from `query_side`
+                            P:Tensor, # [n, C*D] from `training_side` (or the fitted cache)
+                           )->Tensor: # [q, n, M]
+        "Per-group contributions of a block of queries against a block of training examples"
         P = P.to(phi.dtype)
         return torch.stack([sum(phi[:, s] @ P[:, s].T for s in cs) for cs in self._cols], -1)
+
+    def block_self_influence(self, phi:Tensor, # [n, C*D] query side of n examples
+                             P:Tensor, # [n, C*D] training side of the same n examples
+                            )->Tensor: # [n, M]
+        "Per-group self-influence of n examples: the diagonal of `block_contributions(phi, P)` without the [n, n] blocks"
+        prod = phi * P.to(phi.dtype)
+        return torch.stack([sum(prod[:, s].sum(1) for s in cs) for cs in self._cols], -1)
 
     def contributions(self, query, # Features (or list, one per checkpoint/model) of the queries
                       out=None,    # None: in memory; a folder path: stream S to disk and return StreamedContributions
@@ -402,35 +423,34 @@ class Method:
                       progress:bool=False): # tqdm bar over the training blocks
         "Per-group contributions S[q, n, j] = phi_j(q)^T (K g(n))_j; their sum over groups is the method's score"
         q = self._check(query); nq = q[0].x.shape[0]; M = len(self.groups)
-        dev = self._dev(q[0].x); chunk = chunk or self.chunk
+        dev = self.device_for(q[0].x); chunk = chunk or self.chunk
         if out is None:
-            phi = self._query_all(q, 0, nq, dev)
+            phi = self.query_side(q, 0, nq, dev)
             S = torch.empty(nq, self.N, M, dtype=phi.dtype, device=dev)
-            for a, b in _bar(row_spans(self.N, chunk), progress, f'{self.name} contributions'): S[:, a:b] = self._block_S(phi, self._train_rows(a, b, dev))
+            for a, b in _bar(row_spans(self.N, chunk), progress, f'{self.name} contributions'): S[:, a:b] = self.block_contributions(phi, self._train_rows(a, b, dev))
             return Contributions(S, self.groups, list(q[0].ids), self.train_ids, self.name)
-        first = self._query_all(q, 0, 1, dev)
+        first = self.query_side(q, 0, 1, dev)
         res = StreamedContributions.create(out, (nq, self.N, M), self.groups, list(q[0].ids), self.train_ids, self.name,
                                            dtype=str(first.dtype).replace('torch.', ''))
         for a, b in _bar(row_spans(self.N, chunk), progress, f'{self.name} contributions'):
             P = self._train_rows(a, b, dev)
-            for qa, qb in row_spans(nq, query_chunk): res.write(qa, a, self._block_S(self._query_all(q, qa, qb, dev), P))
+            for qa, qb in row_spans(nq, query_chunk): res.write(qa, a, self.block_contributions(self.query_side(q, qa, qb, dev), P))
         return res.finish()
 
     def chunks(self, query, chunk:int=None)->Iterator:
         "Iterate (train_slice, S[:, train_slice, :]) computed on the fly, block by block (nothing stored): a chunk source for `learn_weights`"
-        q = self._check(query); dev = self._dev(q[0].x); phi = self._query_all(q, 0, q[0].x.shape[0], dev)
-        for a, b in row_spans(self.N, chunk or self.chunk): yield slice(a, b), self._block_S(phi, self._train_rows(a, b, dev))
+        q = self._check(query); dev = self.device_for(q[0].x); phi = self.query_side(q, 0, q[0].x.shape[0], dev)
+        for a, b in row_spans(self.N, chunk or self.chunk): yield slice(a, b), self.block_contributions(phi, self._train_rows(a, b, dev))
 
     def self_influence(self, train=None, # Features to score against themselves (default: the fitted training set)
                        chunk:int=None)->Tensor: # [N, M]
         "Per-group self-influence S[n, n, j] (the diagonal), computed row-wise without any N × N matrix"
         comps = self._train if train is None else self._check(train)
-        n = comps[0].x.shape[0]; dev = self._dev(comps[0].x); out = None
+        n = comps[0].x.shape[0]; dev = self.device_for(comps[0].x); out = None
         for a, b in row_spans(n, chunk or self.chunk):
-            phi = self._query_all(comps, a, b, dev)
-            P = self._train_rows(a, b, dev) if train is None else self._cat(self._psi(comps, a, b)).to(dev)
-            prod = phi * P.to(phi.dtype)
-            blk = torch.stack([sum(prod[:, s].sum(1) for s in cs) for cs in self._cols], -1)
+            phi = self.query_side(comps, a, b, dev)
+            P = self._train_rows(a, b, dev) if train is None else self.training_side(comps, a, b).to(dev)
+            blk = self.block_self_influence(phi, P)
             if out is None: out = torch.empty(n, len(self.groups), dtype=blk.dtype, device=dev)
             out[a:b] = blk
         return out
@@ -514,7 +534,7 @@ class TRAK(Method):
             bad = [i for i, f in enumerate(comps) if 'q' not in (getattr(f, 'extras', None) or {})]
             if bad: raise ValueError(f"TRAK needs Q = 1 - p per training example in extras['q'] (missing for features {bad[:5]}). "
                                      "Featurize with the Margin output (it records q), or use TRAK(use_q=False).")
-        dev = self._dev(comps[0].x); offs = np.cumsum([0] + self.dims)
+        dev = self.device_for(comps[0].x); offs = np.cumsum([0] + self.dims)
         self.L, self.lams = [], []
         for c, f in enumerate(comps):
             G = feature_gram(f.x, self.N, self.chunk, dev, getattr(self, '_progress', False))
@@ -537,7 +557,7 @@ class TRAK(Method):
         return torch.stack([torch.as_tensor(f.extras['q'])[a:b].to(dev, torch.float64) for f in comps]).mean(0)
 
     def _psi(self, comps, a, b):
-        dev = self._dev(comps[0].x); C = len(comps); qbar = self._qbar(comps, a, b, dev); out = []
+        dev = self.device_for(comps[0].x); C = len(comps); qbar = self._qbar(comps, a, b, dev); out = []
         for c, f in enumerate(comps):
             X = read_rows(f.x, a, b); dt = X.dtype; X = X.to(dev, torch.float64)
             if self.kernel == 'global': Y = torch.cholesky_solve(X.T, self.L[c]).T
