@@ -9,6 +9,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 import numpy as np, pandas as pd, torch
 from scipy.stats import rankdata
+from .grouping import group_labels
 
 # %% auto #0
 __all__ = ['spearman_rows', 'subset_predictions', 'bootstrap_ci', 'LDSResult', 'check_disjoint', 'lds', 'seed_agreement',
@@ -173,15 +174,6 @@ def group_predictions(S, # [Q, N, M] per-group contributions (Tensor / array)
         out += torch.einsum('qnm,sn->qsm', blk.detach().cpu().double(), m[:, s:s + chunk])
     return out.numpy()
 
-def _labels(view, groups):
-    "A view (dict group -> label, dict label -> [groups] as from `GroupSpec.view`, or callable) -> labels aligned with `groups`"
-    if callable(view): return [view(g) for g in groups]
-    if view and all(isinstance(v, (list, tuple)) for v in view.values()):   # label -> groups: invert
-        view = {g: lab for lab, gs in view.items() for g in gs}
-    missing = [g for g in groups if g not in view]
-    if missing: raise ValueError(f"the view gives no label for groups {missing[:5]}{'...' if len(missing) > 5 else ''}")
-    return [view[g] for g in groups]
-
 # %% ../nbs/08_evaluate.ipynb #bac4402c
 @dataclass
 class PerGroupLDS:
@@ -234,7 +226,7 @@ def per_group_lds(contrib, # `Contributions` or a [Q, N, M] Tensor / array
     add('all', 'all', groups, P.sum(2))
     labs = {}
     for vname, view in (views or {}).items():
-        labs[vname] = _labels(view, groups)
+        labs[vname] = group_labels(view, groups, vname)
         for lab in dict.fromkeys(labs[vname]):
             idx = [j for j, l in enumerate(labs[vname]) if l == lab]
             add(vname, lab, [groups[j] for j in idx], P[:, :, idx].sum(2))

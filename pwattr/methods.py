@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 import torch
 from torch import Tensor
-from .store import NpyFile, read_rows, row_spans
+from .store import NpyFile, read_rows, row_spans, atomic_write
 from .grouping import align_weights
 
 # %% auto #0
@@ -253,7 +253,7 @@ class StreamedContributions(_ContribOps):
 
     @staticmethod
     def _manifest(path, m):
-        tmp = Path(path)/'contributions.json.tmp'; tmp.write_text(json.dumps(m)); os.replace(tmp, Path(path)/'contributions.json')
+        atomic_write(Path(path)/'contributions.json', json.dumps(m))
 
     def write(self, q0:int, n0:int, block:Tensor):
         "Store a block [q, n, M] at queries q0.., training examples n0.."

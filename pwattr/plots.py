@@ -11,7 +11,7 @@ import numpy as np, pandas as pd, torch
 import matplotlib
 from matplotlib.figure import Figure
 from torch import Tensor
-from .grouping import align_weights
+from .grouping import align_weights, group_labels
 
 # %% auto #0
 __all__ = ['DPI', 'group_values', 'group_display_names', 'model_order', 'figure_png', 'save_figure', 'PlotFigure', 'img_tag',
@@ -223,7 +223,7 @@ def _tick_labels(ax, labels:list, width_in:float, fontsize:float=9):
 def _grid_possible(values, names:list)->bool:
     "Whether per-group values can go on a block x function grid that says more than bars"
     if getattr(values, 'cross', None) is not None: return True
-    nb, nf = len(set(_labels_of(None, names, 'block'))), len(set(_labels_of(None, names, 'function')))
+    nb, nf = len(set(group_labels(None, names, 'block'))), len(set(group_labels(None, names, 'function')))
     return 1 < nb < len(names) and 1 < nf < len(names)
 
 def _in_model_order(d:pd.DataFrame, groups)->pd.DataFrame:
@@ -264,22 +264,6 @@ def plot_group_lds(lds, # per-group LDS: dict / Series / DataFrame (name, lds, l
     return fig
 
 # %% ../nbs/09_plots.ipynb #3bd373d4
-def _labels_of(spec, groups:list, kind:str)->list:
-    "Labels of each group: a list, dict, callable, GroupSpec, or None (pwattr.grouping's block_of / function_of)"
-    if spec is None:
-        from pwattr import grouping
-        f = grouping.block_of if kind == 'block' else grouping.function_of
-        spec = lambda g: f(g if g.endswith(('.weight', '.bias')) else g + '.weight')   # group names are module paths
-    if hasattr(spec, 'labels') and hasattr(spec, 'names'): return list(spec.labels(kind))
-    if callable(spec): return [spec(g) for g in groups]
-    if isinstance(spec, Mapping):
-        missing = [g for g in groups if g not in spec]
-        if missing: raise KeyError(f"The {kind} labels have no entry for groups {missing[:5]}")
-        return [spec[g] for g in groups]
-    spec = list(spec)
-    if len(spec) != len(groups): raise ValueError(f"{len(spec)} {kind} labels for {len(groups)} groups: give one per group")
-    return spec
-
 def block_function_table(values, # per-group values (anything `group_values` reads)
                          groups:list|None=None, # group names when `values` is an array
                          block=None, # row label per group: list / dict / callable / GroupSpec (default: grouping.block_of)
@@ -288,8 +272,8 @@ def block_function_table(values, # per-group values (anything `group_values` rea
                         )->pd.DataFrame: # blocks x functions, in first-seen (model) order; nan for empty cells
     "Per-group values arranged as a block x function table"
     d = group_values(values, groups)
-    d['block'] = [str(b) for b in _labels_of(block, list(d.name), 'block')]
-    d['function'] = [str(f) for f in _labels_of(function, list(d.name), 'function')]
+    d['block'] = [str(b) for b in group_labels(block, list(d.name), 'block')]
+    d['function'] = [str(f) for f in group_labels(function, list(d.name), 'function')]
     t = d.pivot_table(index='block', columns='function', values='value', aggfunc=agg, sort=False, dropna=False)
     return t.reindex(index=list(dict.fromkeys(d.block)), columns=list(dict.fromkeys(d.function)))
 

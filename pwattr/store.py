@@ -13,8 +13,9 @@ from torch import Tensor
 from .grouping import GroupSpec
 
 # %% auto #0
-__all__ = ['FORMAT', 'IDENTITY', 'LOCK_TIMEOUT', 'SYNC_EVERY', 'atomic_path', 'atomic_write', 'NpyFile', 'read_rows', 'row_spans',
-           'StoreMismatch', 'StoreCorrupt', 'StoreLocked', 'FeatureStore', 'write_index', 'numbered_stores']
+__all__ = ['FORMAT', 'IDENTITY', 'LOCK_TIMEOUT', 'SYNC_EVERY', 'atomic_path', 'atomic_write', 'config_hash', 'NpyFile',
+           'read_rows', 'row_spans', 'StoreMismatch', 'StoreCorrupt', 'StoreLocked', 'FeatureStore', 'write_index',
+           'numbered_stores']
 
 # %% ../nbs/03b_store.ipynb #f769e308
 def _fsync_dir(path:Path):
@@ -38,6 +39,15 @@ def atomic_write(path:str|Path, # the file to write
                 ):
     "Write `data` to `path` atomically: a reader sees the old file or the new one, never a part (temp file, fsync, os.replace)"
     with atomic_path(path) as tmp: tmp.write_bytes(data) if isinstance(data, bytes) else tmp.write_text(data)
+
+# %% ../nbs/03b_store.ipynb #df7afc27
+def config_hash(config, # settings as JSON-able values (anything else is written with str())
+                n:int=16, # hex digits kept
+                compact:bool=True, # JSON without spaces (presets); False: json.dumps' default separators (run caches)
+               )->str:
+    "SHA-256 of `config` as canonical JSON (sorted keys), first `n` hex digits: the one cache key of settings"
+    sep = (',', ':') if compact else None
+    return hashlib.sha256(json.dumps(config, sort_keys=True, separators=sep, default=str).encode()).hexdigest()[:n]
 
 # %% ../nbs/03b_store.ipynb #d865df5c
 class NpyFile:

@@ -15,6 +15,7 @@ import numpy as np, pandas as pd, torch
 from torch import Tensor
 from .evaluate import check_disjoint
 from .grouping import align_weights
+from .store import atomic_write
 
 # %% ../nbs/07_weights.ipynb #5e1cb7e9
 def planted_contributions(Q:int=32, N:int=2000, M:int=16, # sizes
@@ -313,7 +314,7 @@ class GroupWeights:
         path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
         d = dict(w=self.w.tolist(), groups=self.groups, history=list(map(float, self.history)),
                  settings=self.settings, time=self.time, info=self.info)
-        tmp = path.with_suffix(path.suffix + '.tmp'); tmp.write_text(json.dumps(d, default=str)); tmp.replace(path)
+        atomic_write(path, json.dumps(d, default=str))
         return path
 
     @classmethod
