@@ -503,9 +503,9 @@ def part_peers(name='fmnist-mlp', n_train=1000, n_query=50, proj_dim=256, batch=
         def pw_ekfac(fisher, s=0):
             def fit():
                 fac = fit_kron_factors(model, tr_s, fisher, batch_size=batch, seed=s)
-                return EKFAC(fac).fit(kron_features(model, tr_s, ce, batch_size=batch))
+                return EKFAC(fac).fit(kron_features(model, ce, tr_s, batch_size=batch))
             m, tf = timed(fit)
-            S, ts = timed(lambda: m.scores(kron_features(model, te_s, ce, batch_size=batch)))
+            S, ts = timed(lambda: m.scores(kron_features(model, ce, te_s, batch_size=batch)))
             return S, tf, ts
         S_s1, _, _ = pw_ekfac(fisher_output_for(ce), 1)
         why = _peer_available('kronfluence')

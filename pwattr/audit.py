@@ -358,7 +358,7 @@ class AuditRun:
             model, fn = self.model(), output_fn(out_name)
             if kind.startswith('kron'):
                 rank = self.kron_rank if kind == 'kron-proj' else None
-                return kron_features(model, data, fn, rank=rank, seed=self.seed, device=self.device)
+                return kron_features(model, fn, data, rank=rank, seed=self.seed, device=self.device)
             ckpts = [(s, lr, sd) for s, lr, sd in self.trained['checkpoints']] if kind == 'ckpt' else None
             return featurize(model, fn, data, self.groups, self._projector(), batch_size=64, checkpoints=ckpts,
                              device=self.device, progress=self.progress)

@@ -15,6 +15,7 @@ from torch import nn, Tensor
 from torch.func import functional_call, vmap, grad
 from .grouping import GroupSpec
 from .store import FeatureStore, write_index, numbered_stores
+from .models import next_token_nll, reduce_tokens
 
 # %% auto #0
 __all__ = ['OUTPUT_FNS', 'OutputFn', 'CrossEntropy', 'Margin', 'LMLoss', 'ddpm_alphas_cumprod', 'DiffusionLoss', 'DTRAKOutput',
@@ -123,13 +124,11 @@ class LMLoss(OutputFn):
                 kw['position_ids'] = (mask.long().cumsum(-1) - 1).clamp_min(0)
         logits = _logits(model(ids, **kw))[:, :-1]
         tgt = (ids if lab is None else lab)[:, 1:]
-        nll = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), tgt.clamp_min(0).reshape(-1),
-                              reduction='none').view(ids.shape[0], -1)
+        nll = next_token_nll(logits, tgt.clamp_min(0))
         # a token is scored when it and the one predicting it are real (left padding: the first token has no context)
         m = torch.ones_like(nll) if mask is None else (mask[:, 1:] * mask[:, :-1]).to(nll.dtype)
         if lab is not None: m = m * (tgt != -100).to(nll.dtype)
-        s = (nll * m).sum(1)
-        return s if self.reduction == 'sum' else s / m.sum(1).clamp_min(1)
+        return reduce_tokens(nll, m, self.reduction)
 
 # %% ../nbs/03_features.ipynb #db3b74c8
 def ddpm_alphas_cumprod(T:int=1000, beta_start:float=1e-4, beta_end:float=0.02)->Tensor:

@@ -13,6 +13,7 @@ import torch, torch.nn as nn, torch.nn.functional as F
 from torch import Tensor
 from .methods import Method, Contributions
 from .store import read_rows, row_spans
+from .models import reduce_tokens
 
 # %% auto #0
 __all__ = ['layer_kind', 'layer_shape', 'layer_group_map', 'kron_coverage', 'kron_layers', 'layer_input', 'output_grad',
@@ -284,8 +285,8 @@ def _n_examples(data):
     return None
 
 def kron_features(model:nn.Module, # the model (captured in eval mode, see `attribution_mode`)
+                  out_fn, # OutputFn: (model, batch) -> per-example scalar [B] (the same order as `featurize`)
                   data, # ExampleSet, dict of tensors, torch Dataset, DataLoader, HF datasets.Dataset, or iterable of batch dicts
-                  output_fn, # OutputFn: (model, batch) -> per-example scalar [B]
                   layers=None, # None (all Linear/Conv1D/Conv2d), a regex, a list of module names, a GroupSpec, or a dict
                   rank=None, # None: full per-layer gradients (EK-FAC); int r or (r_out, r_in): LoGRA projection
                   seed:int=0, # projection seed
@@ -309,7 +310,7 @@ def kron_features(model:nn.Module, # the model (captured in eval mode, see `attr
     N, X = _n_examples(data), None    # known size: fill one preallocated matrix instead of concatenating (half the peak)
     with attribution_mode(model, 'kron_features'):
       try:
-        for bid, x, out, q in _kron_batches(model, data, output_fn, layers, P, batch_size, device, dtype, bar, keys):
+        for bid, x, out, q in _kron_batches(model, data, out_fn, layers, P, batch_size, device, dtype, bar, keys):
             if N is None: xs.append(x)
             else:
                 if X is None: X = x.new_empty(N, x.shape[1])
@@ -322,7 +323,7 @@ def kron_features(model:nn.Module, # the model (captured in eval mode, see `attr
     extras = {'out': torch.cat(outs)}
     if qs: extras['q'] = torch.cat(qs)
     from pwattr.features import model_fingerprint
-    cfg = output_fn.config() if hasattr(output_fn, 'config') else {'name': repr(output_fn)}
+    cfg = out_fn.config() if hasattr(out_fn, 'config') else {'name': repr(out_fn)}
     meta = dict(layout='kron', fingerprint=model_fingerprint(model), output_fn=cfg,
                 projection=None if rank is None else {'kind': 'kronecker', 'rank': rank, 'seed': seed},
                 layers={n: dict(kind=layer_kind(m), shape=list(layer_shape(m)), proj_shape=list(shapes[n])) for n, m in layers.items()},
@@ -373,8 +374,7 @@ class SampledLMLoss:
         m = batch.get('attention_mask')
         m = torch.ones(l.shape[:2], device=l.device, dtype=l.dtype) if m is None else m[:, 1:].to(l)
         if K > 1: m = m[..., None]
-        l = (l * m).sum(1)
-        if self.reduction == 'mean': l = l / m.sum(1).clamp(min=1)
+        l = reduce_tokens(l, m, self.reduction)
         return l if K == 1 else l / math.sqrt(K)
     def __repr__(self): return f'SampledLMLoss({self.reduction!r}, n_samples={self.n_samples})'
 
@@ -527,7 +527,7 @@ def _check_kron(f, what):
     meta = getattr(f, 'meta', None) or {}
     if meta.get('layout') != 'kron':
         raise ValueError(f"{what} needs per-layer gradient features in Kronecker layout (meta['layout'] == 'kron'); "
-                         f"got meta keys {list(meta)[:6]}. Build them with kron_features(model, data, output_fn, layers=...).")
+                         f"got meta keys {list(meta)[:6]}. Build them with kron_features(model, out_fn, data, layers=...).")
     return meta
 
 class EKFAC(KronStreamed, Method):
