@@ -178,7 +178,7 @@ def test_gcv_against_hat_matrix():
 def test_errors_are_helpful():
     c = Contributions(torch.zeros(2, 3, 3), GROUPS)
     with pytest.raises(KeyError, match="Close matches: \\['head'"): c.group('haed')
-    with pytest.raises(ValueError, match='one entry per group'): c.scores(torch.ones(4))
+    with pytest.raises(ValueError, match='has 4 entries but the contributions have 3 groups: pass one weight per group'): c.scores(torch.ones(4))
     with pytest.raises(ValueError, match='Use TracInCP'): GradDot().fit([toy(5, 1), toy(5, 2)])
     with pytest.raises(ValueError, match=r"meta\['lr'\]"): TracInCP().fit([toy(5, 1), toy(5, 2)])
     with pytest.raises(ValueError, match='lam > 0'): TRAK(lam=0.).fit(toy(5, 1))
