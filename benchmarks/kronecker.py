@@ -28,10 +28,10 @@ def child(mode, work, n, q, batch_size):
     model = p.make_model(0); model.load_state_dict(torch.load(os.path.join(work, 'model.pt'))); model.eval()
     fac = KronFactors.load(os.path.join(work, 'factors.pt'))
     fn, tr = output_fn(p.output), train[list(range(n))]
-    query = kron_features(model, test[list(range(q))], fn)          # both modes need the query gradients
+    query = kron_features(model, fn, test[list(range(q))])          # both modes need the query gradients
     _reset_peak(); base, t0 = _maxrss_mb(), time.perf_counter()
     if mode == 'memory':
-        feats = kron_features(model, tr, fn, batch_size=batch_size)
+        feats = kron_features(model, fn, tr, batch_size=batch_size)
         C = EKFAC(fac).fit(feats).contributions(query)
     else: C = EKFAC(fac).contributions_streamed(model, tr, fn, query, batch_size=batch_size)
     dt = time.perf_counter() - t0

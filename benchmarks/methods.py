@@ -35,7 +35,8 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from pwattr.methods import GradDot, GradCos, TracInCP, TRAK, NpyFile
+from pwattr.methods import GradDot, GradCos, TracInCP, TRAK
+from pwattr.store import NpyFile
 
 def feats(x, groups, dims, q=None, lr=None):
     "A Features-like object (methods only read x, groups, dims, ids, extras, meta)"
@@ -134,7 +135,7 @@ def part_lds(name='fmnist-mlp', gt_path=None, proj_dim=256, ckpts=3, models=3):
                                          featurize(res.model, 'cross_entropy', te_q, checkpoints=res.checkpoints, **kw)))
     (f_m, q_m), t_m = timed(lambda: (featurize(res.model, p.output, tr, models=[res.model] + others, **kw),
                                      featurize(res.model, p.output, te_q, models=[res.model] + others, **kw)))
-    best, _ = __import__('pwattr.methods', fromlist=['choose_lambda']).choose_lambda(f_m[0])
+    best, _ = __import__('pwattr.ridge', fromlist=['choose_lambda']).choose_lambda(f_m[0])
     print(f"\n{name} LDS ({gt.n_subsets} subsets x {gt.n_seeds} seeds, {gt.n_queries} queries, {len(tr)} training examples; "
           f"features {t_ck + t_m:.0f} s, {len(f_m[0].groups)} groups x {proj_dim} dims; GCV-chosen lam_rel {best:.2g})")
     setups = [('GradDot (final ckpt)', GradDot(), f_ck[-1], q_ck[-1]), ('GradCos (final ckpt)', GradCos(), f_ck[-1], q_ck[-1]),
@@ -502,9 +503,9 @@ def part_peers(name='fmnist-mlp', n_train=1000, n_query=50, proj_dim=256, batch=
         def pw_ekfac(fisher, s=0):
             def fit():
                 fac = fit_kron_factors(model, tr_s, fisher, batch_size=batch, seed=s)
-                return EKFAC(fac).fit(kron_features(model, tr_s, ce, batch_size=batch))
+                return EKFAC(fac).fit(kron_features(model, ce, tr_s, batch_size=batch))
             m, tf = timed(fit)
-            S, ts = timed(lambda: m.scores(kron_features(model, te_s, ce, batch_size=batch)))
+            S, ts = timed(lambda: m.scores(kron_features(model, ce, te_s, batch_size=batch)))
             return S, tf, ts
         S_s1, _, _ = pw_ekfac(fisher_output_for(ce), 1)
         why = _peer_available('kronfluence')

@@ -29,9 +29,9 @@ from .plots import plot_lds_table, plot_group_lds, plot_block_function, plot_wei
 
 # %% auto #0
 __all__ = ['CACHE_FORMAT', 'LOSS', 'METHODS', 'GROUPINGS', 'LEARN_FROM', 'AUDIT_USAGE', 'cached', 'parse_methods', 'make_groups',
-           'diffusion_method', 'diffusion_features', 'generation_seeds', 'learn_source', 'AuditRun', 'group_views',
-           'AuditResult', 'audit', 'reproduce_command', 'write_report', 'load_callable', 'CustomPreset', 'CustomTask',
-           'check_custom', 'check_audit_args', 'main']
+           'diffusion_method', 'diffusion_features', 'generation_seeds', 'learn_source', 'AuditRun', 'AuditResult',
+           'audit', 'reproduce_command', 'write_report', 'load_callable', 'CustomPreset', 'CustomTask', 'check_custom',
+           'check_audit_args', 'main']
 
 # %% ../nbs/10_audit.ipynb #679ed5b8
 CACHE_FORMAT = 'pwattr.cache/1'
@@ -358,7 +358,7 @@ class AuditRun:
             model, fn = self.model(), output_fn(out_name)
             if kind.startswith('kron'):
                 rank = self.kron_rank if kind == 'kron-proj' else None
-                return kron_features(model, data, fn, rank=rank, seed=self.seed, device=self.device)
+                return kron_features(model, fn, data, rank=rank, seed=self.seed, device=self.device)
             ckpts = [(s, lr, sd) for s, lr, sd in self.trained['checkpoints']] if kind == 'ckpt' else None
             return featurize(model, fn, data, self.groups, self._projector(), batch_size=64, checkpoints=ckpts,
                              device=self.device, progress=self.progress)
@@ -457,31 +457,7 @@ class AuditRun:
         return cached(self.cache / f'ekfac-factors{self._sfx()}.pt', compute, 'EK-FAC factors', self.log)
 
 # %% ../nbs/10_audit.ipynb #5bdf45c6
-def _typed_function(p:str, types:dict)->str|None:
-    "The owning module's class name when its path names no function (only containers and nn.Sequential indices)"
-    path = module_of(p); parts = path.split('.')
-    if not parts[-1].isdigit() or function_of(p) != '.'.join(q for q in parts if not q.isdigit()): return None
-    return types.get(path)
-
-def group_views(groups:list, # group names of a Contributions (GroupSpec names or layer names)
-                spec:GroupSpec|None=None, # the spec the names come from (None: names are module paths)
-                model:torch.nn.Module|None=None, # names layers by class (Conv2d, GroupNorm) where paths are only indices
-               )->dict: # view -> {group: label}
-    "Block and function labels of each group, for the views that say more than the groups"
-    params = lambda g: (spec.groups[g] if spec is not None and g in spec.groups else [g + '.weight'])
-    label = lambda f: {g: '/'.join(dict.fromkeys(f(p) for p in params(g))) for g in groups}
-    fits = lambda lab: max(Counter(lab.values()).values()) <= len(groups) / 2   # no block holds more than half the groups
-    for depth in (1, 2, 3):  # blocks at the shallowest depth that fits
-        blocks = label(lambda p: block_of(p, depth))
-        if fits(blocks): break
-    functions = label(function_of)
-    types = {n: type(m).__name__ for n, m in model.named_modules()} if model is not None else {}
-    if types and any(_typed_function(p, types) for g in groups for p in params(g)):   # e.g. nn.Sequential conv blocks
-        functions = label(lambda p: _typed_function(p, types) or function_of(p))
-        top = label(lambda p: p.split('.')[0])   # then the stages ('layer1'), not 'layer1.0' and 'layer1.1'
-        if fits(top): blocks = top
-    views = {'block': blocks, 'function': functions}
-    return {v: lab for v, lab in views.items() if 1 < len(set(lab.values())) < len(groups)}
+from .grouping import group_views   # block and function views of groups live with the groups (`pwattr.grouping`)
 
 # %% ../nbs/10_audit.ipynb #6bdfe118
 @dataclass

@@ -12,6 +12,7 @@ from .grouping import GroupSpec
 from .features import (OutputFn, DiffusionLoss, DTRAKOutput, DASOutput, output_fn, per_example_grads, group_grads,
                        Projector, Features, featurize, model_fingerprint)
 from .methods import Contributions, TRAK, TracInCP, GradDot
+from .store import read_rows, row_spans
 from .models import AttributeUNet, ATTRIBUTES, predict_noise, ddpm_scheduler
 from .groundtruth import PresetTask, run_groundtruth
 
@@ -248,7 +249,7 @@ class DAS(TRAK):
             if bad: raise ValueError(f"DAS needs each training example's residual in extras['residual'] (missing for features {bad[:5]}). "
                                      "Featurise with `timestep_features` (it records it), or use DAS(residual=False).")
         super()._fit(comps)
-        dev = self._dev(comps[0].x); self._r = []
+        dev = self.device_for(comps[0].x); self._r = []
         for c, f in enumerate(comps):
             r = torch.ones(self.N, dtype=torch.float64, device=dev)
             if self.residual:
@@ -258,10 +259,9 @@ class DAS(TRAK):
 
     def _leverage(self, c, f, dev)->Tensor:
         "h_n = phi_n^T (Phi^T Phi + lam I)^-1 phi_n under the fitted kernel (per-block kernels: summed over blocks)"
-        from pwattr.methods import _rows, _spans
         h = torch.empty(self.N, dtype=torch.float64, device=dev)
-        for a, b in _spans(self.N, self.chunk):
-            X = _rows(f.x, a, b).to(dev, torch.float64)
+        for a, b in row_spans(self.N, self.chunk):
+            X = read_rows(f.x, a, b).to(dev, torch.float64)
             if self.kernel == 'global': Y = torch.cholesky_solve(X.T, self.L[c]).T
             else: Y = torch.cat([torch.cholesky_solve(X[:, self._offs[j]:self._offs[j + 1]].T, Lj).T for j, Lj in enumerate(self.L[c])], 1)
             h[a:b] = (X * Y).sum(1)

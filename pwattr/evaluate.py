@@ -9,12 +9,12 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 import numpy as np, pandas as pd, torch
 from scipy.stats import rankdata
-from .groundtruth import GroundTruth
+from .grouping import group_labels
 
 # %% auto #0
-__all__ = ['spearman_rows', 'subset_predictions', 'bootstrap_ci', 'LDSResult', 'lds', 'seed_agreement', 'group_predictions',
-           'PerGroupLDS', 'per_group_lds', 'roc_auc', 'flip_labels', 'mislabel_auc', 'recall_at_k', 'TailPatchResult',
-           'tail_patch_deltas', 'tail_patch', 'ResultsTable']
+__all__ = ['spearman_rows', 'subset_predictions', 'bootstrap_ci', 'LDSResult', 'check_disjoint', 'lds', 'seed_agreement',
+           'group_predictions', 'PerGroupLDS', 'per_group_lds', 'roc_auc', 'flip_labels', 'mislabel_auc', 'recall_at_k',
+           'TailPatchResult', 'tail_patch_deltas', 'tail_patch', 'ResultsTable']
 
 # %% ../nbs/08_evaluate.ipynb #51e01029
 def spearman_rows(a, # [Q, S] predictions
@@ -95,6 +95,18 @@ def _check_queries(obj, gt, q):
     if qids is not None and len(qids) == q and [str(i) for i in qids] != [str(i) for i in gt.query_ids]:
         raise ValueError(f"the scored query ids differ from the ground truth's (first: {list(qids)[:3]} vs {gt.query_ids[:3]})")
 
+# %% ../nbs/08_evaluate.ipynb #40fcf953
+def check_disjoint(learn_ids, # ids of the queries the weights were learned on
+                   eval_ids, # ids of the queries being evaluated
+                  ):
+    "Refuse evaluating on queries that were used to learn the weights"
+    if learn_ids is None or eval_ids is None: return
+    both = set(map(str, learn_ids)) & set(map(str, eval_ids))
+    if both:
+        ex = sorted(both)[:5]
+        raise ValueError(f"{len(both)} evaluation queries were used to learn these weights (e.g. {ex}): "
+                         f"learn on one query split and evaluate on a disjoint one")
+
 # %% ../nbs/08_evaluate.ipynb #e895e86d
 def lds(scores, # [Q, N] scores (Tensor / array) or a `Contributions`
         gt:GroundTruth, # the ground truth of the same queries and training set
@@ -119,7 +131,6 @@ def _check_weights(w, gt):
     if (a < 0).any():
         raise ValueError(f"weights w must be >= 0; groups {np.flatnonzero(a < 0)[:5].tolist()} are negative and would flip "
                          "those groups' contributions. Clamp them at 0 or learn them again.")
-    from pwattr.weights import check_disjoint
     check_disjoint((getattr(w, 'settings', None) or {}).get('query_ids'), gt.query_ids)
 
 def _check_finite(s:np.ndarray):
@@ -162,15 +173,6 @@ def group_predictions(S, # [Q, N, M] per-group contributions (Tensor / array)
         blk = S[:, s:s + chunk] if is_t else torch.from_numpy(np.asarray(S[:, s:s + chunk]))
         out += torch.einsum('qnm,sn->qsm', blk.detach().cpu().double(), m[:, s:s + chunk])
     return out.numpy()
-
-def _labels(view, groups):
-    "A view (dict group -> label, dict label -> [groups] as from `GroupSpec.view`, or callable) -> labels aligned with `groups`"
-    if callable(view): return [view(g) for g in groups]
-    if view and all(isinstance(v, (list, tuple)) for v in view.values()):   # label -> groups: invert
-        view = {g: lab for lab, gs in view.items() for g in gs}
-    missing = [g for g in groups if g not in view]
-    if missing: raise ValueError(f"the view gives no label for groups {missing[:5]}{'...' if len(missing) > 5 else ''}")
-    return [view[g] for g in groups]
 
 # %% ../nbs/08_evaluate.ipynb #bac4402c
 @dataclass
@@ -224,7 +226,7 @@ def per_group_lds(contrib, # `Contributions` or a [Q, N, M] Tensor / array
     add('all', 'all', groups, P.sum(2))
     labs = {}
     for vname, view in (views or {}).items():
-        labs[vname] = _labels(view, groups)
+        labs[vname] = group_labels(view, groups, vname)
         for lab in dict.fromkeys(labs[vname]):
             idx = [j for j, l in enumerate(labs[vname]) if l == lab]
             add(vname, lab, [groups[j] for j in idx], P[:, :, idx].sum(2))

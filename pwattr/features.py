@@ -14,12 +14,14 @@ import torch.nn.functional as F
 from torch import nn, Tensor
 from torch.func import functional_call, vmap, grad
 from .grouping import GroupSpec
+from .store import FeatureStore, write_index, numbered_stores
+from .models import next_token_nll, reduce_tokens
 
 # %% auto #0
 __all__ = ['OUTPUT_FNS', 'OutputFn', 'CrossEntropy', 'Margin', 'LMLoss', 'ddpm_alphas_cumprod', 'DiffusionLoss', 'DTRAKOutput',
            'DASOutput', 'output_fn', 'vmap_friendly', 'attribution_mode', 'per_example_grads',
            'timestep_normalized_grads', 'group_grads', 'Projector', 'Features', 'Examples', 'model_fingerprint',
-           'featurize']
+           'featurize', 'load_features']
 
 # %% ../nbs/03_features.ipynb #ddf98e3e
 def _logits(out):
@@ -122,13 +124,11 @@ class LMLoss(OutputFn):
                 kw['position_ids'] = (mask.long().cumsum(-1) - 1).clamp_min(0)
         logits = _logits(model(ids, **kw))[:, :-1]
         tgt = (ids if lab is None else lab)[:, 1:]
-        nll = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), tgt.clamp_min(0).reshape(-1),
-                              reduction='none').view(ids.shape[0], -1)
+        nll = next_token_nll(logits, tgt.clamp_min(0))
         # a token is scored when it and the one predicting it are real (left padding: the first token has no context)
         m = torch.ones_like(nll) if mask is None else (mask[:, 1:] * mask[:, :-1]).to(nll.dtype)
         if lab is not None: m = m * (tgt != -100).to(nll.dtype)
-        s = (nll * m).sum(1)
-        return s if self.reduction == 'sum' else s / m.sum(1).clamp_min(1)
+        return reduce_tokens(nll, m, self.reduction)
 
 # %% ../nbs/03_features.ipynb #db3b74c8
 def ddpm_alphas_cumprod(T:int=1000, beta_start:float=1e-4, beta_end:float=0.02)->Tensor:
@@ -689,7 +689,6 @@ def featurize(model:nn.Module, # the model (a template when `checkpoints` is giv
         res, items = [], checkpoints if checkpoints is not None else models
         work = copy.deepcopy(model) if checkpoints is not None else None
         if store is not None and _dist()[0] == 0:      # how many stores the folder holds: load_features refuses gaps
-            from pwattr.store import write_index
             write_index(store, len(items), 'checkpoints' if checkpoints is not None else 'models')
         for i, item in enumerate(items):
             if checkpoints is not None:
@@ -771,7 +770,6 @@ def _featurize_eval(model, out_fn, data, groups, projector, batch_size, chunk_si
         x = torch.cat(xs) if xs else torch.zeros(0, sum(dims), dtype=tdt)
         ex = {k: torch.cat([e[k] for e in exs]) for k in (exs[0] if exs else {})}
         return Features(x, groups.names, dims, ids, ex, meta)
-    from pwattr.store import FeatureStore
     spec = {'n': N, 'groups': groups.names, 'dims': dims, 'group_spec': groups.to_dict(),
             'fingerprint': meta['fingerprint'], 'output_fn': meta['output_fn'], 'projection': meta['projection'],
             'dtype': dtype, 'ids': _jsonable(ids), 'chunk_size': batch_size, 'checkpoint': _jsonable(ckpt),
@@ -792,4 +790,14 @@ def _featurize_eval(model, out_fn, data, groups, projector, batch_size, chunk_si
         _barrier()
         if rank == 0: st.finalize()
         _barrier()
-        return st.load(mmap)
+        return Features(**st.read(mmap))
+
+# %% ../nbs/03_features.ipynb #5a6f8be0
+def load_features(path:str|Path, # a store, a folder of numbered stores, or a folder written by `Features.save`
+                  mmap:bool=True, # x memory-mapped (bounded memory); False: read into memory
+                 )->Features|list:
+    "Features stored at `path`, or the list stored in its numbered subfolders (checkpoints / models); refuses gaps"
+    p = Path(path)
+    if (p / 'manifest.json').exists(): return Features(**FeatureStore(p).read(mmap))
+    if (p / 'features.json').exists(): return Features.load(p, mmap)
+    return [Features(**s.read(mmap)) for s in numbered_stores(p)]

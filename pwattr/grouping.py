@@ -5,13 +5,15 @@
 # %% ../nbs/02_grouping.ipynb #c7973790
 from __future__ import annotations
 import re, json, hashlib, difflib
-from collections import OrderedDict
+from collections import OrderedDict, Counter
+from collections.abc import Mapping
 from typing import Callable, Iterable
-import torch
-from torch import nn
+import numpy as np, torch
+from torch import nn, Tensor
 
 # %% auto #0
-__all__ = ['module_of', 'adapted_module', 'block_of', 'function_of', 'GroupSpec', 'model_kind', 'hf_layer_list']
+__all__ = ['module_of', 'adapted_module', 'block_of', 'function_of', 'GroupSpec', 'model_kind', 'hf_layer_list', 'group_labels',
+           'group_views', 'align_weights']
 
 # %% ../nbs/02_grouping.ipynb #990e59f5
 _LEAVES = {'weight', 'bias'}
@@ -313,3 +315,84 @@ def _hf_block(name:str, layers:str|None)->str:
     "'layers.N' (the last part of the layer list's name, with the index) inside the layer list; else the first level after the wrappers"
     if layers and name.startswith(layers + '.'): return f"{layers.rpartition('.')[2]}.{name[len(layers) + 1:].split('.')[0]}"
     return block_of(name, 1)
+
+# %% ../nbs/02_grouping.ipynb #30d59229
+def group_labels(view, # None (from the names), GroupSpec, dict group -> label, dict label -> [groups] (as `GroupSpec.view`), callable(group) -> label, or a list
+                 groups:list, # the group names to label, in order
+                 kind:str='function', # 'block' | 'function' (used when `view` is None or a GroupSpec), and in errors
+                )->list: # one label per group
+    "The label of each group under a view: the one reading of views that tables, plots and the per-group LDS share"
+    groups = list(groups)
+    if view is None:
+        f = block_of if kind == 'block' else function_of
+        return [f(g if g.endswith(('.weight', '.bias')) else g + '.weight') for g in groups]   # group names are module paths
+    if isinstance(view, GroupSpec): view = dict(zip(view.names, view.labels(kind)))
+    if callable(view): return [view(g) for g in groups]
+    if isinstance(view, Mapping):
+        if view and all(isinstance(v, (list, tuple)) for v in view.values()):   # label -> groups: invert
+            view = {g: lab for lab, gs in view.items() for g in gs}
+        missing = [g for g in groups if g not in view]
+        if missing: raise ValueError(f"The {kind} view gives no label for groups {missing[:5]}{'...' if len(missing) > 5 else ''}: give one label per group")
+        return [view[g] for g in groups]
+    view = list(view)
+    if len(view) != len(groups): raise ValueError(f"{len(view)} {kind} labels for {len(groups)} groups: give one per group")
+    return view
+
+# %% ../nbs/02_grouping.ipynb #d50a6500
+def _typed_function(p:str, types:dict)->str|None:
+    "The owning module's class name when its path names no function (only containers and nn.Sequential indices)"
+    path = module_of(p); parts = path.split('.')
+    if not parts[-1].isdigit() or function_of(p) != '.'.join(q for q in parts if not q.isdigit()): return None
+    return types.get(path)
+
+def group_views(groups:list, # group names of a Contributions (GroupSpec names or layer names)
+                spec:GroupSpec|None=None, # the spec the names come from (None: names are module paths)
+                model:torch.nn.Module|None=None, # names layers by class (Conv2d, GroupNorm) where paths are only indices
+               )->dict: # view -> {group: label}
+    "Block and function labels of each group, for the views that say more than the groups"
+    params = lambda g: (spec.groups[g] if spec is not None and g in spec.groups else [g + '.weight'])
+    label = lambda f: {g: '/'.join(dict.fromkeys(f(p) for p in params(g))) for g in groups}
+    fits = lambda lab: max(Counter(lab.values()).values()) <= len(groups) / 2   # no block holds more than half the groups
+    for depth in (1, 2, 3):  # blocks at the shallowest depth that fits
+        blocks = label(lambda p: block_of(p, depth))
+        if fits(blocks): break
+    functions = label(function_of)
+    types = {n: type(m).__name__ for n, m in model.named_modules()} if model is not None else {}
+    if types and any(_typed_function(p, types) for g in groups for p in params(g)):   # e.g. nn.Sequential conv blocks
+        functions = label(lambda p: _typed_function(p, types) or function_of(p))
+        top = label(lambda p: p.split('.')[0])   # then the stages ('layer1'), not 'layer1.0' and 'layer1.1'
+        if fits(top): blocks = top
+    views = {'block': blocks, 'function': functions}
+    return {v: lab for v, lab in views.items() if 1 < len(set(lab.values())) < len(groups)}
+
+# %% ../nbs/02_grouping.ipynb #0ae9507b
+def _is_named(w)->bool: return isinstance(w, Mapping) or (hasattr(w, 'items') and hasattr(w, 'index') and not torch.is_tensor(w))
+
+def align_weights(w, # None (ones: the base method), [M] tensor / array / list, dict or Series name -> weight (groups it omits keep 1), or GroupWeights (aligned by name)
+                  groups:list|None=None, # the contributions' M group names (None: weights taken by position)
+                  M:int|None=None, # number of groups (default: len(groups))
+                  what:str='w', # the argument's name, for error messages
+                 )->Tensor: # [M] in the weights' dtype (float64 from dicts, lists and arrays)
+    "Group weights as one [M] tensor aligned with the contributions' `groups`: the one place weights meet contributions"
+    M = len(groups) if M is None else int(M)
+    if (getattr(w, 'settings', None) or {}).get('apply') == 'refit':
+        raise ValueError(f"{what}: refit weights (settings['apply'] == 'refit') re-solve the kernel: score them with `pwattr.safe.KernelRefit.scores`, not as S @ w")
+    if w is None: return torch.ones(M, dtype=torch.float64)
+    if hasattr(w, 'w') and hasattr(w, 'groups'):                       # a GroupWeights: align by name
+        wg, v = list(w.groups), torch.as_tensor(w.w)
+        if groups is not None and wg != list(groups):
+            miss = [g for g in groups if g not in wg][:5]
+            if miss: raise ValueError(f"{what} was learned on {len(wg)} groups that do not match the contributions' "
+                                      f"{M} groups (missing e.g. {miss}): use weights learned on the same grouping")
+            v = v[torch.tensor([wg.index(g) for g in groups], device=v.device)]
+        w = v
+    elif _is_named(w):                                                  # dict / Series: by name, the rest keep 1
+        if groups is None: raise ValueError(f"{what}: named weights (dict / Series) need the contributions' group names")
+        d = dict(w.items()); unknown = [k for k in d if k not in groups]
+        if unknown: raise KeyError(f"{what}: weights given for unknown groups {unknown[:5]}"
+                                   + ''.join(f" (close: {', '.join(map(str, c))})" for c in [difflib.get_close_matches(str(unknown[0]), list(map(str, groups)), 3, 0.3)] if c)
+                                   + f"; the groups are {list(groups)[:6]}{' ...' if M > 6 else ''}")
+        return torch.tensor([float(d.get(g, 1.0)) for g in groups], dtype=torch.float64)
+    v = (w if torch.is_tensor(w) else torch.as_tensor(np.asarray(w, dtype=np.float64))).reshape(-1)
+    if len(v) != M: raise ValueError(f"{what} has {len(v)} entries but the contributions have {M} groups: pass one weight per group")
+    return v

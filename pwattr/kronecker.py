@@ -6,20 +6,21 @@
 from __future__ import annotations
 import dataclasses, difflib, math, re, warnings, zlib
 from types import SimpleNamespace
-from fastcore.basics import patch_to
 from dataclasses import dataclass, field
 from functools import partial
 import numpy as np
 import torch, torch.nn as nn, torch.nn.functional as F
 from torch import Tensor
-from .methods import Method, Contributions, _rows, _spans
+from .methods import Method, Contributions
+from .store import read_rows, row_spans
+from .models import reduce_tokens
 
 # %% auto #0
 __all__ = ['layer_kind', 'layer_shape', 'layer_group_map', 'kron_coverage', 'kron_layers', 'layer_input', 'output_grad',
            'to_param_grads', 'KronCapture', 'kron_grad', 'kron_grads', 'kron_projection', 'iter_batches',
            'kron_features', 'default_logits', 'SampledCrossEntropy', 'SampledLMLoss', 'ExactFisherCrossEntropy',
-           'GaussNewtonOutputs', 'fisher_output_for', 'KronFactors', 'fit_kron_factors', 'ekfac_precondition', 'EKFAC',
-           'damped_inverse', 'LoGRA', 'stream_contributions', 'stream_self_influence']
+           'GaussNewtonOutputs', 'fisher_output_for', 'KronFactors', 'fit_kron_factors', 'ekfac_precondition',
+           'KronStreamed', 'EKFAC', 'damped_inverse', 'LoGRA', 'stream_contributions', 'stream_self_influence']
 
 # %% ../nbs/05_kronecker.ipynb #856a11bb
 def layer_kind(m:nn.Module)->str|None:
@@ -284,8 +285,8 @@ def _n_examples(data):
     return None
 
 def kron_features(model:nn.Module, # the model (captured in eval mode, see `attribution_mode`)
+                  out_fn, # OutputFn: (model, batch) -> per-example scalar [B] (the same order as `featurize`)
                   data, # ExampleSet, dict of tensors, torch Dataset, DataLoader, HF datasets.Dataset, or iterable of batch dicts
-                  output_fn, # OutputFn: (model, batch) -> per-example scalar [B]
                   layers=None, # None (all Linear/Conv1D/Conv2d), a regex, a list of module names, a GroupSpec, or a dict
                   rank=None, # None: full per-layer gradients (EK-FAC); int r or (r_out, r_in): LoGRA projection
                   seed:int=0, # projection seed
@@ -309,7 +310,7 @@ def kron_features(model:nn.Module, # the model (captured in eval mode, see `attr
     N, X = _n_examples(data), None    # known size: fill one preallocated matrix instead of concatenating (half the peak)
     with attribution_mode(model, 'kron_features'):
       try:
-        for bid, x, out, q in _kron_batches(model, data, output_fn, layers, P, batch_size, device, dtype, bar, keys):
+        for bid, x, out, q in _kron_batches(model, data, out_fn, layers, P, batch_size, device, dtype, bar, keys):
             if N is None: xs.append(x)
             else:
                 if X is None: X = x.new_empty(N, x.shape[1])
@@ -322,7 +323,7 @@ def kron_features(model:nn.Module, # the model (captured in eval mode, see `attr
     extras = {'out': torch.cat(outs)}
     if qs: extras['q'] = torch.cat(qs)
     from pwattr.features import model_fingerprint
-    cfg = output_fn.config() if hasattr(output_fn, 'config') else {'name': repr(output_fn)}
+    cfg = out_fn.config() if hasattr(out_fn, 'config') else {'name': repr(out_fn)}
     meta = dict(layout='kron', fingerprint=model_fingerprint(model), output_fn=cfg,
                 projection=None if rank is None else {'kind': 'kronecker', 'rank': rank, 'seed': seed},
                 layers={n: dict(kind=layer_kind(m), shape=list(layer_shape(m)), proj_shape=list(shapes[n])) for n, m in layers.items()},
@@ -373,8 +374,7 @@ class SampledLMLoss:
         m = batch.get('attention_mask')
         m = torch.ones(l.shape[:2], device=l.device, dtype=l.dtype) if m is None else m[:, 1:].to(l)
         if K > 1: m = m[..., None]
-        l = (l * m).sum(1)
-        if self.reduction == 'mean': l = l / m.sum(1).clamp(min=1)
+        l = reduce_tokens(l, m, self.reduction)
         return l if K == 1 else l / math.sqrt(K)
     def __repr__(self): return f'SampledLMLoss({self.reduction!r}, n_samples={self.n_samples})'
 
@@ -501,6 +501,19 @@ def ekfac_precondition(G:Tensor, # [N, n_out, n_in] per-example layer gradients
     R = QS.T @ G.double() @ QA
     return (QS @ (R / (lam + damping)) @ QA.T).to(G.dtype)
 
+# %% ../nbs/05_kronecker.ipynb #053798d1
+class KronStreamed:
+    "Streamed training side for the Kronecker methods (EKFAC, LoGRA): training gradients captured from the model batch by batch, never stored"
+    def contributions_streamed(self, model:nn.Module, train_data, output_fn, query, batch_size:int=64, device=None,
+                               dtype=torch.float32, progress:bool=False, query_chunk:int=16)->Contributions:
+        "Contributions of `query` against training gradients streamed from `model` over `train_data` (see `stream_contributions`)"
+        return stream_contributions(self, model, train_data, output_fn, query, batch_size, device, dtype, progress, query_chunk)
+
+    def self_influence_streamed(self, model:nn.Module, train_data, output_fn, batch_size:int=64, device=None,
+                                dtype=torch.float32, progress:bool=False)->Tensor:
+        "Per-layer self-influence [N, M] of training gradients streamed from `model` over `train_data` (see `stream_self_influence`)"
+        return stream_self_influence(self, model, train_data, output_fn, batch_size, device, dtype, progress)
+
 # %% ../nbs/05_kronecker.ipynb #66e8ed98
 def _coverage_of(f)->dict|None: return (getattr(f, 'meta', None) or {}).get('coverage')
 def _covered(method, kind:str)->list:
@@ -514,10 +527,10 @@ def _check_kron(f, what):
     meta = getattr(f, 'meta', None) or {}
     if meta.get('layout') != 'kron':
         raise ValueError(f"{what} needs per-layer gradient features in Kronecker layout (meta['layout'] == 'kron'); "
-                         f"got meta keys {list(meta)[:6]}. Build them with kron_features(model, data, output_fn, layers=...).")
+                         f"got meta keys {list(meta)[:6]}. Build them with kron_features(model, out_fn, data, layers=...).")
     return meta
 
-class EKFAC(Method):
+class EKFAC(KronStreamed, Method):
     "EK-FAC influence per layer: S[q, n, l] = g_l(q)^T (F_l + damping_l)^-1 g_l(n), F_l the eigenvalue-corrected Kronecker Fisher"
     name, lazy, n_comp = 'EKFAC', True, 1
     def __init__(self, factors:KronFactors, # from `fit_kron_factors`
@@ -554,14 +567,14 @@ class EKFAC(Method):
 
     # K is symmetric and block-diagonal by layer: precondition the queries, keep the training side raw (nothing cached)
     def _phi(self, comps, a, b):
-        return [self._precond(_rows(comps[0].x, a, b).to(self._dev(comps[0].x)), self.groups, self.dims)]
-    def _psi(self, comps, a, b): return [_rows(comps[0].x, a, b)]
+        return [self._precond(read_rows(comps[0].x, a, b).to(self.device_for(comps[0].x)), self.groups, self.dims)]
+    def _psi(self, comps, a, b): return [read_rows(comps[0].x, a, b)]
 
     def precondition(self, feats, # Features in Kronecker layout on (a subset of) the factors' layers
                     ): # Features of the same layout holding (F + damping)^-1 g
         "The EK-FAC preconditioned per-layer gradients"
         self._validate(feats)
-        return dataclasses.replace(feats, x=self._precond(_rows(feats.x, 0, feats.x.shape[0]), feats.groups, feats.dims))
+        return dataclasses.replace(feats, x=self._precond(read_rows(feats.x, 0, feats.x.shape[0]), feats.groups, feats.dims))
     def _args(self): return f"{len(self.factors.shapes)} layers, damping_scale={self.damping_scale}"
 
 # %% ../nbs/05_kronecker.ipynb #74e6ad6e
@@ -575,7 +588,7 @@ def damped_inverse(F:Tensor, # [D, D] symmetric PSD matrix (a per-layer Fisher),
     return (V / (e + d)) @ V.T, e, d
 
 # %% ../nbs/05_kronecker.ipynb #cb9817f2
-class LoGRA(Method):
+class LoGRA(KronStreamed, Method):
     "LoGRA influence per layer: S[q, n, l] = phi_l(q)^T (F_l + damping_l I)^-1 phi_l(n), F_l the covariance of projected gradients"
     name, lazy, n_comp = 'LoGRA', True, 1
     def __init__(self, damping=None, # None: damping_scale * mean eigenvalue of F_l; a float; or dict layer -> float
@@ -594,10 +607,10 @@ class LoGRA(Method):
                              f"{self.groups[:4]}/{self.dims[:4]}: build both with the same layers, rank and seed.")
         pa, pb = [(getattr(f, 'meta', None) or {}).get('projection') for f in (src, comps[0])]
         if pa != pb: raise ValueError(f"Fisher features were projected with {pa}, training features with {pb}: use the same rank and seed.")
-        offs = np.cumsum([0] + self.dims); dev = self._dev(comps[0].x); N = src.x.shape[0]
+        offs = np.cumsum([0] + self.dims); dev = self.device_for(comps[0].x); N = src.x.shape[0]
         grams = [torch.zeros(d, d, dtype=torch.float64, device=dev) for d in self.dims]
-        for a, b in _spans(N, self.chunk):
-            X = _rows(src.x, a, b).to(dev, torch.float64)
+        for a, b in row_spans(N, self.chunk):
+            X = read_rows(src.x, a, b).to(dev, torch.float64)
             for j, G in enumerate(grams): Xj = X[:, offs[j]:offs[j + 1]]; G.addmm_(Xj.T, Xj)
         self.K, self.dampings, self.eigs = [], {}, {}
         for g, G in zip(self.groups, grams):
@@ -607,9 +620,9 @@ class LoGRA(Method):
         self._offs = offs
 
     def _phi(self, comps, a, b): # queries preconditioned (K symmetric, block-diagonal by layer); training side raw
-        X = _rows(comps[0].x, a, b); dt = X.dtype; X = X.to(self._dev(comps[0].x), torch.float64)
+        X = read_rows(comps[0].x, a, b); dt = X.dtype; X = X.to(self.device_for(comps[0].x), torch.float64)
         return [torch.cat([X[:, self._offs[j]:self._offs[j + 1]] @ K for j, K in enumerate(self.K)], 1).to(dt)]
-    def _psi(self, comps, a, b): return [_rows(comps[0].x, a, b)]
+    def _psi(self, comps, a, b): return [read_rows(comps[0].x, a, b)]
     def _args(self): return f"damping_scale={self.damping_scale}" if self.damping is None else f"damping={self.damping}"
 
 # %% ../nbs/05_kronecker.ipynb #70baaf3c
@@ -686,12 +699,12 @@ def stream_contributions(method, # EKFAC (fitted or not), or a fitted lazy Metho
     "Per-layer contributions of queries against training gradients captured batch by batch and never stored"
     q = _single(query, 'stream_contributions')
     groups, rank, seed = _stream_spec(method, model, q)
-    dev, nq = method._dev(q.x), q.x.shape[0]    # preconditioned queries [Q, D], a few at a time (float64 temporaries)
-    phi = torch.cat([method._query_all([q], a, b, dev) for a, b in _spans(nq, query_chunk)]) if nq else method._query_all([q], 0, 0, dev)
+    dev, nq = method.device_for(q.x), q.x.shape[0]    # preconditioned queries [Q, D], a few at a time (float64 temporaries)
+    phi = torch.cat([method.query_side([q], a, b, dev) for a, b in row_spans(nq, query_chunk)]) if nq else method.query_side([q], 0, 0, dev)
     N, blocks, ids, S, n0 = _n_examples(train_data), [], [], None, 0
     if N is not None: S = torch.empty(phi.shape[0], N, len(groups), dtype=phi.dtype, device=dev)
     for bid, fb in _stream_batches(method, model, train_data, output_fn, groups, rank, seed, batch_size, device, dtype, progress):
-        blk = method._block_S(phi, method._cat(method._psi([fb], 0, len(bid))).to(dev))
+        blk = method.block_contributions(phi, method.training_side([fb], 0, len(bid)).to(dev))
         if S is None: blocks.append(blk)
         else: S[:, n0:n0 + len(bid)] = blk
         ids += bid; n0 += len(bid)
@@ -706,19 +719,6 @@ def stream_self_influence(method, # EKFAC (fitted or not), or a fitted lazy Meth
     groups, rank, seed = _stream_spec(method, model, None)
     out = []
     for bid, fb in _stream_batches(method, model, train_data, output_fn, groups, rank, seed, batch_size, device, dtype, progress):
-        dev = method._dev(fb.x); phi = method._query_all([fb], 0, len(bid), dev)
-        prod = phi * method._cat(method._psi([fb], 0, len(bid))).to(dev).to(phi.dtype)
-        out.append(torch.stack([sum(prod[:, s].sum(1) for s in cs) for cs in method._cols], -1))
+        dev = method.device_for(fb.x)
+        out.append(method.block_self_influence(method.query_side([fb], 0, len(bid), dev), method.training_side([fb], 0, len(bid)).to(dev)))
     return torch.cat(out)
-
-@patch_to((EKFAC, LoGRA))
-def contributions_streamed(self, model:nn.Module, train_data, output_fn, query, batch_size:int=64, device=None,
-                           dtype=torch.float32, progress:bool=False, query_chunk:int=16)->Contributions:
-    "Contributions of `query` against training gradients streamed from `model` over `train_data` (see `stream_contributions`)"
-    return stream_contributions(self, model, train_data, output_fn, query, batch_size, device, dtype, progress, query_chunk)
-
-@patch_to((EKFAC, LoGRA))
-def self_influence_streamed(self, model:nn.Module, train_data, output_fn, batch_size:int=64, device=None,
-                            dtype=torch.float32, progress:bool=False)->Tensor:
-    "Per-layer self-influence [N, M] of training gradients streamed from `model` over `train_data` (see `stream_self_influence`)"
-    return stream_self_influence(self, model, train_data, output_fn, batch_size, device, dtype, progress)

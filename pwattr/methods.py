@@ -12,10 +12,12 @@ import numpy as np
 import pandas as pd
 import torch
 from torch import Tensor
+from .store import NpyFile, read_rows, row_spans, atomic_write
+from .grouping import align_weights
 
 # %% auto #0
-__all__ = ['TopK', 'stream_topk', 'Contributions', 'NpyFile', 'StreamedContributions', 'Method', 'GradDot', 'GradCos', 'TracInCP',
-           'TRAK', 'trak_gcv', 'choose_lambda']
+__all__ = ['TopK', 'stream_topk', 'Contributions', 'StreamedContributions', 'feature_list', 'Method', 'GradDot', 'GradCos',
+           'TracInCP', 'feature_gram', 'TRAK']
 
 # %% ../nbs/04_methods.ipynb #b961408d
 def _close(name, options, n=3):
@@ -32,38 +34,9 @@ def _group_index(groups:list, j)->int:
     if not -M <= j < M: raise IndexError(f"Group index {j} is out of range for {M} groups {groups[:8]}.")
     return j % M
 
-def _as_weights(w, groups:list, like:Tensor)->Tensor:
-    "Group weights as a [M] tensor on `like`'s device and dtype: from a tensor, list, array, dict name->w or GroupWeights"
-    M = len(groups)
-    if w is None: return torch.ones(M, dtype=like.dtype, device=like.device)
-    if hasattr(w, 'w') and hasattr(w, 'groups'):          # a GroupWeights: align by name
-        if (getattr(w, 'settings', None) or {}).get('apply') == 'refit': raise ValueError("refit weights (settings['apply'] == 'refit') re-solve the kernel: score them with `pwattr.safe.KernelRefit.scores`, not as S @ w")
-        wg = list(w.groups)
-        if wg != list(groups):
-            missing = [g for g in groups if g not in wg]
-            if missing: raise ValueError(f"The weights were learned for other groups: {missing[:5]} are missing "
-                                         f"(close: {_close(missing[0], wg)}). Learn weights on these contributions' groups.")
-            idx = torch.tensor([wg.index(g) for g in groups], device=torch.as_tensor(w.w).device)
-            return torch.as_tensor(w.w)[idx].to(like)
-        w = w.w
-    if isinstance(w, dict):
-        unknown = [k for k in w if k not in groups]
-        if unknown: raise KeyError(f"Weights given for unknown groups {unknown[:5]} (close: {_close(unknown[0], groups)}).")
-        return torch.tensor([float(w.get(g, 1.0)) for g in groups], dtype=like.dtype, device=like.device)
-    w = torch.as_tensor(w)
-    if w.shape != (M,):
-        raise ValueError(f"Weights must have one entry per group: expected shape ({M},) for groups "
-                         f"{groups[:6]}{' ...' if M > 6 else ''}, got {tuple(w.shape)}.")
-    return w.to(device=like.device, dtype=like.dtype)
-
 def _up(x:Tensor)->Tensor:
     "Half-precision features are stored small but computed with in float32"
     return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
-
-def _spans(n:int, size:int):
-    "Consecutive (start, stop) spans covering range(n)"
-    size = max(1, int(size))
-    return [(a, min(a + size, n)) for a in range(0, n, size)]
 
 def _bar(spans:list, progress:bool, desc:str):
     "`spans` under a tqdm bar when `progress` and there is more than one block (off by default: notebooks and tests stay quiet)"
@@ -122,7 +95,7 @@ def stream_topk(blocks:Iterator, k:int, largest:bool=True):
 # %% ../nbs/04_methods.ipynb #22cb1996
 class _ContribOps:
     "Operations shared by in-memory and on-disk contributions; subclasses give `chunks`, `shape`, ids and groups"
-    def _weights(self, w, like): return _as_weights(w, self.groups, like)
+    def _weights(self, w, like): return align_weights(w, self.groups).to(like)
 
     def scores(self, w=None)->Tensor:
         "Weighted scores [Q, N] = S @ w; `w=None` is the base method's score exactly (sum over groups)"
@@ -206,7 +179,7 @@ class Contributions(_ContribOps):
 
     def chunks(self, size:int=65536, queries:slice=slice(None))->Iterator:
         "Iterate (train_slice, S[queries, train_slice, :]) over blocks of training examples"
-        for a, b in _spans(self.S.shape[1], size): yield slice(a, b), self.S[queries, a:b]
+        for a, b in row_spans(self.S.shape[1], size): yield slice(a, b), self.S[queries, a:b]
 
     def select(self, groups:list)->Contributions:
         "Contributions restricted to some groups (names or indices), in the order given"
@@ -254,93 +227,6 @@ def _merge_groups(self, mapping:dict, # group name -> new name (groups not named
     return Contributions(self.S @ M, names, self.query_ids, self.train_ids, self.method)
 Contributions.merge_groups = _merge_groups
 
-# %% ../nbs/04_methods.ipynb #4200ec76
-class NpyFile:
-    "A .npy array on disk, read and written in blocks of rows with pread/pwrite, so memory stays bounded (no mmap pages)"
-    def __init__(self, path:str|Path):
-        self.path = Path(path)
-        with open(self.path, 'rb') as f:
-            major, _ = np.lib.format.read_magic(f)
-            read = np.lib.format.read_array_header_1_0 if major == 1 else np.lib.format.read_array_header_2_0
-            shape, fortran, dtype = read(f)
-            self.offset = f.tell()
-        if fortran: raise ValueError(f"{self.path} is stored in Fortran order; save it C-contiguous (np.ascontiguousarray).")
-        self.shape, self.dtype = tuple(shape), np.dtype(dtype)
-        self.row_bytes = int(np.prod(self.shape[1:], dtype=np.int64)) * self.dtype.itemsize
-
-    @classmethod
-    def create(cls, path:str|Path, shape:tuple, dtype=np.float32)->NpyFile:
-        "A new (zero-filled, sparse) .npy file of `shape`, ready for block writes"
-        path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
-        dtype = np.dtype(dtype)
-        with open(path, 'wb') as f:
-            np.lib.format.write_array_header_1_0(f, {'descr': np.lib.format.dtype_to_descr(dtype),
-                                                     'fortran_order': False, 'shape': tuple(int(s) for s in shape)})
-            f.truncate(f.tell() + int(np.prod(shape, dtype=np.int64)) * dtype.itemsize)
-        return cls(path)
-
-    def __len__(self): return self.shape[0]
-    @property
-    def ndim(self): return len(self.shape)
-    def __repr__(self): return f"NpyFile({str(self.path)!r}, shape={self.shape}, dtype={self.dtype})"
-
-    def _io(self, fd, buf:np.ndarray, offset:int, write:bool):
-        mv, done = memoryview(buf.reshape(-1).view(np.uint8)), 0
-        while done < len(mv):
-            n = (os.pwritev if write else os.preadv)(fd, [mv[done:]], offset + done)
-            if n <= 0: raise IOError(f"Short {'write' if write else 'read'} on {self.path} at byte {offset + done}.")
-            done += n
-
-    def read(self, a:int, b:int)->Tensor:
-        "Rows a:b (along the first axis) as a new tensor"
-        a, b = max(0, a), min(b, self.shape[0])
-        buf = np.empty((max(b - a, 0),) + self.shape[1:], self.dtype)
-        fd = os.open(self.path, os.O_RDONLY)
-        try: self._io(fd, buf, self.offset + a * self.row_bytes, False)
-        finally: os.close(fd)
-        return torch.from_numpy(buf)
-
-    def __getitem__(self, idx):
-        if not isinstance(idx, slice) or idx.step not in (None, 1):
-            raise TypeError("NpyFile supports contiguous row slices only, e.g. f[1000:2000].")
-        a, b, _ = idx.indices(self.shape[0])
-        return self.read(a, b)
-
-    def write(self, a:int, rows):
-        "Write `rows` (tensor or array) at rows a, a+1, ..."
-        arr = np.ascontiguousarray(rows.detach().cpu().numpy() if isinstance(rows, Tensor) else rows, dtype=self.dtype)
-        if arr.shape[1:] != self.shape[1:] or a + len(arr) > self.shape[0]:
-            raise ValueError(f"Block of shape {arr.shape} at row {a} does not fit {self.path} of shape {self.shape}.")
-        fd = os.open(self.path, os.O_WRONLY)
-        try: self._io(fd, arr, self.offset + a * self.row_bytes, True)
-        finally: os.close(fd)
-
-    def read_cols(self, a:int, b:int, rows:slice=slice(None))->Tensor:
-        "For an array [R, C, ...]: the block [rows, a:b, ...] (one pread per row)"
-        r0, r1, _ = rows.indices(self.shape[0])
-        inner = int(np.prod(self.shape[2:], dtype=np.int64)) * self.dtype.itemsize
-        buf = np.empty((r1 - r0, b - a) + self.shape[2:], self.dtype)
-        fd = os.open(self.path, os.O_RDONLY)
-        try:
-            for i, r in enumerate(range(r0, r1)): self._io(fd, buf[i], self.offset + r * self.row_bytes + a * inner, False)
-        finally: os.close(fd)
-        return torch.from_numpy(buf)
-
-    def write_cols(self, r0:int, a:int, block):
-        "For an array [R, C, ...]: write `block` [r, c, ...] at [r0:r0+r, a:a+c, ...]"
-        arr = np.ascontiguousarray(block.detach().cpu().numpy() if isinstance(block, Tensor) else block, dtype=self.dtype)
-        inner = int(np.prod(self.shape[2:], dtype=np.int64)) * self.dtype.itemsize
-        fd = os.open(self.path, os.O_WRONLY)
-        try:
-            for i in range(arr.shape[0]): self._io(fd, arr[i], self.offset + (r0 + i) * self.row_bytes + a * inner, True)
-        finally: os.close(fd)
-
-def _rows(x, a:int, b:int)->Tensor:
-    "Rows a:b of a feature matrix held as a tensor, a numpy array / memmap or an `NpyFile`"
-    if isinstance(x, Tensor): return x[a:b]
-    if isinstance(x, NpyFile): return x.read(a, b)
-    return torch.from_numpy(np.ascontiguousarray(x[a:b]))
-
 # %% ../nbs/04_methods.ipynb #18b62e9a
 def _json_ids(ids): return [i.item() if hasattr(i, 'item') else i for i in ids]
 
@@ -367,7 +253,7 @@ class StreamedContributions(_ContribOps):
 
     @staticmethod
     def _manifest(path, m):
-        tmp = Path(path)/'contributions.json.tmp'; tmp.write_text(json.dumps(m)); os.replace(tmp, Path(path)/'contributions.json')
+        atomic_write(Path(path)/'contributions.json', json.dumps(m))
 
     def write(self, q0:int, n0:int, block:Tensor):
         "Store a block [q, n, M] at queries q0.., training examples n0.."
@@ -391,14 +277,15 @@ class StreamedContributions(_ContribOps):
     def chunks(self, size:int=4096, queries:slice=slice(None))->Iterator:
         "Iterate (train_slice, S[queries, train_slice, :]) read from disk, one block of training examples at a time"
         if not self.complete: raise RuntimeError(f"Contributions at {self.path} are incomplete (writing was interrupted); recompute them.")
-        for a, b in _spans(self.shape[1], size): yield slice(a, b), self.file.read_cols(a, b, queries)
+        for a, b in row_spans(self.shape[1], size): yield slice(a, b), self.file.read_cols(a, b, queries)
 
     def load(self)->Contributions:
         "Everything in memory as `Contributions`"
         return Contributions(torch.cat([S for _, S in self.chunks()], 1), self.groups, self.query_ids, self.train_ids, self.method)
 
 # %% ../nbs/04_methods.ipynb #1efd496a
-def _as_list(feats)->list:
+def feature_list(feats, # Features or a list of them (checkpoints / ensemble models)
+                )->list:
     "Features or list of Features (checkpoints / ensemble models) -> validated list with the same groups, dims and ids"
     fl = list(feats) if isinstance(feats, (list, tuple)) else [feats]
     if not fl: raise ValueError("Got an empty list of Features; pass one Features per checkpoint / model.")
@@ -430,7 +317,7 @@ class Method:
     # ---- subclass hooks: lists of per-component [n, D] blocks for rows a:b ----
     def _fit(self, comps:list): pass
     def _psi(self, comps:list, a:int, b:int)->list: raise NotImplementedError
-    def _phi(self, comps:list, a:int, b:int)->list: return [_rows(f.x, a, b) for f in comps]
+    def _phi(self, comps:list, a:int, b:int)->list: return [read_rows(f.x, a, b) for f in comps]
 
     def _layout(self, comps):
         "Columns are component-major ([checkpoint/model c][group j]); group j owns one slice per component"
@@ -440,14 +327,16 @@ class Method:
 
     def _cat(self, parts:list)->Tensor: return parts[0] if len(parts) == 1 else torch.cat(parts, 1)
 
-    def _dev(self, x): return torch.device(self.device) if self.device is not None else (x.device if isinstance(x, Tensor) else torch.device('cpu'))
+    def device_for(self, x)->torch.device:
+        "Where to compute for features `x`: the method's `device`, else x's device (CPU for arrays and files)"
+        return torch.device(self.device) if self.device is not None else (x.device if isinstance(x, Tensor) else torch.device('cpu'))
 
     def fit(self, train, # Features, or list[Features] (one per checkpoint / ensemble model)
             cache=None, # None: default; False: recompute the training side per chunk; a path: store it on disk (.npy)
             progress:bool=False, # tqdm bars over the training blocks (kernel, training side)
            )->Method:
         "Compute the training side once (kernel, Q terms, learning rates) and keep it in memory, on disk or lazily"
-        comps = _as_list(train)
+        comps = feature_list(train)
         if self.n_comp is not None and len(comps) != self.n_comp:
             raise ValueError(f"{self.name} takes {self.n_comp} set(s) of features, got {len(comps)}. "
                              + ("Use TracInCP for several checkpoints." if self.n_comp == 1 else ""))
@@ -457,18 +346,18 @@ class Method:
         self._layout(comps); self._fit(comps)
         self._cache = None
         if cache is None and not self.lazy:
-            blocks = [self._cat(self._psi(comps, a, b)) for a, b in _bar(_spans(self.N, self.chunk), progress, f'{self.name} fit')]
+            blocks = [self.training_side(comps, a, b) for a, b in _bar(row_spans(self.N, self.chunk), progress, f'{self.name} fit')]
             self._cache = torch.cat(blocks, 0) if len(blocks) > 1 else blocks[0]
         elif cache not in (None, False):
-            first = self._cat(self._psi(comps, 0, 1))
+            first = self.training_side(comps, 0, 1)
             self._cache = NpyFile.create(Path(cache), (self.N, first.shape[1]), np.dtype(str(first.dtype).replace('torch.', '')))
-            for a, b in _bar(_spans(self.N, self.chunk), progress, f'{self.name} fit'): self._cache.write(a, self._cat(self._psi(comps, a, b)))
+            for a, b in _bar(row_spans(self.N, self.chunk), progress, f'{self.name} fit'): self._cache.write(a, self.training_side(comps, a, b))
         self.fitted = True
         return self
 
     def _check(self, query)->list:
         if not self.fitted: raise RuntimeError(f"{self.name} is not fitted: call .fit(train_features) first.")
-        q = _as_list(query)
+        q = feature_list(query)
         if len(q) != self.C: raise ValueError(f"{self.name} was fitted on {self.C} checkpoint(s)/model(s); the query has {len(q)}. "
                                               "Featurize the queries with the same checkpoints/models, in the same order.")
         if list(q[0].groups) != self.groups or list(q[0].dims) != self.dims:
@@ -481,18 +370,27 @@ class Method:
     def _train_rows(self, a, b, dev):
         if isinstance(self._cache, Tensor): P = self._cache[a:b]
         elif isinstance(self._cache, NpyFile): P = self._cache.read(a, b)
-        else: P = self._cat(self._psi(self._train, a, b))
+        else: P = self.training_side(self._train, a, b)
         return P.to(dev)
 
-    def _query_all(self, q, a, b, dev): return _up(self._cat(self._phi(q, a, b)).to(dev))
+    # ---- the two sides, public: a training side computed elsewhere (streamed from a model, read from disk) meets the queries here ----
+    def query_side(self, query:list, # list of Features (one per checkpoint / model), as `_check` returns
+                   a:int, b:int, device)->Tensor: # [b-a, C*D] upcast query-side rows
+        "Query-side features phi(q) of query rows a:b, on `device`"
+        return _up(self._cat(self._phi(query, a, b)).to(device))
+
+    def training_side(self, train:list, # list of Features (one per checkpoint / model): any rows, fitted or not
+                      a:int, b:int)->Tensor: # [b-a, C*D]
+        "Training side K g(n) of rows a:b of `train`: what `fit` caches, computed for features it did not see"
+        return self._cat(self._psi(train, a, b))
 
     def _blocks(self, q:list, w, chunk, qa:int=0, qb:int=None):
         "Yield (train_slice, weighted scores [qb-qa, n]) with the weights applied on the query side: one matmul per block"
-        dev = self._dev(q[0].x); phi = self._query_all(q, qa, q[0].x.shape[0] if qb is None else qb, dev)
+        dev = self.device_for(q[0].x); phi = self.query_side(q, qa, q[0].x.shape[0] if qb is None else qb, dev)
         if w is not None:
-            wv = _as_weights(w, self.groups, phi)
+            wv = align_weights(w, self.groups).to(phi)
             phi = phi * wv[self._gcol.to(dev)]
-        for a, b in _spans(self.N, chunk or self.chunk):
+        for a, b in row_spans(self.N, chunk or self.chunk):
             yield slice(a, b), phi @ self._train_rows(a, b, dev).to(phi.dtype).T
 
     def scores(self, query, w=None, chunk:int=None)->Tensor:
@@ -502,12 +400,22 @@ class Method:
     def topk(self, query, k:int=100, w=None, largest:bool=True, chunk:int=None, query_chunk:int=1024)->TopK:
         "Top-k proponents/opponents per query, streamed over training blocks: memory O(Q·(k + chunk)), never [Q, N]"
         q = self._check(query); nq = q[0].x.shape[0]; k = min(int(k), self.N)
-        parts = [stream_topk(self._blocks(q, w, chunk, a, b), k, largest) for a, b in _spans(nq, query_chunk)]
+        parts = [stream_topk(self._blocks(q, w, chunk, a, b), k, largest) for a, b in row_spans(nq, query_chunk)]
         return TopK(torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts]), list(q[0].ids), self.train_ids, largest)
 
-    def _block_S(self, phi, P):
+    def block_contributions(self, phi:Tensor, # [q, C*D] from `query_side`
+                            P:Tensor, # [n, C*D] from `training_side` (or the fitted cache)
+                           )->Tensor: # [q, n, M]
+        "Per-group contributions of a block of queries against a block of training examples"
         P = P.to(phi.dtype)
         return torch.stack([sum(phi[:, s] @ P[:, s].T for s in cs) for cs in self._cols], -1)
+
+    def block_self_influence(self, phi:Tensor, # [n, C*D] query side of n examples
+                             P:Tensor, # [n, C*D] training side of the same n examples
+                            )->Tensor: # [n, M]
+        "Per-group self-influence of n examples: the diagonal of `block_contributions(phi, P)` without the [n, n] blocks"
+        prod = phi * P.to(phi.dtype)
+        return torch.stack([sum(prod[:, s].sum(1) for s in cs) for cs in self._cols], -1)
 
     def contributions(self, query, # Features (or list, one per checkpoint/model) of the queries
                       out=None,    # None: in memory; a folder path: stream S to disk and return StreamedContributions
@@ -515,35 +423,34 @@ class Method:
                       progress:bool=False): # tqdm bar over the training blocks
         "Per-group contributions S[q, n, j] = phi_j(q)^T (K g(n))_j; their sum over groups is the method's score"
         q = self._check(query); nq = q[0].x.shape[0]; M = len(self.groups)
-        dev = self._dev(q[0].x); chunk = chunk or self.chunk
+        dev = self.device_for(q[0].x); chunk = chunk or self.chunk
         if out is None:
-            phi = self._query_all(q, 0, nq, dev)
+            phi = self.query_side(q, 0, nq, dev)
             S = torch.empty(nq, self.N, M, dtype=phi.dtype, device=dev)
-            for a, b in _bar(_spans(self.N, chunk), progress, f'{self.name} contributions'): S[:, a:b] = self._block_S(phi, self._train_rows(a, b, dev))
+            for a, b in _bar(row_spans(self.N, chunk), progress, f'{self.name} contributions'): S[:, a:b] = self.block_contributions(phi, self._train_rows(a, b, dev))
             return Contributions(S, self.groups, list(q[0].ids), self.train_ids, self.name)
-        first = self._query_all(q, 0, 1, dev)
+        first = self.query_side(q, 0, 1, dev)
         res = StreamedContributions.create(out, (nq, self.N, M), self.groups, list(q[0].ids), self.train_ids, self.name,
                                            dtype=str(first.dtype).replace('torch.', ''))
-        for a, b in _bar(_spans(self.N, chunk), progress, f'{self.name} contributions'):
+        for a, b in _bar(row_spans(self.N, chunk), progress, f'{self.name} contributions'):
             P = self._train_rows(a, b, dev)
-            for qa, qb in _spans(nq, query_chunk): res.write(qa, a, self._block_S(self._query_all(q, qa, qb, dev), P))
+            for qa, qb in row_spans(nq, query_chunk): res.write(qa, a, self.block_contributions(self.query_side(q, qa, qb, dev), P))
         return res.finish()
 
     def chunks(self, query, chunk:int=None)->Iterator:
         "Iterate (train_slice, S[:, train_slice, :]) computed on the fly, block by block (nothing stored): a chunk source for `learn_weights`"
-        q = self._check(query); dev = self._dev(q[0].x); phi = self._query_all(q, 0, q[0].x.shape[0], dev)
-        for a, b in _spans(self.N, chunk or self.chunk): yield slice(a, b), self._block_S(phi, self._train_rows(a, b, dev))
+        q = self._check(query); dev = self.device_for(q[0].x); phi = self.query_side(q, 0, q[0].x.shape[0], dev)
+        for a, b in row_spans(self.N, chunk or self.chunk): yield slice(a, b), self.block_contributions(phi, self._train_rows(a, b, dev))
 
     def self_influence(self, train=None, # Features to score against themselves (default: the fitted training set)
                        chunk:int=None)->Tensor: # [N, M]
         "Per-group self-influence S[n, n, j] (the diagonal), computed row-wise without any N × N matrix"
         comps = self._train if train is None else self._check(train)
-        n = comps[0].x.shape[0]; dev = self._dev(comps[0].x); out = None
-        for a, b in _spans(n, chunk or self.chunk):
-            phi = self._query_all(comps, a, b, dev)
-            P = self._train_rows(a, b, dev) if train is None else self._cat(self._psi(comps, a, b)).to(dev)
-            prod = phi * P.to(phi.dtype)
-            blk = torch.stack([sum(prod[:, s].sum(1) for s in cs) for cs in self._cols], -1)
+        n = comps[0].x.shape[0]; dev = self.device_for(comps[0].x); out = None
+        for a, b in row_spans(n, chunk or self.chunk):
+            phi = self.query_side(comps, a, b, dev)
+            P = self._train_rows(a, b, dev) if train is None else self.training_side(comps, a, b).to(dev)
+            blk = self.block_self_influence(phi, P)
             if out is None: out = torch.empty(n, len(self.groups), dtype=blk.dtype, device=dev)
             out[a:b] = blk
         return out
@@ -557,15 +464,15 @@ class Method:
 class GradDot(Method):
     "Grad-Dot: S[q, n, j] = g_j(q)^T g_j(n) at one checkpoint (K = I)"
     name, lazy, n_comp = 'GradDot', True, 1
-    def _psi(self, comps, a, b): return [_rows(comps[0].x, a, b)]
+    def _psi(self, comps, a, b): return [read_rows(comps[0].x, a, b)]
 
 class GradCos(Method):
     "Grad-Cos: S[q, n, j] = g_j(q)^T g_j(n) / (|g(q)| |g(n)|), normalised by the full-gradient norms so groups sum to the cosine"
     name, lazy, n_comp = 'GradCos', True, 1
     def __init__(self, eps:float=1e-12, **kw): super().__init__(**kw); self.eps = eps
     def _unit(self, x): x = _up(x); return x / x.norm(dim=1, keepdim=True).clamp_min(self.eps)
-    def _psi(self, comps, a, b): return [self._unit(_rows(comps[0].x, a, b))]
-    def _phi(self, comps, a, b): return [self._unit(_rows(comps[0].x, a, b))]
+    def _psi(self, comps, a, b): return [self._unit(read_rows(comps[0].x, a, b))]
+    def _phi(self, comps, a, b): return [self._unit(read_rows(comps[0].x, a, b))]
 
 class TracInCP(Method):
     "TracInCP: S[q, n, j] = sum_c eta_c g_j(q; theta_c)^T g_j(n; theta_c) over checkpoints c with learning rates eta_c"
@@ -589,15 +496,17 @@ class TracInCP(Method):
         else:
             if len(self.lrs) != len(comps): raise ValueError(f"Got {len(self.lrs)} learning rates for {len(comps)} checkpoints.")
             self.eta = [float(l) for l in self.lrs]
-    def _psi(self, comps, a, b): return [_rows(f.x, a, b) * e for f, e in zip(comps, self.eta)]
+    def _psi(self, comps, a, b): return [read_rows(f.x, a, b) * e for f, e in zip(comps, self.eta)]
     def _args(self): return f"lrs={getattr(self, 'eta', self.lrs)}"
 
 # %% ../nbs/04_methods.ipynb #04600ba2
-def _gram(x, N:int, chunk:int, dev, progress:bool=False)->Tensor:
+def feature_gram(x, # [N, D] features: tensor, array / memmap or `NpyFile`
+                 N:int, chunk:int, # rows, rows per block
+                 dev, progress:bool=False)->Tensor:
     "Phi^T Phi in float64, accumulated over blocks of rows"
     G = None
-    for a, b in _bar(_spans(N, chunk), progress, 'kernel'):
-        X = _rows(x, a, b).to(dev, torch.float64)
+    for a, b in _bar(row_spans(N, chunk), progress, 'kernel'):
+        X = read_rows(x, a, b).to(dev, torch.float64)
         G = X.T @ X if G is None else G.addmm_(X.T, X)
     return G
 
@@ -625,10 +534,10 @@ class TRAK(Method):
             bad = [i for i, f in enumerate(comps) if 'q' not in (getattr(f, 'extras', None) or {})]
             if bad: raise ValueError(f"TRAK needs Q = 1 - p per training example in extras['q'] (missing for features {bad[:5]}). "
                                      "Featurize with the Margin output (it records q), or use TRAK(use_q=False).")
-        dev = self._dev(comps[0].x); offs = np.cumsum([0] + self.dims)
+        dev = self.device_for(comps[0].x); offs = np.cumsum([0] + self.dims)
         self.L, self.lams = [], []
         for c, f in enumerate(comps):
-            G = _gram(f.x, self.N, self.chunk, dev, getattr(self, '_progress', False))
+            G = feature_gram(f.x, self.N, self.chunk, dev, getattr(self, '_progress', False))
             if self.kernel == 'global':
                 lam = self.lam if self.lam is not None else self.lam_rel * G.diagonal().mean().item()
                 self.L.append(_chol(G + lam * torch.eye(len(G), dtype=G.dtype, device=dev), f"Phi^T Phi + lam I (model {c}, lam={lam:.3g})"))
@@ -648,9 +557,9 @@ class TRAK(Method):
         return torch.stack([torch.as_tensor(f.extras['q'])[a:b].to(dev, torch.float64) for f in comps]).mean(0)
 
     def _psi(self, comps, a, b):
-        dev = self._dev(comps[0].x); C = len(comps); qbar = self._qbar(comps, a, b, dev); out = []
+        dev = self.device_for(comps[0].x); C = len(comps); qbar = self._qbar(comps, a, b, dev); out = []
         for c, f in enumerate(comps):
-            X = _rows(f.x, a, b); dt = X.dtype; X = X.to(dev, torch.float64)
+            X = read_rows(f.x, a, b); dt = X.dtype; X = X.to(dev, torch.float64)
             if self.kernel == 'global': Y = torch.cholesky_solve(X.T, self.L[c]).T
             else: Y = torch.cat([torch.cholesky_solve(X[:, self._offs[j]:self._offs[j + 1]].T, Lj).T for j, Lj in enumerate(self.L[c])], 1)
             Y = Y / C if qbar is None else Y * (qbar / C)[:, None]
@@ -658,44 +567,3 @@ class TRAK(Method):
         return out
 
     def _args(self): return f"kernel={self.kernel!r}, " + (f"lam={self.lam}" if self.lam is not None else f"lam_rel={self.lam_rel}") + f", use_q={self.use_q}"
-
-# %% ../nbs/04_methods.ipynb #bb65beb6
-def trak_gcv(train,              # Features or list[Features] (ensemble: GCV averaged over models)
-             lam_rels=(1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 0.1, 0.3, 1.0, 3.0, 10.0, 30.0, 100.0), # ridge grid, relative to the mean diagonal of Phi^T Phi
-             y:Tensor=None,      # targets [N] (default: extras['out'], the model output f at each training example)
-             chunk:int=8192)->pd.DataFrame:
-    "Generalised cross-validation of the ridge regression of the model's outputs on its features, for each ridge"
-    comps, rows = _as_list(train), []
-    for c, f in enumerate(comps):
-        t = y if y is not None else (getattr(f, 'extras', None) or {}).get('out')
-        if t is None: raise ValueError("trak_gcv needs targets: pass y=[N] or featurize with extras['out'] (the model output).")
-        N = f.x.shape[0]; dev = torch.device('cpu')
-        t = torch.as_tensor(t).to(dev, torch.float64); t = t - t.mean()
-        G = _gram(f.x, N, chunk, dev); e, V = torch.linalg.eigh(G); e = e.clamp_min(0)
-        Xty = sum(_rows(f.x, a, b).to(dev, torch.float64).T @ t[a:b] for a, b in _spans(N, chunk))
-        b2 = (V.T @ Xty) ** 2; scale = G.diagonal().mean().item()
-        for r in lam_rels:
-            lam = r * scale
-            df = (e / (e + lam)).sum().item()
-            rss = (t @ t - 2 * (b2 / (e + lam)).sum() + (e * b2 / (e + lam) ** 2).sum()).item()
-            rows.append(dict(model=c, lam_rel=r, lam=lam, df=df, gcv=N * rss / max(N - df, 1e-9) ** 2))
-    return pd.DataFrame(rows).groupby('lam_rel', as_index=False).agg(lam=('lam', 'mean'), df=('df', 'mean'), gcv=('gcv', 'mean'))
-
-def choose_lambda(train, # Features or list[Features]
-                  lam_rels=(1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 0.1, 0.3, 1.0, 3.0, 10.0, 30.0, 100.0), # relative ridge grid
-                  criterion=None, # a function(fitted TRAK) -> float to maximise; None: LDS if `gt` is given, else GCV
-                  query=None,     # query Features (or list) of the ground truth's queries, for the LDS criterion
-                  gt=None,        # a `pwattr.groundtruth.GroundTruth`: choose by LDS on `query`
-                  kernel:str='global', **kw)->tuple:
-    "Pick TRAK's relative ridge by a sweep; returns (best lam_rel, table of the sweep)"
-    if criterion is None and gt is not None:
-        if query is None: raise ValueError("Choosing lam by LDS needs the ground truth's queries: pass query= (their features).")
-        qids = [str(i) for i in _as_list(query)[0].ids]
-        if qids != [str(i) for i in gt.query_ids]:
-            raise ValueError(f"query ids {qids[:3]} differ from the ground truth's {list(gt.query_ids)[:3]}: featurize gt.query_ids in order.")
-        from .evaluate import lds
-        criterion = lambda m: lds(m.scores(query), gt).mean
-    if criterion is None:
-        tab = trak_gcv(train, lam_rels, **kw); return float(tab.loc[tab['gcv'].idxmin(), 'lam_rel']), tab
-    rows = [dict(lam_rel=r, score=float(criterion(TRAK(kernel=kernel, lam_rel=r, **kw).fit(train)))) for r in lam_rels]
-    tab = pd.DataFrame(rows); return float(tab.loc[tab['score'].idxmax(), 'lam_rel']), tab

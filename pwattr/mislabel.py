@@ -146,7 +146,7 @@ class MislabelRun:
         if kind == 'kron':
             factors = fit_kron_factors(model, self.train, fisher_output_for(output_fn(LOSS[self.p.domain])), seed=self.seed, device=self.device)
             meth = EKFAC(factors)
-            q = kron_features(model, self.learn_q, fn, device=self.device)
+            q = kron_features(model, fn, self.learn_q, device=self.device)
             S = meth.contributions_streamed(model, self.train, fn, q, progress=self.progress)
             si = meth.self_influence_streamed(model, self.train, fn, progress=self.progress)
             return dict(si=si.cpu(), learn=S, groups=list(S.groups))

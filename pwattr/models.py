@@ -10,8 +10,8 @@ from torch import Tensor
 
 # %% auto #0
 __all__ = ['ATTRIBUTES', 'UNSPECIFIED', 'n_params', 'param_table', 'MLP', 'ConvBlock', 'Residual', 'ResNet9', 'Attention',
-           'FeedForward', 'Block', 'PatchEmbed', 'ViT', 'gpt2_lm', 'lm_loss', 'unet2d', 'AttributeUNet',
-           'predict_noise', 'ddpm_scheduler', 'diffusion_loss', 'sample']
+           'FeedForward', 'Block', 'PatchEmbed', 'ViT', 'next_token_nll', 'reduce_tokens', 'gpt2_lm', 'lm_loss',
+           'unet2d', 'AttributeUNet', 'predict_noise', 'ddpm_scheduler', 'diffusion_loss', 'sample']
 
 # %% ../nbs/01_models.ipynb #1b00fbc3
 def n_params(model:nn.Module, # any module
@@ -157,6 +157,23 @@ class ViT(nn.Module):
         for b in self.blocks: x = b(x)
         return self.head(self.ln(x[:, 0]))
 
+# %% ../nbs/01_models.ipynb #75cadba5
+def next_token_nll(logits:Tensor, # [B, T, V] predictions of the next T tokens
+                   targets:Tensor, # long [B, T] the tokens they predict
+                  )->Tensor: # [B, T] cross-entropy per token, in float32 whatever the logits' dtype
+    "Cross-entropy of every predicted token"
+    return F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), reduction='none').view(targets.shape[0], -1)
+
+def reduce_tokens(loss:Tensor, # [B, T, ...] per-token losses
+                  mask:Tensor, # [B, T, ...] 1 where a token is scored, 0 elsewhere (loss's dtype)
+                  reduction:str='mean', # 'mean' over each sequence's scored tokens, or 'sum'
+                 )->Tensor: # [B, ...]
+    "Masked sum or mean over each sequence's tokens: the one reduction of the LM losses (training, features, Fisher)"
+    s = (loss * mask).sum(1)
+    if reduction == 'sum': return s
+    if reduction == 'mean': return s / mask.sum(1).clamp_min(1)
+    raise ValueError(f"reduction={reduction!r}: use 'mean' or 'sum'")
+
 # %% ../nbs/01_models.ipynb #baebeb60
 def gpt2_lm(vocab_size:int=258, # byte vocabulary (256 bytes + specials, as the data records in `info`)
             n_layer:int=2, # transformer blocks
@@ -184,12 +201,8 @@ def lm_loss(model, # a causal LM returning `.logits` (or a tensor of logits)
     mask = batch.get('attention_mask', torch.ones_like(ids))
     out = model(input_ids=ids, attention_mask=mask)
     logits = out.logits if hasattr(out, 'logits') else out
-    nll = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), ids[:, 1:].flatten(), reduction='none').view(ids.shape[0], -1)
-    m = mask[:, 1:].to(nll.dtype)
-    s = (nll * m).sum(1)
-    if reduction == 'sum': return s
-    if reduction == 'mean': return s / m.sum(1).clamp_min(1)
-    raise ValueError(f"reduction={reduction!r}: use 'mean' or 'sum'")
+    nll = next_token_nll(logits[:, :-1], ids[:, 1:])
+    return reduce_tokens(nll, mask[:, 1:].to(nll.dtype), reduction)
 
 # %% ../nbs/01_models.ipynb #f1729380
 def unet2d(sample_size:int=16, # image side

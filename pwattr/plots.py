@@ -11,13 +11,14 @@ import numpy as np, pandas as pd, torch
 import matplotlib
 from matplotlib.figure import Figure
 from torch import Tensor
+from .grouping import align_weights, group_labels
 
 # %% auto #0
 __all__ = ['DPI', 'group_values', 'group_display_names', 'model_order', 'figure_png', 'save_figure', 'PlotFigure', 'img_tag',
            'overlapping_text', 'plot_group_lds', 'block_function_table', 'plot_block_function', 'plot_weights',
            'weight_table', 'plot_weight_sets', 'cosine_matrix', 'plot_weight_cosine', 'display_image', 'items_of',
-           'item_labels', 'ids_of', 'as_weight_vector', 'topk_under', 'plot_gallery', 'topk_rows', 'plot_topk_gallery',
-           'lds_long_table', 'plot_lds_table']
+           'item_labels', 'ids_of', 'topk_under', 'plot_gallery', 'topk_rows', 'plot_topk_gallery', 'lds_long_table',
+           'plot_lds_table']
 
 # %% ../nbs/09_plots.ipynb #0a3f3569
 def _np(x)->np.ndarray:
@@ -222,7 +223,7 @@ def _tick_labels(ax, labels:list, width_in:float, fontsize:float=9):
 def _grid_possible(values, names:list)->bool:
     "Whether per-group values can go on a block x function grid that says more than bars"
     if getattr(values, 'cross', None) is not None: return True
-    nb, nf = len(set(_labels_of(None, names, 'block'))), len(set(_labels_of(None, names, 'function')))
+    nb, nf = len(set(group_labels(None, names, 'block'))), len(set(group_labels(None, names, 'function')))
     return 1 < nb < len(names) and 1 < nf < len(names)
 
 def _in_model_order(d:pd.DataFrame, groups)->pd.DataFrame:
@@ -263,22 +264,6 @@ def plot_group_lds(lds, # per-group LDS: dict / Series / DataFrame (name, lds, l
     return fig
 
 # %% ../nbs/09_plots.ipynb #3bd373d4
-def _labels_of(spec, groups:list, kind:str)->list:
-    "Labels of each group: a list, dict, callable, GroupSpec, or None (pwattr.grouping's block_of / function_of)"
-    if spec is None:
-        from pwattr import grouping
-        f = grouping.block_of if kind == 'block' else grouping.function_of
-        spec = lambda g: f(g if g.endswith(('.weight', '.bias')) else g + '.weight')   # group names are module paths
-    if hasattr(spec, 'labels') and hasattr(spec, 'names'): return list(spec.labels(kind))
-    if callable(spec): return [spec(g) for g in groups]
-    if isinstance(spec, Mapping):
-        missing = [g for g in groups if g not in spec]
-        if missing: raise KeyError(f"The {kind} labels have no entry for groups {missing[:5]}")
-        return [spec[g] for g in groups]
-    spec = list(spec)
-    if len(spec) != len(groups): raise ValueError(f"{len(spec)} {kind} labels for {len(groups)} groups: give one per group")
-    return spec
-
 def block_function_table(values, # per-group values (anything `group_values` reads)
                          groups:list|None=None, # group names when `values` is an array
                          block=None, # row label per group: list / dict / callable / GroupSpec (default: grouping.block_of)
@@ -287,8 +272,8 @@ def block_function_table(values, # per-group values (anything `group_values` rea
                         )->pd.DataFrame: # blocks x functions, in first-seen (model) order; nan for empty cells
     "Per-group values arranged as a block x function table"
     d = group_values(values, groups)
-    d['block'] = [str(b) for b in _labels_of(block, list(d.name), 'block')]
-    d['function'] = [str(f) for f in _labels_of(function, list(d.name), 'function')]
+    d['block'] = [str(b) for b in group_labels(block, list(d.name), 'block')]
+    d['function'] = [str(f) for f in group_labels(function, list(d.name), 'function')]
     t = d.pivot_table(index='block', columns='function', values='value', aggfunc=agg, sort=False, dropna=False)
     return t.reindex(index=list(dict.fromkeys(d.block)), columns=list(dict.fromkeys(d.function)))
 
@@ -475,33 +460,16 @@ def _contrib_rows(S, q:int)->Tensor:
     r = S[q]
     return r.detach().double().cpu() if isinstance(r, Tensor) else torch.from_numpy(np.asarray(r, dtype=np.float64))
 
-def as_weight_vector(w, # None (base method), [M] tensor / array / list, dict name -> w, Series, GroupWeights
-                     groups:list|None, # the M groups of the contributions
-                     M:int)->Tensor: # float64 [M]
-    "Weights aligned with the contributions' groups (None: ones, the base method)"
-    if w is None: return torch.ones(M, dtype=torch.float64)
-    if isinstance(w, (Tensor, np.ndarray, list, tuple)):
-        v = torch.as_tensor(_np(w)).reshape(-1)
-        if len(v) != M: raise ValueError(f"Weights must have one entry per group: expected {M}, got {len(v)}")
-        return v
-    if groups is None: raise ValueError("Named weights (dict / Series / GroupWeights) need the contributions' group names")
-    d = group_values(w)
-    if isinstance(w, Mapping):                                          # a partial dict: other groups keep w = 1
-        unknown = [k for k in d.name if k not in groups]
-        if unknown: raise KeyError(f"Weights given for unknown groups {unknown[:5]}; the groups are {list(groups)[:6]}")
-        full = dict.fromkeys(groups, 1.0); full.update(zip(d.name, d.value)); return torch.tensor([full[g] for g in groups], dtype=torch.float64)
-    return torch.tensor(group_values(w, list(groups)).value.to_numpy(dtype=np.float64, copy=True))
-
 def topk_under(S, # contributions [Q, N, M] (tensor / array / memmap) or a Contributions
                q:int, # query position
-               w=None, # weights (see `as_weight_vector`); None: the base method
+               w=None, # weights (see `pwattr.grouping.align_weights`); None: the base method
                k:int=5, # how many
                groups:list|None=None, # group names (default: `S.groups`)
                largest:bool=True, # proponents (True) or opponents
               )->tuple: # (indices [k] list, scores [k] list)
     "Top-k training positions and scores of query `q` under weights `w` (ties: lower position first)"
     X = _contrib_rows(S, q)
-    v = as_weight_vector(w, groups if groups is not None else getattr(S, 'groups', None), X.shape[1])
+    v = align_weights(w, groups if groups is not None else getattr(S, 'groups', None), X.shape[1]).double()
     s = X @ v
     o = torch.sort(s, descending=largest, stable=True).indices[:k]
     return o.tolist(), s[o].tolist()

@@ -10,9 +10,10 @@ from functools import lru_cache
 import torch, torch.nn as nn
 from .models import MLP, ResNet9, ViT, gpt2_lm, unet2d, AttributeUNet, ddpm_scheduler, n_params
 from .train import TrainResult, seeded, train_classifier, train_lm, train_diffusion
+from .store import config_hash
 
 # %% auto #0
-__all__ = ['PRESETS', 'config_hash', 'Preset', 'PresetNotFound', 'get_preset', 'image_grid']
+__all__ = ['PRESETS', 'Preset', 'PresetNotFound', 'get_preset', 'image_grid']
 
 # %% ../nbs/01c_presets.ipynb #33bb6e2e
 _TRAINERS = {'classification': train_classifier, 'language': train_lm, 'diffusion': train_diffusion}
@@ -23,10 +24,6 @@ def _merge(a:dict, b:dict)->dict:
     for k, v in b.items():
         out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else copy.deepcopy(v)
     return out
-
-def config_hash(config:dict)->str:
-    "SHA-256 (first 16 hex digits) of `config` as canonical JSON"
-    return hashlib.sha256(json.dumps(config, sort_keys=True, separators=(',', ':')).encode()).hexdigest()[:16]
 
 @dataclass
 class Preset:

@@ -22,14 +22,14 @@ def _ram_bytes(default:int=8 * 2**30)->int:
     except (AttributeError, ValueError, OSError): return default
 
 # %% ../nbs/07b_safe.ipynb #71532d48
+from .grouping import align_weights
 def _group_cols(dims:list)->Tensor:
     "Group index of every feature column"
     return torch.repeat_interleave(torch.arange(len(dims)), torch.as_tensor([int(d) for d in dims]))
 
 def _weights_vec(w, M:int, like:Tensor)->Tensor:
     "Weights [M] > 0 (a tensor, list or GroupWeights) on `like`'s device and dtype"
-    w = torch.as_tensor(w.w if isinstance(w, GroupWeights) else w).to(like)
-    if w.shape != (M,): raise ValueError(f"need one weight per group: shape ({M},), got {tuple(w.shape)}")
+    w = align_weights(w.w if isinstance(w, GroupWeights) else w, None, M).to(like)   # by position, as KernelRefit's groups
     if not torch.isfinite(w).all() or (w <= 0).any():
         raise ValueError("kernel-consistent weights must be finite and > 0 (w_j = 0 is an infinite ridge: drop the group instead)")
     return w

@@ -9,11 +9,142 @@ from contextlib import contextmanager
 from pathlib import Path
 import numpy as np
 import torch
-from .features import Features
+from torch import Tensor
+from .grouping import GroupSpec
 
 # %% auto #0
-__all__ = ['FORMAT', 'IDENTITY', 'LOCK_TIMEOUT', 'SYNC_EVERY', 'StoreMismatch', 'StoreCorrupt', 'StoreLocked', 'FeatureStore',
-           'write_index', 'load_features']
+__all__ = ['FORMAT', 'IDENTITY', 'LOCK_TIMEOUT', 'SYNC_EVERY', 'atomic_path', 'atomic_write', 'config_hash', 'NpyFile',
+           'read_rows', 'row_spans', 'StoreMismatch', 'StoreCorrupt', 'StoreLocked', 'FeatureStore', 'write_index',
+           'numbered_stores']
+
+# %% ../nbs/03b_store.ipynb #f769e308
+def _fsync_dir(path:Path):
+    fd = os.open(path, os.O_RDONLY)
+    try: os.fsync(fd)
+    finally: os.close(fd)
+
+@contextmanager
+def atomic_path(path:str|Path, # the file to write
+               ):
+    "A temporary path beside `path` to write to; when the block succeeds it is fsynced and replaces `path` atomically, else removed"
+    path = Path(path); tmp = path.with_name(path.name + f'.tmp{os.getpid()}')
+    try:
+        yield tmp
+        with open(tmp, 'rb+') as f: os.fsync(f.fileno())
+        os.replace(tmp, path); _fsync_dir(path.parent)
+    finally: tmp.unlink(missing_ok=True)
+
+def atomic_write(path:str|Path, # the file to write
+                 data:str|bytes, # its whole content
+                ):
+    "Write `data` to `path` atomically: a reader sees the old file or the new one, never a part (temp file, fsync, os.replace)"
+    with atomic_path(path) as tmp: tmp.write_bytes(data) if isinstance(data, bytes) else tmp.write_text(data)
+
+# %% ../nbs/03b_store.ipynb #df7afc27
+def config_hash(config, # settings as JSON-able values (anything else is written with str())
+                n:int=16, # hex digits kept
+                compact:bool=True, # JSON without spaces (presets); False: json.dumps' default separators (run caches)
+               )->str:
+    "SHA-256 of `config` as canonical JSON (sorted keys), first `n` hex digits: the one cache key of settings"
+    sep = (',', ':') if compact else None
+    return hashlib.sha256(json.dumps(config, sort_keys=True, separators=sep, default=str).encode()).hexdigest()[:n]
+
+# %% ../nbs/03b_store.ipynb #d865df5c
+class NpyFile:
+    "A .npy array on disk, read and written in blocks of rows with pread/pwrite, so memory stays bounded (no mmap pages)"
+    def __init__(self, path:str|Path):
+        self.path = Path(path)
+        with open(self.path, 'rb') as f:
+            major, _ = np.lib.format.read_magic(f)
+            read = np.lib.format.read_array_header_1_0 if major == 1 else np.lib.format.read_array_header_2_0
+            shape, fortran, dtype = read(f)
+            self.offset = f.tell()
+        if fortran: raise ValueError(f"{self.path} is stored in Fortran order; save it C-contiguous (np.ascontiguousarray).")
+        self.shape, self.dtype = tuple(shape), np.dtype(dtype)
+        self.row_bytes = int(np.prod(self.shape[1:], dtype=np.int64)) * self.dtype.itemsize
+
+    @classmethod
+    def create(cls, path:str|Path, shape:tuple, dtype=np.float32)->NpyFile:
+        "A new (zero-filled, sparse) .npy file of `shape`, ready for block writes"
+        path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
+        dtype = np.dtype(dtype)
+        with open(path, 'wb') as f:
+            np.lib.format.write_array_header_1_0(f, {'descr': np.lib.format.dtype_to_descr(dtype),
+                                                     'fortran_order': False, 'shape': tuple(int(s) for s in shape)})
+            f.truncate(f.tell() + int(np.prod(shape, dtype=np.int64)) * dtype.itemsize)
+        return cls(path)
+
+    def __len__(self): return self.shape[0]
+    @property
+    def ndim(self): return len(self.shape)
+    def __repr__(self): return f"NpyFile({str(self.path)!r}, shape={self.shape}, dtype={self.dtype})"
+
+    def _io(self, fd, buf:np.ndarray, offset:int, write:bool):
+        mv, done = memoryview(buf.reshape(-1).view(np.uint8)), 0
+        while done < len(mv):
+            n = (os.pwritev if write else os.preadv)(fd, [mv[done:]], offset + done)
+            if n <= 0: raise IOError(f"Short {'write' if write else 'read'} on {self.path} at byte {offset + done}.")
+            done += n
+
+    def read(self, a:int, b:int)->Tensor:
+        "Rows a:b (along the first axis) as a new tensor"
+        a, b = max(0, a), min(b, self.shape[0])
+        buf = np.empty((max(b - a, 0),) + self.shape[1:], self.dtype)
+        fd = os.open(self.path, os.O_RDONLY)
+        try: self._io(fd, buf, self.offset + a * self.row_bytes, False)
+        finally: os.close(fd)
+        return torch.from_numpy(buf)
+
+    def __getitem__(self, idx):
+        if not isinstance(idx, slice) or idx.step not in (None, 1):
+            raise TypeError("NpyFile supports contiguous row slices only, e.g. f[1000:2000].")
+        a, b, _ = idx.indices(self.shape[0])
+        return self.read(a, b)
+
+    def write(self, a:int, rows):
+        "Write `rows` (tensor or array) at rows a, a+1, ..."
+        arr = np.ascontiguousarray(rows.detach().cpu().numpy() if isinstance(rows, Tensor) else rows, dtype=self.dtype)
+        if arr.shape[1:] != self.shape[1:] or a + len(arr) > self.shape[0]:
+            raise ValueError(f"Block of shape {arr.shape} at row {a} does not fit {self.path} of shape {self.shape}.")
+        fd = os.open(self.path, os.O_WRONLY)
+        try: self._io(fd, arr, self.offset + a * self.row_bytes, True)
+        finally: os.close(fd)
+
+    def read_cols(self, a:int, b:int, rows:slice=slice(None))->Tensor:
+        "For an array [R, C, ...]: the block [rows, a:b, ...] (one pread per row)"
+        r0, r1, _ = rows.indices(self.shape[0])
+        inner = int(np.prod(self.shape[2:], dtype=np.int64)) * self.dtype.itemsize
+        buf = np.empty((r1 - r0, b - a) + self.shape[2:], self.dtype)
+        fd = os.open(self.path, os.O_RDONLY)
+        try:
+            for i, r in enumerate(range(r0, r1)): self._io(fd, buf[i], self.offset + r * self.row_bytes + a * inner, False)
+        finally: os.close(fd)
+        return torch.from_numpy(buf)
+
+    def write_cols(self, r0:int, a:int, block):
+        "For an array [R, C, ...]: write `block` [r, c, ...] at [r0:r0+r, a:a+c, ...]"
+        arr = np.ascontiguousarray(block.detach().cpu().numpy() if isinstance(block, Tensor) else block, dtype=self.dtype)
+        inner = int(np.prod(self.shape[2:], dtype=np.int64)) * self.dtype.itemsize
+        fd = os.open(self.path, os.O_WRONLY)
+        try:
+            for i in range(arr.shape[0]): self._io(fd, arr[i], self.offset + (r0 + i) * self.row_bytes + a * inner, True)
+        finally: os.close(fd)
+
+# %% ../nbs/03b_store.ipynb #c339e20a
+def read_rows(x, # a tensor, a numpy array / memmap or an `NpyFile`
+              a:int, b:int, # the rows a:b
+             )->Tensor:
+    "Rows a:b of a feature matrix held as a tensor, a numpy array / memmap or an `NpyFile`"
+    if isinstance(x, Tensor): return x[a:b]
+    if isinstance(x, NpyFile): return x.read(a, b)
+    return torch.from_numpy(np.ascontiguousarray(x[a:b]))
+
+def row_spans(n:int, # rows in all
+              size:int, # rows per span
+             )->list:
+    "Consecutive (start, stop) spans covering range(n)"
+    size = max(1, int(size))
+    return [(a, min(a + size, n)) for a in range(0, n, size)]
 
 # %% ../nbs/03b_store.ipynb #7bc72669
 FORMAT = 'pwattr.features/1'
@@ -31,17 +162,6 @@ class StoreCorrupt(RuntimeError):
 
 class StoreLocked(TimeoutError):
     "Another process is writing the store"
-
-def _fsync_dir(path:Path):
-    fd = os.open(path, os.O_RDONLY)
-    try: os.fsync(fd)
-    finally: os.close(fd)
-
-def _atomic_write(path:Path, text:str):
-    "Write `text` to `path` atomically: temp file, fsync, os.replace, fsync the directory"
-    tmp = path.with_name(path.name + f'.tmp{os.getpid()}')
-    with open(tmp, 'w') as f: f.write(text); f.flush(); os.fsync(f.fileno())
-    os.replace(tmp, path); _fsync_dir(path.parent)
 
 def _short(v, n=80):
     s = json.dumps(v, sort_keys=True); return s if len(s) <= n else s[:n] + '...'
@@ -138,7 +258,7 @@ class FeatureStore:
             _reserve(tmp, tmp.stat().st_size, st.path)
             os.replace(tmp, st.path / name)
         n_chunks = -(-spec['n'] // spec['chunk_size'])
-        _atomic_write(st.manifest_path, json.dumps({'format': FORMAT, **spec, 'completed': [],
+        atomic_write(st.manifest_path, json.dumps({'format': FORMAT, **spec, 'completed': [],
                                                      'checksums': [None] * n_chunks}, indent=1))
         return st
 
@@ -257,7 +377,7 @@ class FeatureStore:
             m = self.manifest; sums = m.get('checksums') or [None] * self.n_chunks
             m['completed'] = [c for c in m['completed'] if c not in bad]
             m['checksums'] = [None if c in bad else d for c, d in enumerate(sums)]
-            _atomic_write(self.manifest_path, json.dumps(m, indent=1))
+            atomic_write(self.manifest_path, json.dumps(m, indent=1))
         return bad
 
     def write_chunk(self, c:int, # chunk index
@@ -317,13 +437,13 @@ class FeatureStore:
         m = self.manifest; done = self._progress()
         m['completed'] = sorted(done)
         m['checksums'] = [done.get(c) for c in range(self.n_chunks)]
-        _atomic_write(self.manifest_path, json.dumps(m, indent=1))
+        atomic_write(self.manifest_path, json.dumps(m, indent=1))
         for f in self.path.glob('progress.rank*'): f.unlink()
         _fsync_dir(self.path)
 
-    def load(self, mmap:bool=True, # x memory-mapped (copy-on-write, pages read on access); False: read into memory
-            )->Features:
-        "The stored Features (raises if chunks are missing or fail their checksums)"
+    def read(self, mmap:bool=True, # x memory-mapped (copy-on-write, pages read on access); False: read into memory
+            )->dict:
+        "The stored arrays and description as `Features` fields (x, groups, dims, ids, extras, meta); raises if chunks are missing or fail their checksums"
         m = self.manifest
         if not self.complete:
             raise RuntimeError(f"The feature store at {self.path} is incomplete: {len(self.completed())} of "
@@ -335,9 +455,8 @@ class FeatureStore:
         ex = {k: torch.from_numpy(np.load(self.path / f'extra_{k}.npy')) for k in m['extras']}
         meta = {'fingerprint': m['fingerprint'], 'groups_fingerprint': None, 'output_fn': m['output_fn'],
                 'projection': m['projection'], 'checkpoint': m['checkpoint'], 'dtype': m['dtype'], 'store': str(self.path)}
-        from pwattr.grouping import GroupSpec
         meta['groups_fingerprint'] = GroupSpec.from_dict(m['group_spec']).fingerprint()
-        return Features(torch.from_numpy(x), m['groups'], m['dims'], m['ids'], ex, meta)
+        return dict(x=torch.from_numpy(x), groups=m['groups'], dims=m['dims'], ids=m['ids'], extras=ex, meta=meta)
 
     def __repr__(self):
         if not self.exists: return f"FeatureStore({str(self.path)!r}, empty)"
@@ -345,21 +464,20 @@ class FeatureStore:
         return (f"FeatureStore({str(self.path)!r}: {m['n']} examples x {sum(m['dims'])} {m['dtype']} in "
                 f"{len(m['groups'])} groups, {len(self.completed())}/{self.n_chunks} chunks)")
 
+# %% ../nbs/03b_store.ipynb #0c7fc382
 def write_index(path, # folder of numbered stores (000, 001, ...)
                 n:int, # how many stores it holds
                 kind:str='checkpoints', # 'checkpoints' | 'models'
                ):
-    "Record how many numbered stores `path` holds, so that `load_features` can refuse a folder with one missing"
+    "Record how many numbered stores `path` holds, so that `numbered_stores` (and `load_features`) can refuse a folder with one missing"
     p = Path(path); p.mkdir(parents=True, exist_ok=True)
-    _atomic_write(p / 'stores.json', json.dumps({'format': FORMAT, 'n': n, 'kind': kind}))
+    atomic_write(p / 'stores.json', json.dumps({'format': FORMAT, 'n': n, 'kind': kind}))
 
-def load_features(path:str|Path, # a store, a folder of numbered stores, or a folder written by `Features.save`
-                  mmap:bool=True, # x memory-mapped (bounded memory); False: read into memory
-                 )->Features|list:
-    "Features stored at `path`, or the list stored in its numbered subfolders (checkpoints / models); refuses gaps"
+# %% ../nbs/03b_store.ipynb #3715bc28
+def numbered_stores(path:str|Path, # a folder of numbered stores (000, 001, ...), one per checkpoint / model
+                   )->list:
+    "The stores in `path`'s numbered subfolders, in order; refuses a folder with one missing, unfinished or unexpected"
     p = Path(path)
-    if (p / 'manifest.json').exists(): return FeatureStore(p).load(mmap)
-    if (p / 'features.json').exists(): return Features.load(p, mmap)
     subs = sorted(d for d in p.iterdir() if d.is_dir() and d.name.isdigit()) if p.exists() else []
     if not subs: raise FileNotFoundError(f"No feature store at {p} or in its subfolders.")
     idx = json.loads((p / 'stores.json').read_text()) if (p / 'stores.json').exists() else {'n': len(subs)}
@@ -370,4 +488,4 @@ def load_features(path:str|Path, # a store, a folder of numbered stores, or a fo
         raise FileNotFoundError(f"{p} should hold {idx['n']} feature stores ({want[0]}..{want[-1]}), but "
                                 + (f"{gone} are missing or unfinished" if gone else f"{extra} are unexpected")
                                 + f": run featurize(..., store='{p}') again to compute them.")
-    return [FeatureStore(p / w).load(mmap) for w in want]
+    return [FeatureStore(p / w) for w in want]

@@ -4,9 +4,8 @@
 
 # %% auto #0
 __all__ = ['planted_contributions', 'precision_at_k', 'ContribSource', 'selfsup_loss', 'GroupWeights', 'learn_weights',
-           'check_disjoint', 'apply_weights', 'KSensitivity', 'k_sensitivity', 'learn_semantic_weights',
-           'weights_table', 'cosine_table', 'plot_cosine', 'subset_preds', 'lds_from_preds', 'OracleResult',
-           'oracle_weights']
+           'apply_weights', 'KSensitivity', 'k_sensitivity', 'learn_semantic_weights', 'weights_table', 'cosine_table',
+           'plot_cosine', 'subset_preds', 'lds_from_preds', 'OracleResult', 'oracle_weights']
 
 # %% ../nbs/07_weights.ipynb #e09370e6
 import json, math, time, warnings
@@ -14,6 +13,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 import numpy as np, pandas as pd, torch
 from torch import Tensor
+from .evaluate import check_disjoint
+from .grouping import align_weights
+from .store import atomic_write
 
 # %% ../nbs/07_weights.ipynb #5e1cb7e9
 def planted_contributions(Q:int=32, N:int=2000, M:int=16, # sizes
@@ -312,7 +314,7 @@ class GroupWeights:
         path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
         d = dict(w=self.w.tolist(), groups=self.groups, history=list(map(float, self.history)),
                  settings=self.settings, time=self.time, info=self.info)
-        tmp = path.with_suffix(path.suffix + '.tmp'); tmp.write_text(json.dumps(d, default=str)); tmp.replace(path)
+        atomic_write(path, json.dumps(d, default=str))
         return path
 
     @classmethod
@@ -346,17 +348,8 @@ def _group_names(groups, M):
     return groups
 
 def _as_weights(w, M, groups=None, what='w'):
-    if (getattr(w, 'settings', None) or {}).get('apply') == 'refit': raise ValueError(f"{what}: refit weights (settings['apply'] == 'refit') re-solve the kernel: score them with `pwattr.safe.KernelRefit.scores`, not as S @ w")
-    if isinstance(w, GroupWeights):
-        if groups is not None and list(w.groups) != list(groups):
-            if sorted(w.groups) == sorted(groups): w = w.w[[list(w.groups).index(g) for g in groups]]
-            else:
-                miss = [g for g in groups if g not in w.groups][:5]
-                raise ValueError(f"{what} was learned on {len(w.groups)} groups that do not match the contributions' "
-                                 f"{len(groups)} groups (missing e.g. {miss}): use weights learned on the same grouping")
-        else: w = w.w
-    w = torch.as_tensor(np.asarray(w) if not isinstance(w, Tensor) else w).reshape(-1)
-    if len(w) != M: raise ValueError(f"{what} has {len(w)} entries but the contributions have {M} groups: pass one weight per group")
+    "Weights aligned with the groups (`pwattr.grouping.align_weights`), refused unless finite and >= 0"
+    w = align_weights(w, groups, M, what)
     if not torch.isfinite(w).all() or (w < 0).any(): raise ValueError(f"{what} must be finite and >= 0")
     return w
 
@@ -449,17 +442,6 @@ def learn_weights(S, # contributions [Q,N,M]: Tensor | ndarray / .npy memmap | C
     return GroupWeights(w.cpu(), groups, hist, settings, T, info)
 
 # %% ../nbs/07_weights.ipynb #783e5de9
-def check_disjoint(learn_ids, # ids of the queries the weights were learned on
-                   eval_ids, # ids of the queries being evaluated
-                  ):
-    "Refuse evaluating on queries that were used to learn the weights"
-    if learn_ids is None or eval_ids is None: return
-    both = set(map(str, learn_ids)) & set(map(str, eval_ids))
-    if both:
-        ex = sorted(both)[:5]
-        raise ValueError(f"{len(both)} evaluation queries were used to learn these weights (e.g. {ex}): "
-                         f"learn on one query split and evaluate on a disjoint one")
-
 def apply_weights(S, # contributions [Q,N,M] of EVALUATION queries (tensor / memmap / Contributions)
                   w, # GroupWeights or weights [M]
                   query_ids=None, # ids of the evaluation queries (default: S.query_ids); checked against the learning ids

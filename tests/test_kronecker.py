@@ -123,7 +123,7 @@ def test_kron_features_exampleset_and_groupspec():
     N = 11
     es = ExampleSet('toy', {'x': torch.randn(N, 5), 'y': torch.randint(0, 3, (N,))},
                     pd.DataFrame({'id': [f'e{i}' for i in range(N)]}))
-    f = kron_features(m, es, Margin(), batch_size=4)
+    f = kron_features(m, Margin(), es, batch_size=4)
     assert f.ids == es.ids and f.groups == ['1', '3'] and f.dims == [4 * 6, 3 * 5]
     assert set(f.extras) == {'out', 'q'} and f.meta['layout'] == 'kron'
     ref = func_grads(m, Margin(), es.batch())
@@ -132,7 +132,7 @@ def test_kron_features_exampleset_and_groupspec():
         torch.testing.assert_close(f.block(n), want, rtol=1e-4, atol=1e-5 * want.abs().max().item())
     torch.testing.assert_close(f.extras['out'], Margin()(m, es.batch()).detach())
     spec = GroupSpec.by_module(m, include=r'^3\.')
-    assert kron_features(m, es, Margin(), layers=spec).groups == ['3']
+    assert kron_features(m, Margin(), es, layers=spec).groups == ['3']
     with pytest.raises(ValueError, match='not in Linear'):
         kron_layers(nn.Sequential(nn.Linear(2, 2), nn.LayerNorm(2)), GroupSpec.by_module(nn.Sequential(nn.Linear(2, 2), nn.LayerNorm(2))))
     with pytest.raises(KeyError, match='close matches'):
@@ -143,9 +143,9 @@ def test_kron_features_exampleset_and_groupspec():
 def test_features_deterministic():
     m = MLP(in_shape=(6,), n_classes=3, hidden=(8,))
     d = {'x': torch.randn(10, 6), 'y': torch.randint(0, 3, (10,))}
-    a, b = kron_features(m, d, CrossEntropy(), rank=3, seed=1), kron_features(m, d, CrossEntropy(), rank=3, seed=1)
+    a, b = kron_features(m, CrossEntropy(), d, rank=3, seed=1), kron_features(m, CrossEntropy(), d, rank=3, seed=1)
     assert torch.equal(a.x, b.x) and a.dims == [9, 9]
-    assert not torch.equal(kron_features(m, d, CrossEntropy(), rank=3, seed=2).x, a.x)
+    assert not torch.equal(kron_features(m, CrossEntropy(), d, rank=3, seed=2).x, a.x)
 
 # ------------------------------------------------------------------ EK-FAC
 def test_ekfac_linear_mse_equals_exact_gauss_newton():
@@ -155,7 +155,7 @@ def test_ekfac_linear_mse_equals_exact_gauss_newton():
     d = {'x': torch.randn(N, 4, dtype=torch.float64), 't': torch.randn(N, 3, dtype=torch.float64)}
     mse = lambda model, b: 0.5 * (model(b['x']) - b['t']).pow(2).sum(-1)
     fac = fit_kron_factors(lin, d, GaussNewtonOutputs(), batch_size=7)
-    f = kron_features(lin, d, mse, dtype=torch.float64)
+    f = kron_features(lin, mse, d, dtype=torch.float64)
     p = {k: v.detach() for k, v in lin.named_parameters()}
     J = vmap(jacrev(lambda p, x: functional_call(lin, p, (x[None],))[0]), in_dims=(None, 0))(p, d['x'])
     Jm = torch.cat([J['lin.weight'], J['lin.bias'][..., None]], -1).flatten(2)
@@ -241,7 +241,7 @@ def test_ekfac_block_diagonal_sum_and_errors():
     m = MLP(in_shape=(8,), n_classes=3, hidden=(6,))
     d = {'x': torch.randn(40, 8), 'y': torch.randint(0, 3, (40,))}
     fac = fit_kron_factors(m, d, fisher_output_for(CrossEntropy()), batch_size=16)
-    f = kron_features(m, d, CrossEntropy())
+    f = kron_features(m, CrossEntropy(), d)
     ek = EKFAC(fac).fit(f)
     C = ek.contributions(f[:7])
     K = torch.block_diag(*[(lambda Q: Q @ torch.diag(1 / (fac.lam[n].flatten() + ek.dampings[n])) @ Q.T)(torch.kron(fac.QS[n], fac.QA[n]))
@@ -251,10 +251,10 @@ def test_ekfac_block_diagonal_sum_and_errors():
     torch.testing.assert_close(C.scores().double(), direct, rtol=1e-4, atol=tol)
     torch.testing.assert_close(C.S.sum(-1), C.scores())
     # one layer only: the contribution of that layer
-    f3 = kron_features(m, d, CrossEntropy(), layers=['3'])
+    f3 = kron_features(m, CrossEntropy(), d, layers=['3'])
     C3 = EKFAC(fac).fit(f3).contributions(f3[:7])
     torch.testing.assert_close(C3.S[..., 0], C.group('3'), rtol=1e-4, atol=tol)
-    with pytest.raises(ValueError, match='rank=None'): EKFAC(fac).fit(kron_features(m, d, CrossEntropy(), rank=2))
+    with pytest.raises(ValueError, match='rank=None'): EKFAC(fac).fit(kron_features(m, CrossEntropy(), d, rank=2))
     from pwattr.features import Features
     with pytest.raises(ValueError, match='kron_features'): EKFAC(fac).fit(Features(f.x, f.groups, f.dims, f.ids))
 
@@ -263,7 +263,7 @@ def test_logra_identity_equals_direct_fisher_influence():
     torch.manual_seed(0)
     m = MLP(in_shape=(7,), n_classes=3, hidden=(5,))
     d = {'x': torch.randn(30, 7), 'y': torch.randint(0, 3, (30,))}
-    f = kron_features(m, d, CrossEntropy(), rank=8)         # 8 >= every side: identity
+    f = kron_features(m, CrossEntropy(), d, rank=8)         # 8 >= every side: identity
     lg = LoGRA().fit(f); C = lg.contributions(f[:9])
     ref = func_grads(m, CrossEntropy(), d)
     mods = dict(m.named_modules()); S = []
@@ -279,11 +279,11 @@ def test_logra_identity_equals_direct_fisher_influence():
 def test_logra_gpt2_projected(gpt):
     L = kron_layers(gpt, r'\.h\.')
     d = lm_batch(B=12, seed=1)
-    f = kron_features(gpt, d, LMLoss(), layers=L, rank=4, seed=0, batch_size=5)
+    f = kron_features(gpt, LMLoss(), d, layers=L, rank=4, seed=0, batch_size=5)
     assert f.dims == [16] * 8
     lg = LoGRA().fit(f); C = lg.contributions(f[:4])
     # projected features equal the Kronecker projection of the full per-layer gradients
-    full = kron_features(gpt, d, LMLoss(), layers=L, batch_size=5); P = kron_projection(L, 4, seed=0)
+    full = kron_features(gpt, LMLoss(), d, layers=L, batch_size=5); P = kron_projection(L, 4, seed=0)
     for j, (n, mod) in enumerate(L.items()):
         o, i = layer_shape(mod)
         Gp = P[n][0].T @ full.block(j).reshape(-1, o, i) @ P[n][1]
@@ -291,7 +291,7 @@ def test_logra_gpt2_projected(gpt):
     # fisher= other features (e.g. sampled labels) changes the preconditioner only
     lg2 = LoGRA(fisher=f[:6]).fit(f)
     assert lg2.contributions(f[:4]).S.shape == C.S.shape == (4, 12, 8)
-    with pytest.raises(ValueError, match='same layers'): LoGRA(fisher=kron_features(gpt, d, LMLoss(), layers=L, rank=2)).fit(f)
+    with pytest.raises(ValueError, match='same layers'): LoGRA(fisher=kron_features(gpt, LMLoss(), d, layers=L, rank=2)).fit(f)
 
 def test_factors_save_load(tmp_path):
     m = MLP(in_shape=(4,), n_classes=3, hidden=(5,))
@@ -328,7 +328,7 @@ def test_damped_inverse_and_logra_projection_mismatch():
     assert abs(d - 0.1 * torch.linalg.eigvalsh(Fm).mean().item()) < 1e-12
     torch.testing.assert_close(K, torch.linalg.inv(Fm + d * torch.eye(4, dtype=torch.float64)))
     m = MLP(in_shape=(9,), n_classes=3, hidden=(8,)); data = {'x': torch.randn(10, 9), 'y': torch.randint(0, 3, (10,))}
-    f0, f1 = kron_features(m, data, CrossEntropy(), rank=4, seed=0), kron_features(m, data, CrossEntropy(), rank=4, seed=1)
+    f0, f1 = kron_features(m, CrossEntropy(), data, rank=4, seed=0), kron_features(m, CrossEntropy(), data, rank=4, seed=1)
     with pytest.raises(ValueError, match='same rank and seed'): LoGRA(fisher=f1).fit(f0)
     lg = LoGRA(damping={'1': 0.5, '3': 0.25}).fit(f0)
     assert lg.dampings == {'1': 0.5, '3': 0.25}
@@ -346,8 +346,8 @@ def test_stream_ekfac_equals_in_memory():
     m = MLP(in_shape=(8,), n_classes=3, hidden=(6, 5))
     es = _toy_es(53)
     fac = fit_kron_factors(m, es, fisher_output_for(CrossEntropy()), batch_size=16)
-    f = kron_features(m, es, CrossEntropy(), batch_size=64)
-    q = kron_features(m, _toy_es(9, seed=1), Margin())                   # queries may use another output function
+    f = kron_features(m, CrossEntropy(), es, batch_size=64)
+    q = kron_features(m, Margin(), _toy_es(9, seed=1))                   # queries may use another output function
     ek = EKFAC(fac).fit(f); ref = ek.contributions(q)
     # independent reference: the block-diagonal EK-FAC inverse as one explicit matrix
     K = torch.block_diag(*[(lambda Q: Q @ torch.diag(1 / (fac.lam[n].flatten() + ek.dampings[n])) @ Q.T)(torch.kron(fac.QS[n], fac.QA[n]))
@@ -370,7 +370,7 @@ def test_stream_ekfac_equals_in_memory():
     si = EKFAC(fac).self_influence_streamed(m, es, CrossEntropy(), batch_size=13)
     torch.testing.assert_close(si, ek.self_influence(), rtol=1e-5, atol=tol)
     torch.testing.assert_close(si.sum(1).double(), torch.einsum('nd,de,ne->n', f.x.double(), K, f.x.double()), rtol=1e-4, atol=10 * tol)
-    q3 = kron_features(m, _toy_es(9, seed=1), Margin(), layers=['3'])
+    q3 = kron_features(m, Margin(), _toy_es(9, seed=1), layers=['3'])
     C3 = EKFAC(fac).contributions_streamed(m, es, CrossEntropy(), q3, batch_size=20)
     torch.testing.assert_close(C3.S[..., 0], ref.group('3'), rtol=1e-5, atol=tol)
 
@@ -378,7 +378,7 @@ def test_stream_ekfac_gpt2(gpt):
     L = kron_layers(gpt, r'\.h\.0\.')
     d = lm_batch(B=11, seed=2)
     fac = fit_kron_factors(gpt, d, fisher_output_for(LMLoss()), layers=L, batch_size=4)
-    f = kron_features(gpt, d, LMLoss(), layers=L, batch_size=4)
+    f = kron_features(gpt, LMLoss(), d, layers=L, batch_size=4)
     ek = EKFAC(fac)
     ref = EKFAC(fac).fit(f).contributions(f[:3])
     C = ek.contributions_streamed(gpt, d, LMLoss(), f[:3], batch_size=5)
@@ -390,7 +390,7 @@ def test_stream_logra_and_errors():
     torch.manual_seed(0)
     m = MLP(in_shape=(8,), n_classes=3, hidden=(6,))
     es = _toy_es(40)
-    f = kron_features(m, es, CrossEntropy(), rank=3, seed=5)
+    f = kron_features(m, CrossEntropy(), es, rank=3, seed=5)
     lg = LoGRA().fit(f)
     C = lg.contributions_streamed(m, es, CrossEntropy(), f[:6], batch_size=9)
     assert C.train_ids == es.ids
@@ -398,12 +398,12 @@ def test_stream_logra_and_errors():
     torch.testing.assert_close(lg.self_influence_streamed(m, es, CrossEntropy(), batch_size=9), lg.self_influence(), rtol=1e-5, atol=1e-6)
     with pytest.raises(RuntimeError, match='not fitted'): LoGRA().contributions_streamed(m, es, CrossEntropy(), f[:6])
     with pytest.raises(ValueError, match='same rank and seed'):
-        lg.contributions_streamed(m, es, CrossEntropy(), kron_features(m, es[list(range(6))], CrossEntropy(), rank=3, seed=6))
+        lg.contributions_streamed(m, es, CrossEntropy(), kron_features(m, CrossEntropy(), es[list(range(6))], rank=3, seed=6))
     other = MLP(in_shape=(8,), n_classes=3, hidden=(6,))
     with pytest.raises(ValueError, match='another model'): lg.contributions_streamed(other, es, CrossEntropy(), f[:6])
     with pytest.raises(ValueError, match='one model'): stream_contributions(lg, m, es, CrossEntropy(), [f[:6], f[:6]])
     from pwattr.methods import TRAK
-    ft = kron_features(m, es, Margin(), rank=3, seed=5)
+    ft = kron_features(m, Margin(), es, rank=3, seed=5)
     with pytest.raises(TypeError, match='cannot be streamed'): stream_contributions(TRAK().fit(ft), m, es, Margin(), ft[:4])
     fac = fit_kron_factors(m, es, fisher_output_for(CrossEntropy()))
     with pytest.raises(ValueError, match='rank=None'): EKFAC(fac).contributions_streamed(m, es, CrossEntropy(), f[:6])
@@ -418,14 +418,14 @@ torch.manual_seed(0)
 m = MLP(in_shape=(128,), n_classes=10, hidden=(256, 256)).eval()
 N = 1000; d = {'x': torch.randn(N, 128), 'y': torch.randint(0, 10, (N,))}
 fac = fit_kron_factors(m, {k: v[:64] for k, v in d.items()}, fisher_output_for(CrossEntropy()))
-q = kron_features(m, {k: v[:20] for k, v in d.items()}, CrossEntropy())
+q = kron_features(m, CrossEntropy(), {k: v[:20] for k, v in d.items()})
 def peak_mb():   # VmHWM, the peak resident set size (MB); reset to the current RSS below so earlier peaks do not hide this one
     try: return [int(l.split()[1]) for l in open('/proc/self/status') if l.startswith('VmHWM')][0] / 1024
     except OSError: return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 try: open('/proc/self/clear_refs', 'w').write('5')
 except OSError: pass
 base = peak_mb()
-if sys.argv[1] == 'memory': S = EKFAC(fac).fit(kron_features(m, d, CrossEntropy())).contributions(q).S
+if sys.argv[1] == 'memory': S = EKFAC(fac).fit(kron_features(m, CrossEntropy(), d)).contributions(q).S
 else: S = EKFAC(fac).contributions_streamed(m, d, CrossEntropy(), q).S
 print(json.dumps({'peak_mb': peak_mb() - base, 'D': q.x.shape[1], 'S': S[:2, :5].tolist()}))
 '''

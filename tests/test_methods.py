@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 import torch
 from hypothesis import given, settings, strategies as st, HealthCheck
-from pwattr.methods import (Contributions, StreamedContributions, NpyFile, TopK, GradDot, GradCos, TracInCP, TRAK,
-                            trak_gcv, choose_lambda, stream_topk)
+from pwattr.methods import (Contributions, StreamedContributions, TopK, GradDot, GradCos, TracInCP, TRAK, stream_topk)
+from pwattr.store import NpyFile
+from pwattr.ridge import trak_gcv, choose_lambda
 
 from pwattr.features import Features
 
@@ -177,7 +178,7 @@ def test_gcv_against_hat_matrix():
 def test_errors_are_helpful():
     c = Contributions(torch.zeros(2, 3, 3), GROUPS)
     with pytest.raises(KeyError, match="Close matches: \\['head'"): c.group('haed')
-    with pytest.raises(ValueError, match='one entry per group'): c.scores(torch.ones(4))
+    with pytest.raises(ValueError, match='has 4 entries but the contributions have 3 groups: pass one weight per group'): c.scores(torch.ones(4))
     with pytest.raises(ValueError, match='Use TracInCP'): GradDot().fit([toy(5, 1), toy(5, 2)])
     with pytest.raises(ValueError, match=r"meta\['lr'\]"): TracInCP().fit([toy(5, 1), toy(5, 2)])
     with pytest.raises(ValueError, match='lam > 0'): TRAK(lam=0.).fit(toy(5, 1))

@@ -89,7 +89,7 @@ def test_topk_rows_and_named_weights():
     rows = topk_rows(S, 0, {'base': None, 'b': {'a': 0.}}, k=3, groups=['a', 'b'], train_ids=list('uvwxyz'))
     assert rows['base']['ids'] == ['u', 'v', 'w'] and rows['b']['ids'] == ['z', 'y', 'x']
     with pytest.raises(KeyError, match='unknown groups'): topk_under(S, 0, {'c': 1.}, 2, groups=['a', 'b'])
-    with pytest.raises(ValueError, match='expected 2, got 3'): topk_under(S, 0, [1, 1, 1], 2)
+    with pytest.raises(ValueError, match='has 3 entries but the contributions have 2 groups'): topk_under(S, 0, [1, 1, 1], 2)
 
 def test_group_weights_object_is_aligned_by_name():
     from pwattr.weights import GroupWeights

@@ -6,7 +6,8 @@ import numpy as np, pytest, torch
 from torch import nn
 from pwattr.features import featurize, Projector
 from pwattr.grouping import GroupSpec
-from pwattr.store import FeatureStore, StoreCorrupt, StoreMismatch, StoreLocked, load_features
+from pwattr.store import FeatureStore, StoreCorrupt, StoreMismatch, StoreLocked
+from pwattr.features import load_features
 
 ROOT = Path(__file__).resolve().parent.parent
 ENV = {**{k: v for k, v in os.environ.items() if k != 'IN_TEST'}, 'OMP_NUM_THREADS': '1', 'PYTHONPATH': str(ROOT)}
@@ -67,7 +68,7 @@ def test_two_writer_race_never_mixes_features(tmp_path):
         assert sorted(got.values()).count('mismatch') == 1, (t, got)            # exactly one writer wins each race
         winner = 'A' if got['A'] != 'mismatch' else 'B'; wins[winner] += 1
         st = FeatureStore(tmp_path / f'store{t}')
-        assert st.complete and _sha(st.load().x.numpy()) == ref[winner]          # the store holds the winner's model only
+        assert st.complete and _sha(st.read()['x'].numpy()) == ref[winner]          # the store holds the winner's model only
     print(f"{n} races: A won {wins['A']}, B won {wins['B']}; 0 mixed")
 
 def test_second_writer_waits_then_fails_clearly(tmp_path):
@@ -96,7 +97,7 @@ def test_bitflip_is_detected_and_recomputed(stored):
     for name, row in [('x.npy', 30), ('extra_out.npy', 5)]:
         raw = bytearray((path / name).read_bytes()); raw[-4 * (61 - row) * (48 if name == 'x.npy' else 1) + 1] ^= 0x10
         (path / name).write_bytes(bytes(raw))
-        with pytest.raises(StoreCorrupt, match=r'chunks \[\d+\] do not match their checksums'): FeatureStore(path).load()
+        with pytest.raises(StoreCorrupt, match=r'chunks \[\d+\] do not match their checksums'): FeatureStore(path).read()
         with pytest.warns(UserWarning, match='do not match their checksums'): f = run()
         assert torch.equal(f.x, ref.x) and _files(path) == good
 
@@ -112,7 +113,7 @@ def test_truncated_chunks_are_recomputed_never_zeros(stored):
     assert torch.equal(f.x, ref.x) and (f.x.abs().sum(1) > 0).all() and _files(path) == good
     # a complete store with a truncated extra: refused on load, recomputed on the next run
     with open(path / 'extra_q.npy', 'r+b') as fh: fh.truncate(fh.seek(0, 2) - 8)
-    with pytest.raises(StoreCorrupt, match='extra_q.npy is truncated'): FeatureStore(path).load()
+    with pytest.raises(StoreCorrupt, match='extra_q.npy is truncated'): FeatureStore(path).read()
     with pytest.warns(UserWarning): run()
     assert _files(path) == good
 

@@ -5,7 +5,8 @@ import numpy as np, pytest, torch
 from torch import nn
 from pwattr.grouping import GroupSpec
 from pwattr.features import featurize, Projector, Margin
-from pwattr.store import FeatureStore, StoreMismatch, load_features
+from pwattr.store import FeatureStore, StoreMismatch
+from pwattr.features import load_features
 
 ROOT = Path(__file__).resolve().parent.parent
 torch.set_num_threads(1)
@@ -75,7 +76,7 @@ def test_kill9_then_resume_is_byte_identical(job):
     st = FeatureStore(out)
     done = st.completed()
     assert 3 <= len(done) < 16 and not st.complete
-    with pytest.raises(RuntimeError, match='incomplete'): st.load()
+    with pytest.raises(RuntimeError, match='incomplete'): st.read()
     subprocess.run([sys.executable, str(job / 'job.py'), str(out), 'sparse'], check=True, env=_env(), cwd=ROOT)
     assert _files(out) == _files(job / 'ref')           # same files, same bytes, no temp files left
 
@@ -120,8 +121,8 @@ def test_chunk_commits_do_not_rewrite_the_manifest(tmp_path, monkeypatch):
     import pwattr.store as S
     m, d, gs, pr = _small()
     writes, lines = [], []
-    real_aw, real_wc = S._atomic_write, S.FeatureStore.write_chunk
-    monkeypatch.setattr(S, '_atomic_write', lambda p, t: (writes.append(Path(p).name), real_aw(p, t))[1])
+    real_aw, real_wc = S.atomic_write, S.FeatureStore.write_chunk
+    monkeypatch.setattr(S, 'atomic_write', lambda p, t: (writes.append(Path(p).name), real_aw(p, t))[1])
     monkeypatch.setattr(S, 'SYNC_EVERY', 0.0)                                  # a group commit after every chunk
     def spy(self, c, *a, **k):
         real_wc(self, c, *a, **k); lines.append((self.path / 'progress.rank0.log').stat().st_size)

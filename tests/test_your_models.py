@@ -82,9 +82,9 @@ def test_train_mode_featurize_and_kron():
     assert any('featurize' in s and 'train mode' in s for s in msgs), msgs
     check_restored(m, stats)
     rel_close(f.x, reference(m, CrossEntropy(), b, gs.params))
-    kf, msgs = caught(lambda: kron_features(m, b, CrossEntropy(), batch_size=4))
+    kf, msgs = caught(lambda: kron_features(m, CrossEntropy(), b, batch_size=4))
     assert any('kron_features' in s for s in msgs); check_restored(m, stats)
-    ref = kron_features(copy.deepcopy(m).eval(), b, CrossEntropy())
+    ref = kron_features(copy.deepcopy(m).eval(), CrossEntropy(), b)
     rel_close(kf.x, ref.x)
     fac, msgs = caught(lambda: fit_kron_factors(m, b, fisher_output_for(CrossEntropy()), batch_size=4))
     assert any('fit_kron_factors' in s for s in msgs); check_restored(m, stats)
@@ -172,9 +172,9 @@ def test_lm_loss_left_padding_and_labels(make):
 # ---------------------------------------------------------------- Kronecker groups, merging, coverage
 def test_kron_by_tensor_says_so():
     m, b = bn_cnn().eval(), bn_data()
-    f, msgs = caught(lambda: kron_features(m, b, CrossEntropy(), layers=GroupSpec.by_tensor(m, include=r'^(0|6)\.')))
+    f, msgs = caught(lambda: kron_features(m, CrossEntropy(), b, layers=GroupSpec.by_tensor(m, include=r'^(0|6)\.')))
     assert f.groups == ['0', '6'] and any('one group per layer' in s for s in msgs), msgs
-    _, msgs = caught(lambda: kron_features(m, b, CrossEntropy(), layers=GroupSpec.by_module(m, include=r'^(0|6)\.')))
+    _, msgs = caught(lambda: kron_features(m, CrossEntropy(), b, layers=GroupSpec.by_module(m, include=r'^(0|6)\.')))
     assert not any('one group per layer' in s for s in msgs)
 
 def test_merge_groups_by_hand():
@@ -197,7 +197,7 @@ def test_lora_kron_merged_into_adapted_modules():
     m = lora_model(); spec = GroupSpec.preset(m)
     g = torch.Generator().manual_seed(0)
     data = {'input_ids': torch.randint(3, 64, (6, 8), generator=g)}
-    f, msgs = caught(lambda: kron_features(m, data, LMLoss(), layers=spec, batch_size=3))
+    f, msgs = caught(lambda: kron_features(m, LMLoss(), data, layers=spec, batch_size=3))
     assert len(f.groups) == 2 * len(spec) and any('merge_groups' in s for s in msgs)
     C = LoGRA().fit(f).contributions(f[:2])
     M = C.merge_groups(layer_group_map(spec))
@@ -210,7 +210,7 @@ def test_lora_kron_merged_into_adapted_modules():
 def test_gpt2_coverage():
     m = gpt2(); g = torch.Generator().manual_seed(0)
     data = {'input_ids': torch.randint(3, 64, (6, 8), generator=g)}
-    f = kron_features(m, data, LMLoss())
+    f = kron_features(m, LMLoss(), data)
     cov = f.meta['coverage']
     assert cov['partial'] == ['transformer.wte.weight']
     assert set(cov['not_covered']) == {'transformer.wpe.weight', 'transformer.ln_f.weight', 'transformer.ln_f.bias'} | \
@@ -218,7 +218,7 @@ def test_gpt2_coverage():
     assert len(cov['covered']) == 8                          # 4 Conv1D layers, weight and bias
     ek = EKFAC(fit_kron_factors(m, data, fisher_output_for(LMLoss()))).fit(f)
     assert ek.covered == cov['covered'] and 'transformer.wte.weight' in ek.not_covered
-    assert LoGRA().fit(kron_features(m, data, LMLoss(), rank=2)).not_covered == ek.not_covered
+    assert LoGRA().fit(kron_features(m, LMLoss(), data, rank=2)).not_covered == ek.not_covered
     with pytest.raises(RuntimeError, match='once fitted'): LoGRA().covered
 
 # ---------------------------------------------------------------- diffusion
@@ -290,16 +290,16 @@ def test_featurize_and_kron_from_datasets_and_loaders():
     m, b = bn_cnn().eval(), bn_data(10)
     gs = GroupSpec.by_module(m)
     ref = featurize(m, 'margin', b, gs, batch_size=4, progress=False)
-    kref = kron_features(m, b, Margin(), batch_size=4)
+    kref = kron_features(m, Margin(), b, batch_size=4)
     sources = [TensorDataset(b['x'], b['y']), DataLoader(TensorDataset(b['x'], b['y']), batch_size=3, shuffle=True),
                DictItems(b), DataLoader(DictItems(b), batch_size=3)]
     for src in sources:
         f = featurize(m, 'margin', src, gs, batch_size=4, progress=False)
         assert f.ids == ref.ids; rel_close(f.x, ref.x); rel_close(f.extras['q'], ref.extras['q'])
-        k = kron_features(m, src, Margin(), batch_size=4)
+        k = kron_features(m, Margin(), src, batch_size=4)
         assert k.ids == kref.ids; rel_close(k.x, kref.x)
     batches = [{k: v[i:i + 4] for k, v in b.items()} for i in range(0, 10, 4)]   # a list stays a list of batches
-    rel_close(kron_features(m, batches, Margin()).x, kref.x)
+    rel_close(kron_features(m, Margin(), batches).x, kref.x)
     f = featurize(m, 'margin', TensorDataset(b['y'], b['x']), gs, progress=False, keys=('y', 'x'))
     rel_close(f.x, ref.x)
     with pytest.raises(TypeError, match='random access'): Examples(iter([1]))
@@ -311,4 +311,4 @@ def test_featurize_hf_datasets():
     gs = GroupSpec.by_module(m)
     ref = featurize(m, 'margin', b, gs, batch_size=4, progress=False)
     rel_close(featurize(m, 'margin', ds, gs, batch_size=4, progress=False).x, ref.x)
-    rel_close(kron_features(m, ds, Margin(), batch_size=4).x, kron_features(m, b, Margin(), batch_size=4).x)
+    rel_close(kron_features(m, Margin(), ds, batch_size=4).x, kron_features(m, Margin(), b, batch_size=4).x)
