@@ -404,7 +404,7 @@ class _Table:
 
 def part_peers(name='fmnist-mlp', n_train=1000, n_query=50, proj_dim=256, batch=100, lam_rel=0.1, seed=0, only=None, reps=2):
     """pwattr vs traker (TRAK), dattri (TracInCP, Grad-Dot, Grad-Cos) and kronfluence (EK-FAC) on one trained preset model.
-    Times are wall seconds, the fastest of `reps` runs; 'fit' = everything done once for the training set (training gradients,
+    Times are wall seconds of the median run of `reps` (fit and score of the same run; pwattr and the peer alternated); 'fit' = everything done once for the training set (training gradients,
     kernel / factors), 'score' = query gradients + the [Q, N] score matrix. rho = Spearman correlation of the two [Q, N] scores."""
     import torch.nn.functional as F
     from pwattr.presets import get_preset
@@ -424,7 +424,8 @@ def part_peers(name='fmnist-mlp', n_train=1000, n_query=50, proj_dim=256, batch=
     print(f"\n{name} vs peers: model trained on all {len(tr)} training examples in {t_train:.1f} s (seed {seed}); attributing "
           f"the first {N} training examples to the first {Q} test examples; {P} parameters in {len(gs)} groups {gs.names} "
           f"(sizes {gs.sizes}); {len(lrs)} checkpoints with lrs {[f'{l:.3g}' for l in lrs]} (last = final model: {final_same}); "
-          f"batch {batch} everywhere; float32 features; {torch.get_num_threads()} thread(s); times: fastest of {reps} runs")
+          f"batch {batch} everywhere; float32 features; {torch.get_num_threads()} thread(s); times: the median run of {reps} "
+          "(fit and score from that same run), pwattr and the peer alternated")
     featurize(model, 'margin', tr_s[list(range(8))], groups=gs, progress=False)       # warm-up (vmap, allocator)
     tab = _Table(); print(tab.header())
     tmp = tempfile.TemporaryDirectory(prefix='pwattr-peers-'); work = Path(tmp.name)
@@ -448,10 +449,9 @@ def part_peers(name='fmnist-mlp', n_train=1000, n_query=50, proj_dim=256, batch=
         peaks['last'] = _vm('VmHWM') / 2**30
         return tuple((outs[k][-1][0], *pick(outs[k])[1:]) for k in ('pw', 'peer'))
     _add = tab.add
-    def add(comp, *args, **kw):
+    def add(comp, pf, ps, qf, qs, rho=None, note=''):
         "a table row whose note ends with the peak RSS of the runs behind it"
-        kw['note'] = kw.get('note', '') + (f" [peak RSS {peaks.pop('last'):.2f} GB]" if 'last' in peaks else '')
-        return _add(comp, *args, **kw)
+        return _add(comp, pf, ps, qf, qs, rho, note + (f" [peak RSS {peaks.pop('last'):.2f} GB]" if 'last' in peaks else ''))
     tab.add = add
 
     # ---------------- TRAK vs traker ----------------
