@@ -35,10 +35,11 @@ def sides_for(a, preset):
     from pwattr.diffusion import timestep_features, journey_features, DIFFUSION_METHODS
     p = get_preset(preset); tr, _ = p.load(); dev = torch.device(a.device)
     model = p.make_model(0).to(dev).eval(); sch = p.scheduler()
-    G = GroupSpec.preset(model, 'block'); P = Projector(a.dims, seed=0)
+    G = GroupSpec.preset(model, 'block')
     data = tr[torch.arange(min(a.n + a.batch, len(tr)))]
     warm, rest = data[torch.arange(a.batch)], data[torch.arange(a.batch, len(data))]
     def make(method, K):
+        P = Projector(a.dims, seed=0)     # each method builds its own matrices, in its warm-up (peak window)
         if method == 'journeytrak-query':
             run = lambda d: journey_features(model, d, G, P, steps=list(range(K)), scheduler=sch, sampling_steps=max(K, 10),
                                              batch_size=a.batch, device=dev)
