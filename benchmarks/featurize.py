@@ -275,7 +275,7 @@ def main():
             B.ratio(f'{name} traker / pwattr dense/whole', res, 'traker', 'dense/whole', same_work=True,
                     differs=f'same projection work ({D} Rademacher dims over the whole gradient, margin output); '
                             'different code (traker concatenates the gradient, writes a memmap)')
-            B.ratio(f'{name} traker / pwattr sparse/group (as shipped)', res, 'traker', 'sparse/group', same_work=False,
+            B.ratio(f'{name} traker (matrix kept) / pwattr default sparse/group', res, 'traker', 'sparse/group', same_work=False,
                     differs=f'traker: dense {D} dims over the whole gradient; pwattr: sparse {per} dims per group')
         B.rec.setdefault('rows', []).extend(dict(zip(('preset', 'side', 'dims', 'ex_per_s_wall', 'ex_per_cpu_s', 'cpu_over_grads', 'peak_mb'), r)) for r in rows[-len(sides):])
     print('\n| preset | side | dims | examples/s (wall) | examples/CPU-s | CPU time / grads | peak MB |'
