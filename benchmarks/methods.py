@@ -11,7 +11,7 @@ written to a temporary .npy in blocks and streamed back with pread, the queries 
 peak < 2 GB and a FLOP rate at least half that of one plain torch matmul of the same size, measured in the same
 child right after. Peers (dattri, traker, kronfluence) are compared only when the `peers` extra is installed.
 
-    OMP_NUM_THREADS=1 /work/peers/bin/python benchmarks/methods.py --part peers   # pwattr vs traker / dattri / kronfluence
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/methods.py --part peers         # pwattr vs traker / dattri / kronfluence
 
 The peers part trains the preset once and compares, on the same model, training subset (--n-train, default 1000),
 queries (--n-query, 50) and projection: TRAK vs traker 0.3.2 (pwattr's projection plugged into traker: exact; and
@@ -19,14 +19,13 @@ traker's own CPU projector), TracInCP / Grad-Dot / Grad-Cos vs dattri 0.3.0 (unp
 kronfluence 1.0.1 (empirical Fisher: exact; sampled-label Fisher: up to label-sampling noise, with a noise floor).
 Without a peer, pwattr's rows still run and the peer's row says why it was skipped. The peers' calls are module-level
 functions (traker_scores, dattri_tracin_scores, dattri_model_fns, kron_cls_task, kronfluence_ekfac_scores), also used by
-benchmarks/peers_lds.py; each imports its peer only when called. Install the peers in their own
-venv (`pip install -e '.[peers]'` would pull a CUDA torch and torchvision, which fail to import beside CPU torch):
-    python3 -m venv /work/peers && /work/peers/bin/pip install torch==2.13.0
-    echo torch==2.13.0 > /tmp/c.txt && /work/peers/bin/pip install -c /tmp/c.txt accelerate einconv einops numpy \
-        opt_einsum packaging pillow psutil pyyaml safetensors scipy tqdm huggingface_hub pretty_midi
-    /work/peers/bin/pip install --no-deps dattri==0.3.0 traker==0.3.2 kronfluence==1.0.1    # none imports torchvision here
-    /work/peers/bin/pip install --no-deps -e . && /work/peers/bin/pip install -c /tmp/c.txt transformers diffusers \
-        pandas matplotlib seaborn 'fastcore<2' ipywidgets
+benchmarks/peers_lds.py; each imports its peer only when called. A plain `pip install -e '.[peers]'` was reported to pull a CUDA torch and
+torchvision (which fail to import beside CPU torch; not retried); installed this way into the project's own venv, they work:
+    echo torch==2.13.0 > /tmp/c.txt && .venv/bin/pip install -c /tmp/c.txt accelerate einconv einops opt_einsum \
+        safetensors scipy tqdm pretty_midi psutil pyyaml
+    .venv/bin/pip install --no-deps dattri==0.3.0 traker==0.3.2 kronfluence==1.0.1    # none imports torchvision here
+Every comparison alternates pwattr and the peer (3 runs each by default: --repeat), reports the median run's fit and score
+(from the same run) and the peak RSS of the runs behind each row; the record goes to benchmarks/results/methods-<part>.json.
 """
 import argparse, copy, functools, importlib.util, itertools, logging, os, statistics, subprocess, sys, tempfile, time, warnings
 from pathlib import Path
