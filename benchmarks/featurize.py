@@ -10,17 +10,20 @@ default batch size 32, into a FeatureStore and in memory, alternating the sides 
 the store / memory time ratio (goal <= 1.2), the time of one chunk commit, the peak RSS of each side, then kills
 a child writing the store with SIGKILL and checks the resumed store is byte-identical to the uninterrupted one.
 
-For every preset's model (untrained, seed 0; its data when available, else random inputs of the same shapes)
-it times `featurize` on the same examples with
-  raw       per-example per-group gradients, no projection
-  sparse    sparse JL projection (nnz=4 per coordinate), `--dims` total dims split equally over the groups
-  dense     dense Rademacher projection, same dims
-and prints examples/s, the overhead ratio (time / raw time) and the peak memory above the process baseline
-while the mode runs, warm-up included (RSS sampled every 2 ms on CPU; torch.cuda.max_memory_allocated on GPU). On a shared machine wall time
-is noisy: examples per CPU-second (process time) and the CPU-time ratio are the robust numbers. Targets (issue 3): sparse overhead
-<= 1.5x raw at 1024 total dims; pwattr at least as fast as traker on CPU. traker is timed (classification
-presets only: its image_classification margin task, BasicProjector on CPU, the same total dims) when `trak`
-is importable (pip install -e '.[peers]').
+For every preset's model (untrained, seed 0; its data when available, else random inputs of the same shapes) it runs,
+alternately (`--repeats` runs per side, A B C / C B A / ..., medians), on the same examples at the same batch size:
+  grads         per-example per-group gradients alone, one batch at a time (the baseline: no [N, P] matrix is built)
+  sparse/group  pwattr's default: sparse JL projection (nnz=4) of each group, `--dims` total dims split over the groups
+  dense/group   dense Rademacher projection of each group, same dims
+  dense/whole   dense Rademacher projection of the whole gradient (one group), `--dims` dims: the same work as traker
+  traker        traker 0.3.2 (classification presets: image_classification margin task), BasicProjector Rademacher over
+                the whole gradient to the same dims, with block_size = dims so it draws its matrix once and keeps it
+Every side builds its matrix in an untimed warm-up run inside its peak-memory window (peak RSS above the process before
+the side's warm-up, sampled every 2 ms; torch.cuda.max_memory_allocated on GPU). Printed: examples/s (wall), examples per
+CPU-second (process time: the robust figure on a shared machine), CPU time / grads, peak MB, and the ratios with what
+differs beside each (SAME WORK: traker vs dense/whole; the others are overhead or as-shipped ratios). The machine limit
+(matmul GFLOP/s, memory GB/s) and the load average are printed first; the record goes to benchmarks/results/featurize.json.
+traker is 'peer missing' unless `trak` imports (pip install -e '.[peers]').
 """
 import argparse, importlib.util, os, sys, tempfile, threading, time, warnings
 from pathlib import Path
@@ -29,26 +32,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from pwattr.grouping import GroupSpec
 from pwattr.features import featurize, Projector, output_fn
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _bench import Bench, Peak, rss, median
 
 PRESETS = ['fmnist-mlp', 'fmnist-resnet9', 'fmnist-vit', 'kjv-gpt2', 'emoji-unet', 'sbemoji-cond']
-
-def rss():
-    with open('/proc/self/statm') as f: return int(f.read().split()[1]) * os.sysconf('SC_PAGE_SIZE')
-
-class Peak:
-    "Peak memory above the baseline during a block (RSS sampled on CPU, allocator peak on CUDA)"
-    def __init__(self, device): self.cuda = torch.device(device).type == 'cuda'
-    def __enter__(self):
-        if self.cuda:
-            torch.cuda.synchronize(); torch.cuda.reset_peak_memory_stats(); self.base = torch.cuda.memory_allocated()
-            return self
-        self.base = self.peak = rss(); self.stop = False
-        def watch():
-            while not self.stop: self.peak = max(self.peak, rss()); time.sleep(0.002)
-        self.t = threading.Thread(target=watch, daemon=True); self.t.start(); return self
-    def __exit__(self, *a):
-        if self.cuda: torch.cuda.synchronize(); self.mb = (torch.cuda.max_memory_allocated() - self.base) / 2**20
-        else: self.stop = True; self.t.join(); self.peak = max(self.peak, rss()); self.mb = (self.peak - self.base) / 2**20
 
 def synthetic(domain, n, model):
     g = torch.Generator().manual_seed(0)
@@ -71,36 +58,58 @@ def setup(name, n, K):
     out = {'margin': output_fn('margin'), 'lm_loss': output_fn('lm_loss')}.get(p.output) or output_fn('diffusion_loss', K=K)
     return p, model, data, out, src
 
-def run(model, out, data, groups, proj, bs, device):
-    with Peak(device) as pk:    # the peak covers the warm-up too (it builds the projection cache)
-        featurize(model, out, data[list(range(bs))] if hasattr(data, 'batch') else {k: v[:bs] for k, v in data.items()},
-                  groups, projector=proj, batch_size=bs, device=device, progress=False)
-        t, c = time.perf_counter(), time.process_time()
-        f = featurize(model, out, data, groups, projector=proj, batch_size=bs, device=device, progress=False)
-        if torch.device(device).type == 'cuda': torch.cuda.synchronize()
-        dt, dc = time.perf_counter() - t, time.process_time() - c
-    return len(f), dt, dc, pk.mb, f.x.shape[1]
+def batches(data, bs):
+    "(tensors, ids) of each batch of `data` (an ExampleSet or a dict of tensors)"
+    t = data.tensors if hasattr(data, 'tensors') else data
+    ids = list(data.ids) if hasattr(data, 'ids') else list(range(len(next(iter(t.values())))))
+    n = len(ids)
+    return [({k: v[s:s + bs] for k, v in t.items()}, ids[s:s + bs]) for s in range(0, n, bs)]
 
-def run_traker(model, data, dims, bs, device):
-    from trak import TRAKer
-    from trak.projectors import BasicProjector, ProjectionType
-    from trak.gradient_computers import FunctionalGradientComputer
-    x, y = (data.tensors['x'], data.tensors['y']) if hasattr(data, 'tensors') else (data['x'], data['y'])
-    n = len(y); grad_dim = sum(p.numel() for p in model.parameters())
-    with tempfile.TemporaryDirectory() as d, warnings.catch_warnings():
-        warnings.simplefilter('ignore')
-        proj = BasicProjector(grad_dim=grad_dim, proj_dim=dims, seed=0, proj_type=ProjectionType.rademacher,
-                              device=torch.device(device), block_size=100)
-        tr = TRAKer(model=model, task='image_classification', train_set_size=n, save_dir=d, device=device,
-                    projector=proj, proj_dim=dims, use_half_precision=False, logging_level=40)
-        with Peak(device) as pk:
-            tr.load_checkpoint(model.state_dict(), model_id=0)
-            tr.featurize(batch=(x[:bs].to(device), y[:bs].to(device)), num_samples=bs)        # warm-up
-            t, c = time.perf_counter(), time.process_time()
-            for s in range(bs, n, bs):
-                tr.featurize(batch=(x[s:s + bs].to(device), y[s:s + bs].to(device)), num_samples=len(y[s:s + bs]))
-            dt, dc = time.perf_counter() - t, time.process_time() - c
-    return n - bs, dt, dc, pk.mb
+def grads_only(model, out, data, groups, bs, device):
+    "The baseline: per-example gradients of every batch, as featurize computes them, kept one batch at a time (no [N, P] matrix)"
+    from pwattr.features import per_example_grads
+    dev = torch.device(device)
+    for b, ids in batches(data, bs):
+        b = out.prepare({k: v.to(dev) for k, v in b.items()}, ids)
+        g, _ = per_example_grads(model, out, b, groups)
+        del g
+    if dev.type == 'cuda': torch.cuda.synchronize()
+
+def pw_side(model, out, data, groups, proj, bs, device):
+    "pwattr's featurize of all of `data` with `proj` (None: raw per-group gradients)"
+    def f():
+        r = featurize(model, out, data, groups, projector=proj, batch_size=bs, device=device, progress=False)
+        if torch.device(device).type == 'cuda': torch.cuda.synchronize()
+        return r.x.shape[1]
+    return f
+
+class TrakerSide:
+    "traker 0.3.2 featurising all of `data` (image_classification margin task, BasicProjector keeping its whole matrix)"
+    def __init__(self, model, data, dims, bs, device):
+        self.model, self.dims, self.bs, self.device = model, dims, bs, device
+        t = data.tensors if hasattr(data, 'tensors') else data
+        self.x, self.y = t['x'], t['y']; self.proj = self.tr = None
+        self.tmp = tempfile.TemporaryDirectory(prefix='pwattr-bench-traker-')
+    def build(self):
+        "The projector: block_size = proj_dim, so its matrix is drawn once (in __init__) and kept"
+        from trak.projectors import BasicProjector, ProjectionType
+        grad_dim = sum(p.numel() for p in self.model.parameters())
+        self.proj = BasicProjector(grad_dim=grad_dim, proj_dim=self.dims, seed=0, proj_type=ProjectionType.rademacher,
+                                   device=torch.device(self.device), block_size=self.dims)
+    def fresh(self):
+        "A fresh TRAKer on the kept projector (traker writes each example once: one TRAKer per run), untimed"
+        from trak import TRAKer
+        import logging
+        self.tr = TRAKer(model=self.model, task='image_classification', train_set_size=len(self.y),
+                         save_dir=str(Path(self.tmp.name) / f'r{time.perf_counter_ns()}'), device=self.device,
+                         projector=self.proj, proj_dim=self.dims, use_half_precision=False, logging_level=logging.ERROR)
+        self.tr.load_checkpoint(self.model.state_dict(), model_id=0)
+    def __call__(self):
+        x, y, bs, dev = self.x, self.y, self.bs, self.device
+        for s in range(0, len(y), bs):
+            self.tr.featurize(batch=(x[s:s + bs].to(dev), y[s:s + bs].to(dev)), num_samples=len(y[s:s + bs]))
+        if torch.device(dev).type == 'cuda': torch.cuda.synchronize()
+        return self.dims
 
 # --- store vs in memory at scale (issue 17) ---------------------------------------------------------------------------
 def store_setup(n, dims, preset='fmnist-mlp'):
@@ -190,11 +199,12 @@ def main():
     ap.add_argument('--batch', type=int, default=32)
     ap.add_argument('--dims', type=int, default=1024, help='total projected dims (split equally over the groups)')
     ap.add_argument('--level', default='module', help="GroupSpec.preset level: 'module' | 'block' | 'function' | 'tensor'")
+    ap.add_argument('--max-matrix-gb', type=float, default=2.0, help='skip whole-gradient dense sides above this matrix size')
     ap.add_argument('--K', type=int, default=2, help='timesteps per example for the diffusion loss')
     ap.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
     ap.add_argument('--store', action='store_true', help='only the store run: store vs in-memory featurize at scale')
     ap.add_argument('--store-n', type=int, default=50_000, help='examples of the store run')
-    ap.add_argument('--repeats', type=int, default=3, help='repeats per side of the store run (medians)')
+    ap.add_argument('--repeats', type=int, default=3, help='alternated repeats per side (medians), also of the store run')
     ap.add_argument('--kill-at', type=float, default=0.4, help='fraction of chunks recorded when the store run is killed')
     ap.add_argument('--store-dir', default=None, help='folder for the store run (default: a temporary folder)')
     ap.add_argument('--keep', action='store_true', help='keep the store run\'s folder')
@@ -208,34 +218,70 @@ def main():
         a.store_dir = a.store_dir or tempfile.mkdtemp(prefix='pwattr-store-')
         return store_run(a)
     have_trak = importlib.util.find_spec('trak') is not None
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {a.device}; "
-          f"traker {'found' if have_trak else 'not installed (skipped)'}\n")
+    torch.set_num_threads(int(os.environ.get('OMP_NUM_THREADS', torch.get_num_threads())))
+    B = Bench('featurize', vars(a))
+    B.note(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {a.device}; traker "
+           f"{'found' if have_trak else 'missing: peer missing (pip install -e .[peers])'}; {a.repeats} alternated repeats per side, "
+           "medians; every side builds its projection matrix in an untimed warm-up inside its peak-memory window")
     rows = []
     for name in a.presets:
         p, model, data, out, src = setup(name, a.n, a.K)
         model.to(a.device)
         groups = GroupSpec.preset(model, a.level)
-        per = max(1, a.dims // len(groups))
-        print(f"{name}: {groups.n_params:,} params in {len(groups)} groups ({a.level}), {len(data)} examples from {src}, "
-              f"output {type(out).__name__}, {per} dims per group")
-        modes = [('raw', None), ('sparse', Projector(per, 'sparse', seed=0)), ('dense', Projector(per, 'rademacher', seed=0))]
-        base = None
-        def show(mode, n, dt, dc, mb, D):
-            nonlocal base
-            base = base or dc / n      # raw CPU seconds per example
-            rows.append((name, mode, D, n / dt, n / dc, dc / n / base, mb))
-            print(f"  {mode:8s} {D:>9,} dims  {n / dt:9.1f} ex/s  {n / dc:9.1f} ex/cpu-s  x{rows[-1][5]:5.2f}  {mb:8.1f} MB")
-        for mode, proj in modes:
-            n, dt, dc, mb, D = run(model, out, data, groups, proj, a.batch, a.device)
-            show(mode, n, dt, dc, mb, D)
-        if have_trak and p.domain == 'classification':
+        per = max(1, a.dims // len(groups)); D = per * len(groups)
+        whole = GroupSpec({'all': [q for ps in groups.groups.values() for q in ps]}, model=model)
+        B.note(f"\n{name}: {groups.n_params:,} params in {len(groups)} groups ({a.level}), {len(data)} examples from {src}, "
+               f"output {type(out).__name__}, batch {a.batch}; {per} dims per group = {D} dims")
+        sides = {'grads': lambda: grads_only(model, out, data, groups, a.batch, a.device),
+                 'sparse/group': pw_side(model, out, data, groups, Projector(per, 'sparse', seed=0), a.batch, a.device),
+                 'dense/group': pw_side(model, out, data, groups, Projector(per, 'rademacher', seed=0), a.batch, a.device),
+                 'dense/whole': pw_side(model, out, data, whole, Projector(D, 'rademacher', seed=0), a.batch, a.device)}
+        what = {'grads': 'per-example gradients alone, one batch at a time (the baseline)',
+                'sparse/group': f'pwattr default: sparse JL (nnz 4) per group, {per} dims each',
+                'dense/group': f'pwattr: dense Rademacher per group, {per} dims each',
+                'dense/whole': f'pwattr: dense Rademacher over the whole gradient (one group), {D} dims: traker\'s work',
+                'traker': f'traker 0.3.2: BasicProjector Rademacher over the whole gradient, {D} dims, matrix kept'}
+        tk = None
+        gb = groups.n_params * D * 4 / 2**30
+        if gb > a.max_matrix_gb:
+            B.note(f"  dense/whole and traker skipped: a whole-gradient [{groups.n_params:,}, {D}] matrix is {gb:.1f} GB "
+                   f"(> --max-matrix-gb {a.max_matrix_gb:g}); pwattr would stream its row blocks, traker cannot keep it")
+            sides.pop('dense/whole')
+        elif have_trak and p.domain == 'classification':
+            try: tk = TrakerSide(model, data, D, a.batch, a.device); sides['traker'] = tk
+            except Exception as e: B.note(f"  traker failed to set up: {type(e).__name__}: {e}")
+        elif not have_trak: B.note("  traker: peer missing")
+        else: B.note(f"  traker: no task for a {p.domain} preset (classification only)")
+        peak = {}
+        for n_, f in list(sides.items()):        # peak pass: warm-up (builds the matrix) + one full run, per side
             try:
-                n, dt, dc, mb = run_traker(model, data, per * len(groups), a.batch, a.device)
-                show('traker', n, dt, dc, mb, per * len(groups))
-            except Exception as e: print(f"  traker failed: {type(e).__name__}: {e}")
-    print('\n| preset | mode | dims | examples/s (wall) | examples/CPU-s | CPU time / raw | peak MB |'
+                with Peak(a.device) as pk:
+                    if n_ == 'traker': tk.build(); tk.fresh()
+                    f()
+                peak[n_] = pk.mb
+            except Exception as e:
+                B.note(f"  {n_} failed: {type(e).__name__}: {str(e)[:300]}"); sides.pop(n_)
+        res = B.alternate(sides, a.repeats, key=name, before=lambda n_: tk.fresh() if n_ == 'traker' else None)
+        n = len(data)
+        for n_ in sides:
+            r = res[n_]; w, c = median(r['wall']), median(r['cpu'])
+            rows.append((name, n_, D if n_ != 'grads' else groups.n_params, n / w, n / c, c / median(res['grads']['cpu']), peak[n_]))
+            B.note(f"  {n_:13s} {n / w:9.1f} ex/s  {n / c:9.1f} ex/cpu-s  x{rows[-1][5]:5.2f} of grads  peak {peak[n_]:8.1f} MB  ({what[n_]})")
+        B.ratio(f'{name} sparse/group / grads (projection overhead)', res, 'sparse/group', 'grads', same_work=False,
+                differs='sparse/group = grads + per-group sparse projection + the [N, D] result')
+        if 'dense/whole' in res: B.ratio(f'{name} dense/whole / grads', res, 'dense/whole', 'grads', same_work=False,
+                differs='dense/whole = grads + whole-gradient dense projection')
+        if 'traker' in res:
+            B.ratio(f'{name} traker / pwattr dense/whole', res, 'traker', 'dense/whole', same_work=True,
+                    differs=f'same projection work ({D} Rademacher dims over the whole gradient, margin output); '
+                            'different code (traker concatenates the gradient, writes a memmap)')
+            B.ratio(f'{name} traker (matrix kept) / pwattr default sparse/group', res, 'traker', 'sparse/group', same_work=False,
+                    differs=f'traker: dense {D} dims over the whole gradient; pwattr: sparse {per} dims per group')
+        B.rec.setdefault('rows', []).extend(dict(zip(('preset', 'side', 'dims', 'ex_per_s_wall', 'ex_per_cpu_s', 'cpu_over_grads', 'peak_mb'), r)) for r in rows[-len(sides):])
+    print('\n| preset | side | dims | examples/s (wall) | examples/CPU-s | CPU time / grads | peak MB |'
           '\n|---|---|---:|---:|---:|---:|---:|')
     for r in rows: print(f"| {r[0]} | {r[1]} | {r[2]:,} | {r[3]:.1f} | {r[4]:.1f} | {r[5]:.2f} | {r[6]:.1f} |")
+    B.save()
 
 if __name__ == '__main__':
     main()

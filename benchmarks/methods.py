@@ -11,7 +11,7 @@ written to a temporary .npy in blocks and streamed back with pread, the queries 
 peak < 2 GB and a FLOP rate at least half that of one plain torch matmul of the same size, measured in the same
 child right after. Peers (dattri, traker, kronfluence) are compared only when the `peers` extra is installed.
 
-    OMP_NUM_THREADS=1 /work/peers/bin/python benchmarks/methods.py --part peers   # pwattr vs traker / dattri / kronfluence
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/methods.py --part peers         # pwattr vs traker / dattri / kronfluence
 
 The peers part trains the preset once and compares, on the same model, training subset (--n-train, default 1000),
 queries (--n-query, 50) and projection: TRAK vs traker 0.3.2 (pwattr's projection plugged into traker: exact; and
@@ -19,16 +19,15 @@ traker's own CPU projector), TracInCP / Grad-Dot / Grad-Cos vs dattri 0.3.0 (unp
 kronfluence 1.0.1 (empirical Fisher: exact; sampled-label Fisher: up to label-sampling noise, with a noise floor).
 Without a peer, pwattr's rows still run and the peer's row says why it was skipped. The peers' calls are module-level
 functions (traker_scores, dattri_tracin_scores, dattri_model_fns, kron_cls_task, kronfluence_ekfac_scores), also used by
-benchmarks/peers_lds.py; each imports its peer only when called. Install the peers in their own
-venv (`pip install -e '.[peers]'` would pull a CUDA torch and torchvision, which fail to import beside CPU torch):
-    python3 -m venv /work/peers && /work/peers/bin/pip install torch==2.13.0
-    echo torch==2.13.0 > /tmp/c.txt && /work/peers/bin/pip install -c /tmp/c.txt accelerate einconv einops numpy \
-        opt_einsum packaging pillow psutil pyyaml safetensors scipy tqdm huggingface_hub pretty_midi
-    /work/peers/bin/pip install --no-deps dattri==0.3.0 traker==0.3.2 kronfluence==1.0.1    # none imports torchvision here
-    /work/peers/bin/pip install --no-deps -e . && /work/peers/bin/pip install -c /tmp/c.txt transformers diffusers \
-        pandas matplotlib seaborn 'fastcore<2' ipywidgets
+benchmarks/peers_lds.py; each imports its peer only when called. A plain `pip install -e '.[peers]'` was reported to pull a CUDA torch and
+torchvision (which fail to import beside CPU torch; not retried); installed this way into the project's own venv, they work:
+    echo torch==2.13.0 > /tmp/c.txt && .venv/bin/pip install -c /tmp/c.txt accelerate einconv einops opt_einsum \
+        safetensors scipy tqdm pretty_midi psutil pyyaml
+    .venv/bin/pip install --no-deps dattri==0.3.0 traker==0.3.2 kronfluence==1.0.1    # none imports torchvision here
+Every comparison alternates pwattr and the peer (3 runs each by default: --repeat), reports the median run's fit and score
+(from the same run) and the peak RSS of the runs behind each row; the record goes to benchmarks/results/methods-<part>.json.
 """
-import argparse, copy, functools, importlib.util, itertools, logging, os, subprocess, sys, tempfile, time, warnings
+import argparse, copy, functools, importlib.util, itertools, logging, os, statistics, subprocess, sys, tempfile, time, warnings
 from pathlib import Path
 from types import SimpleNamespace
 import numpy as np
@@ -37,6 +36,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from pwattr.methods import GradDot, GradCos, TracInCP, TRAK
 from pwattr.store import NpyFile
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _bench import Bench, alternate as bench_alternate, summary
 
 def feats(x, groups, dims, q=None, lr=None):
     "A Features-like object (methods only read x, groups, dims, ids, extras, meta)"
@@ -157,7 +158,7 @@ def _vm(key):
         if line.startswith(key): return int(line.split()[1]) * 1024
     return 0
 
-def part_memory_child(n, dims, queries, k, groups, method, folder, seed=0):
+def part_memory_child(n, dims, queries, k, groups, method, folder, seed=0, repeats=3):
     torch.manual_seed(seed)
     names, gd = [f'g{j}' for j in range(groups)], [dims // groups] * groups
     path = Path(folder) / 'train_features.npy'
@@ -170,35 +171,67 @@ def part_memory_child(n, dims, queries, k, groups, method, folder, seed=0):
     query = feats(torch.randn(queries, dims, generator=torch.Generator().manual_seed(seed + 2)), names, gd)
     m = (GradDot(chunk=block) if method == 'graddot' else TRAK(chunk=block))
     _, t_fit = timed(lambda: m.fit(train, cache=None if method == 'graddot' else Path(folder) / 'psi.npy'))
-    m.topk(feats(query.x[:8], names, gd), k=k)     # warm-up (thread pools, page cache)
-    top, t_top = timed(lambda: m.topk(query, k=k))
-    peak = _vm('VmHWM')
+    m.topk(feats(query.x[:8], names, gd), k=k)     # warm-up (thread pools)
+    m.topk(query, k=k); peak = _vm('VmHWM')        # peak pass: pwattr's own peak, before the reference's matrix exists
+    flops = 2.0 * queries * n * dims
+    # the reference: one plain torch matmul of the same size, in memory, same process and threads, alternated with pwattr
+    A, B = query.x, torch.randn(n, dims, generator=torch.Generator().manual_seed(seed + 3))
+    (A[:8] @ B[:4096].T)
+    read = {'bytes': []}
+    def before(side):
+        if side != 'pwattr streamed top-k': return
+        # the training features' pages leave the page cache (fsync: written pages are dirty and cannot be dropped before)
+        for f_ in Path(folder).glob('*.npy'):
+            fd = os.open(f_, os.O_RDONLY)
+            try: os.fsync(fd); os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+            finally: os.close(fd)
+        read['at'] = _io('read_bytes')
+    def pw():
+        r = m.topk(query, k=k); read['bytes'].append(_io('read_bytes') - read['at']); return r
+    res = bench_alternate({'pwattr streamed top-k': pw, 'plain torch matmul': lambda: A @ B.T}, repeats, before=before)
+    del B
+    top = res['pwattr streamed top-k']['out']
     # correctness: a dense [5, N] computation for five queries
     few = feats(query.x[:5], names, gd)
     dense = torch.cat([s for _, s in m._blocks(m._check(few), None, block)], 1)
     ok = torch.equal(dense.topk(k, 1).indices, top.indices[:5]) or torch.allclose(dense.topk(k, 1).values, top.values[:5])
-    flops = 2.0 * queries * n * dims
-    # the reference: one plain torch matmul of the same size, in memory, same process and threads
-    A, B = query.x, torch.randn(n, dims)
-    (A[:8] @ B[:4096].T)
-    _, t_mm = timed(lambda: A @ B.T)
-    del B
+    t_top, t_mm = (statistics.median(res[s_]['wall']) for s_ in ('pwattr streamed top-k', 'plain torch matmul'))
     rate, ref = flops / t_top / 1e9, flops / t_mm / 1e9
+    disk = statistics.median(read['bytes']); fbytes = n * dims * 4
+    cache = (f"page cache dropped before each run: {disk / 2**30:.2f} GiB of the {fbytes / 2**30:.2f} GiB file read from disk"
+             if disk >= 0.5 * fbytes else f"page cache warm ({disk / 2**30:.2f} GiB of {fbytes / 2**30:.2f} GiB read from disk: "
+             "the cache could not be dropped)")
     print(f"\nmemory benchmark: top-{k} proponents for {queries} queries over {n} training features of {dims} dims "
-          f"(float32, {method}, training side streamed from disk, {torch.get_num_threads()} thread(s))")
+          f"(float32, {method}, training side streamed from disk, {torch.get_num_threads()} thread(s)); {cache}; "
+          f"{repeats} alternated runs each, medians")
     if method != 'graddot': print(f"  fit (Gram, Cholesky, K phi(n) to disk): {t_fit:.1f} s")
     print(f"  {'':24s} {'time s':>8s} {'GFLOP/s':>9s} {'peak memory':>12s}")
     print(f"  {'pwattr streamed top-k':24s} {t_top:8.2f} {rate:9.1f} {peak / 2**30:10.2f} GB")
     print(f"  {'plain torch matmul':24s} {t_mm:8.2f} {ref:9.1f} {'(in memory)':>12s}")
-    print(f"  FLOP rate ratio {rate / ref:.2f} (target >= 0.5): {'PASS' if rate / ref >= 0.5 else 'FAIL'}; "
+    print(f"  FLOP rate ratio {rate / ref:.2f} (same FLOPs; target >= 0.5): {'PASS' if rate / ref >= 0.5 else 'FAIL'}; "
           f"peak {peak / 2**30:.2f} GB (target < 2 GB): {'PASS' if peak < 2 * 2**30 else 'FAIL'}; "
           f"top-k matches a dense computation: {'PASS' if ok else 'FAIL'}")
+    import json
+    print('JSON ' + json.dumps({'runs': {s_: summary(r) for s_, r in res.items()}, 'gflops_pwattr': rate, 'gflops_matmul': ref,
+                                'ratio': rate / ref, 'peak_gb': peak / 2**30, 'read_from_disk_gib': disk / 2**30,
+                                'file_gib': fbytes / 2**30, 'topk_ok': bool(ok), 'fit_s': t_fit}))
 
-def part_memory(n=200_000, dims=2048, queries=1000, k=100, groups=8, method='graddot'):
+def _io(key):
+    "A counter of this process from /proc/self/io (read_bytes: bytes fetched from storage)"
+    for line in open('/proc/self/io'):
+        if line.startswith(key + ':'): return int(line.split()[1])
+    return 0
+
+def part_memory(n=200_000, dims=2048, queries=1000, k=100, groups=8, method='graddot', repeats=3, rec=None):
     with tempfile.TemporaryDirectory(dir=os.environ.get('PWATTR_BENCH_DIR')) as d:
         cmd = [sys.executable, __file__, '--part', 'memory-child', '--n', str(n), '--dims', str(dims), '--queries', str(queries),
-               '--k', str(k), '--groups', str(groups), '--method', method, '--dir', d]
-        subprocess.run(cmd, check=True)
+               '--k', str(k), '--groups', str(groups), '--method', method, '--dir', d, '--repeat', str(repeats)]
+        out = subprocess.run(cmd, check=True, stdout=subprocess.PIPE, text=True).stdout
+        import json
+        for line in out.splitlines():
+            if line.startswith('JSON '):
+                if rec is not None: rec['memory'] = json.loads(line[5:])
+            else: print(line, flush=True)
 
 # ---------------------------------------------------------------------------------------------------------------
 # Peers: the same method from traker / dattri / kronfluence on the same model, data subset and projection
@@ -371,7 +404,7 @@ class _Table:
 
 def part_peers(name='fmnist-mlp', n_train=1000, n_query=50, proj_dim=256, batch=100, lam_rel=0.1, seed=0, only=None, reps=2):
     """pwattr vs traker (TRAK), dattri (TracInCP, Grad-Dot, Grad-Cos) and kronfluence (EK-FAC) on one trained preset model.
-    Times are wall seconds, the fastest of `reps` runs; 'fit' = everything done once for the training set (training gradients,
+    Times are wall seconds of the median run of `reps` (fit and score of the same run; pwattr and the peer alternated); 'fit' = everything done once for the training set (training gradients,
     kernel / factors), 'score' = query gradients + the [Q, N] score matrix. rho = Spearman correlation of the two [Q, N] scores."""
     import torch.nn.functional as F
     from pwattr.presets import get_preset
@@ -391,19 +424,35 @@ def part_peers(name='fmnist-mlp', n_train=1000, n_query=50, proj_dim=256, batch=
     print(f"\n{name} vs peers: model trained on all {len(tr)} training examples in {t_train:.1f} s (seed {seed}); attributing "
           f"the first {N} training examples to the first {Q} test examples; {P} parameters in {len(gs)} groups {gs.names} "
           f"(sizes {gs.sizes}); {len(lrs)} checkpoints with lrs {[f'{l:.3g}' for l in lrs]} (last = final model: {final_same}); "
-          f"batch {batch} everywhere; float32 features; {torch.get_num_threads()} thread(s); times: fastest of {reps} runs")
+          f"batch {batch} everywhere; float32 features; {torch.get_num_threads()} thread(s); times: the median run of {reps} "
+          "(fit and score from that same run), pwattr and the peer alternated")
     featurize(model, 'margin', tr_s[list(range(8))], groups=gs, progress=False)       # warm-up (vmap, allocator)
     tab = _Table(); print(tab.header())
     tmp = tempfile.TemporaryDirectory(prefix='pwattr-peers-'); work = Path(tmp.name)
+    peaks = {}
+    def hwm_reset():
+        "Reset this process's peak RSS (VmHWM) so the next reading covers only what follows (Linux, no root needed)"
+        try: open('/proc/self/clear_refs', 'w').write('5')
+        except OSError: pass
+    def pick(outs):
+        "the run of median total time: its fit and score times come from the same run"
+        o = sorted(outs, key=lambda o: o[1] + o[2]); return o[(len(o) - 1) // 2]
     def best(fn):
-        "run fn() -> (S, t_fit, t_score) `reps` times: the last S, the fastest fit and score times"
-        outs = [fn() for _ in range(max(1, reps))]
-        return outs[-1][0], min(o[1] for o in outs), min(o[2] for o in outs)
+        "run fn() -> (S, t_fit, t_score) `reps` times: the last S, fit and score times of the median run"
+        hwm_reset(); outs = [fn() for _ in range(max(1, reps))]; peaks['last'] = _vm('VmHWM') / 2**30
+        m = pick(outs); return outs[-1][0], m[1], m[2]
     def pair(pw_fn, peer_fn):
-        "pwattr and the peer run alternately `reps` times (so load from other jobs hits both alike): fastest times of each"
-        a, b = [], []
-        for _ in range(max(1, reps)): a.append(pw_fn()); b.append(peer_fn())
-        return tuple((o[-1][0], min(x[1] for x in o), min(x[2] for x in o)) for o in (a, b))
+        "pwattr and the peer alternately (A B, B A, ...: load from other jobs hits both alike), `reps` runs each: median runs"
+        from _bench import order
+        outs = {'pw': [], 'peer': []}; fns = {'pw': pw_fn, 'peer': peer_fn}; hwm_reset()
+        for side in order(['pw', 'peer'], max(1, reps)): outs[side].append(fns[side]())
+        peaks['last'] = _vm('VmHWM') / 2**30
+        return tuple((outs[k][-1][0], *pick(outs[k])[1:]) for k in ('pw', 'peer'))
+    _add = tab.add
+    def add(comp, pf, ps, qf, qs, rho=None, note=''):
+        "a table row whose note ends with the peak RSS of the runs behind it"
+        return _add(comp, pf, ps, qf, qs, rho, note + (f" [peak RSS {peaks.pop('last'):.2f} GB]" if 'last' in peaks else ''))
+    tab.add = add
 
     # ---------------- TRAK vs traker ----------------
     if 'trak' in only:
@@ -439,20 +488,36 @@ def part_peers(name='fmnist-mlp', n_train=1000, n_query=50, proj_dim=256, batch=
                     g = {k: v.reshape(v.shape[0], -1) for k, v in grads.items()}
                     return torch.cat(self.proj.project(g, self.groups), 1)
                 def free_memory(self): pass
-            def run_traker(shared:bool):
-                # shared: pwattr's matrix and lam (lam / P: traker divides its features by sqrt(#params)); else traker's own
-                # projector and pwattr's ridge rule applied to traker's own features
-                projector = SharedProjector(Projector(dims=proj_dim, kind='rademacher', seed=0), gs) if shared else None
+            def run_traker(kind:str):
+                # 'pwattr': pwattr's matrix and lam (lam / P: traker divides its features by sqrt(#params)); 'shipped': traker's
+                # own default CPU projector (BasicProjector, block_size 100: it redraws its matrix block by block on every
+                # batch); 'kept': the same projector with block_size = proj_dim (drawn once, kept). The last two get pwattr's
+                # ridge rule applied to traker's own features.
+                if kind == 'pwattr': projector = SharedProjector(Projector(dims=proj_dim, kind='rademacher', seed=0), gs)
+                elif kind == 'kept':
+                    from trak.projectors import BasicProjector
+                    class KeptProjector(BasicProjector):
+                        "traker 0.3.2 frees its matrix in finalize_features and, with one block, never redraws it: keep it"
+                        def free_memory(self): pass
+                    # drawn in __init__: timed and added to fit, as pwattr's fresh matrix is generated inside its timed fit
+                    projector, t_build = timed(lambda: KeptProjector(grad_dim=P, proj_dim=D, seed=0, proj_type=ProjectionType.normal,
+                                                                     device=torch.device('cpu'), block_size=D))
+                else: projector = None
                 S, tf, ts, _ = traker_scores(model, X, Y, Xq, Yq, D, lam_rel, projector=projector,
-                                             lambda_reg=lam / P if shared else None, batch=batch, work=work)
-                return S, tf, ts
+                                             lambda_reg=lam / P if kind == 'pwattr' else None, batch=batch, work=work)
+                return S, tf + (t_build if kind == 'kept' else 0.0), ts
             try:
-                (_, a, b), (S_tk, tf, ts) = pair(pw_trak, lambda: run_traker(True))
-                tab.add("  traker, same projection matrix (pwattr's, plugged in)", a, b, tf, ts, spearman(S_pw, S_tk),
-                        'exact comparison: same features, same lam')
-                (_, a, b), (S_tk2, tf2, ts2) = pair(pw_trak, lambda: run_traker(False))
-                tab.add(f"  traker, its own CPU projector (Gaussian, {D} dims)", a, b, tf2, ts2, spearman(S_pw, S_tk2),
-                        'different random matrix: compare with the noise floor')
+                (_, a, b), (S_tk, tf, ts) = pair(pw_trak, lambda: run_traker('pwattr'))
+                tab.add("  traker with pwattr's projection (plugged in)", a, b, tf, ts, spearman(S_pw, S_tk),
+                        'exact comparison: same features, same lam; projection work: per group, as pwattr')
+                (_, a, b), (S_tk2, tf2, ts2) = pair(pw_trak, lambda: run_traker('shipped'))
+                tab.add(f"  traker as shipped (own CPU projector, Gaussian, {D} dims, block 100)", a, b, tf2, ts2, spearman(S_pw, S_tk2),
+                        'different random matrix (compare with the noise floor); traker projects the whole gradient '
+                        f'({P} x {D}), pwattr each group, and redraws its matrix every batch')
+                (_, a, b), (S_tk3, tf3, ts3) = pair(pw_trak, lambda: run_traker('kept'))
+                tab.add(f"  traker keeping its matrix (same projector, block {D})", a, b, tf3, ts3, spearman(S_pw, S_tk3),
+                        'as above, matrix drawn once and kept (its free_memory disabled: traker 0.3.2 deletes a one-block '
+                        'matrix in finalize_features and then fails to score)')
             except Exception as e:
                 tab.skip("TRAK traker 0.3.2", f"failed: {type(e).__name__}: {str(e)[:300]}")
 
@@ -545,15 +610,20 @@ if __name__ == '__main__':
     ap.add_argument('--groups', type=int, default=8); ap.add_argument('--method', default='graddot', choices=['graddot', 'trak'])
     ap.add_argument('--dir', default=None); ap.add_argument('--gt', default=None)
     ap.add_argument('--n-train', type=int, default=1000); ap.add_argument('--n-query', type=int, default=50)
-    ap.add_argument('--proj-dim', type=int, default=256); ap.add_argument('--repeat', type=int, default=2, help='peers part: timing runs (fastest kept)')
+    ap.add_argument('--proj-dim', type=int, default=256); ap.add_argument('--repeat', type=int, default=3, help='alternated timing runs per side (medians)')
     ap.add_argument('--only', default=None, type=lambda s: s.split(','), help='peers part: comma list of trak,tracin,ekfac')
     a = ap.parse_args()
     if a.part == 'memory-child':
-        part_memory_child(a.n, a.dims, a.queries, a.k, a.groups, a.method, a.dir); sys.exit()
+        part_memory_child(a.n, a.dims, a.queries, a.k, a.groups, a.method, a.dir, repeats=a.repeat); sys.exit()
+    torch.set_num_threads(int(os.environ.get('OMP_NUM_THREADS', torch.get_num_threads())))
+    B = Bench(f'methods-{a.part}' + (f"-{'-'.join(a.only)}" if a.only else ''), vars(a))
     print(f"torch {torch.__version__}, {torch.get_num_threads()} thread(s), OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS')}")
     peers()
     if a.part in ('all', 'synthetic'): part_synthetic()
     if a.part in ('all', 'preset'): part_preset(a.preset)
     if a.part == 'lds': part_lds(a.preset, a.gt)
-    if a.part in ('all', 'peers'): part_peers(a.preset, a.n_train, a.n_query, a.proj_dim, only=a.only, reps=a.repeat)
-    if a.part in ('all', 'memory'): part_memory(a.n, a.dims, a.queries, a.k, a.groups, a.method)
+    if a.part in ('all', 'peers'):
+        tab = part_peers(a.preset, a.n_train, a.n_query, a.proj_dim, only=a.only, reps=a.repeat)
+        B.rec['peers'] = [dict(zip(('comparison', 'pw_fit', 'pw_score', 'peer_fit', 'peer_score', 'rho', 'note'), r)) for r in tab.rows]
+    if a.part in ('all', 'memory'): part_memory(a.n, a.dims, a.queries, a.k, a.groups, a.method, a.repeat, rec=B.rec)
+    B.save()

@@ -4,6 +4,10 @@ One command reproduces everything (33 min measured on one thread of a shared 2-c
 
     nice -n 10 env OMP_NUM_THREADS=1 .venv/bin/python benchmarks/peers_lds.py
 
+    # times only: pwattr and each peer alternated in one process (3 runs each, medians; needs the peers in this venv,
+    # pip install -e '.[peers]'), record in benchmarks/results/peers_lds.json
+    nice -n 10 env OMP_NUM_THREADS=1 .venv/bin/python benchmarks/peers_lds.py --part timing --only ekfac-kronfluence,trak-traker
+
     # the two steps separately (the same as the command above):
     nice -n 10 env OMP_NUM_THREADS=1 /work/peers/bin/python benchmarks/peers_lds.py --part peers   # peers' scores -> .npy
     nice -n 10 env OMP_NUM_THREADS=1 .venv/bin/python benchmarks/peers_lds.py --part lds            # pwattr's scores + the table
@@ -375,13 +379,50 @@ def part_lds(out:Path, resume=False, noise_floor=True):
     log(f"wrote {out / 'table.txt'}, {out / 'lds.json'}, {out / 'meta.json'}")
     return rows
 
+def part_timing(out:Path, only=None, batch=1000, repeats=3):
+    """Times of pwattr and each peer alternated in ONE process (pwattr, peer / peer, pwattr / ...: `repeats` runs each, medians,
+    so a change of load from other jobs hits both alike), through benchmarks/_bench.py: the machine limit, the load before and
+    after and the ratios go to benchmarks/results/peers_lds.json. pwattr runs as the audit runs it (`AuditRun.contributions`)
+    on a fresh cache holding only the trained model (made before each run, untimed); each peer on a fresh work folder. The
+    scores are not saved here: the LDS table (--part lds) reads the ones saved by --part peers / lds."""
+    sys.path.insert(0, str(ROOT / 'benchmarks'))
+    from _bench import Bench
+    B = Bench('peers_lds', {'out': str(out), 'only': only, 'batch': batch, 'repeats': repeats})
+    torch.manual_seed(SEED); np.random.seed(SEED)
+    out = Path(out); c = Ctx(out, batch); run0 = c.run
+    B.note(f"timing part: {PRESET} seed-{SEED} model {c.hash} ({c.P} params), {c.N} training examples x {c.Q} evaluation queries, "
+           f"projection {c.D} dims, batch {batch}, {repeats} alternated runs per side, medians")
+    state = {}
+    def before(side):
+        if 'tmp' in state: state.pop('tmp').cleanup()
+        state['tmp'] = tempfile.TemporaryDirectory(prefix='peers-lds-timing-')
+        state['run'] = fresh_run(state['tmp'].name, run0) if side == 'pwattr' else None
+    for key in (only or PEERS):
+        method, lib, mod = PEERS[key]
+        why = peer_available(mod)
+        if why: B.note(f"[{key}] peer missing: {why}"); continue
+        def pw():
+            torch.manual_seed(SEED); return state['run'].contributions(method)[0]
+        def peer():
+            torch.manual_seed(SEED); return PEER_FNS[key](c, Path(state['tmp'].name))
+        try:
+            res = B.alternate({'pwattr': pw, lib: peer}, repeats, key=key, before=before)
+        except Exception as e:
+            B.note(f"[{key}] FAILED: {type(e).__name__}: {str(e)[:300]}"); continue
+        finally:
+            if 'tmp' in state: state.pop('tmp').cleanup()
+        B.ratio(f"{LABELS[method]}: {lib} / pwattr", res, lib, 'pwattr', clock='wall', same_work=False,
+                differs=res[lib]['out'][3]['setting'] + ' | pwattr: ' + _pw_setting(method, run0, res['pwattr']['out']))
+    B.save()
+
 if __name__ == '__main__':
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument('--part', default='both', choices=['both', 'peers', 'lds'])
+    ap.add_argument('--part', default='both', choices=['both', 'peers', 'lds', 'timing'])
     ap.add_argument('--out', default=str(ROOT / 'runs' / 'peers_lds'), help='output folder (scores/, table.txt, lds.json)')
     ap.add_argument('--peers-python', default=PEER_PY, help="the peers venv's python (--part both runs the peers step with it)")
     ap.add_argument('--only', default=None, type=lambda s: s.split(','), help=f"peers part: comma list of {','.join(PEERS)}")
     ap.add_argument('--batch', type=int, default=1000, help='peers part: training / query batch size for the peers')
+    ap.add_argument('--repeats', type=int, default=3, help='timing part: alternated runs per side (medians)')
     ap.add_argument('--no-noise-floor', action='store_true', help="lds part: skip the 'pwattr, seed 1' rows")
     ap.add_argument('--resume', action='store_true', help='keep score matrices already saved for the same model')
     ap.add_argument('--check', type=int, default=None, metavar='K',
@@ -396,7 +437,8 @@ if __name__ == '__main__':
         log(f"check done in {time.time() - t0:.0f} s: {sum(r['exact'] for r in res.values())} exact, "
             f"{sum(r['allclose'] for r in res.values())} allclose of {len(res)} checked")
         sys.exit(0 if res and all(r['allclose'] for r in res.values()) else 1)
-    if a.part == 'peers': part_peers(Path(a.out), a.only, a.resume, a.batch)
+    if a.part == 'timing': part_timing(Path(a.out), a.only, a.batch, a.repeats)
+    elif a.part == 'peers': part_peers(Path(a.out), a.only, a.resume, a.batch)
     else:
         if a.part == 'both':
             if not Path(a.peers_python).exists(): ap.error(f"no peers python at {a.peers_python}: see benchmarks/methods.py --help")

@@ -4,8 +4,9 @@
 
 # %% auto #0
 __all__ = ['planted_contributions', 'precision_at_k', 'ContribSource', 'selfsup_loss', 'GroupWeights', 'learn_weights',
-           'apply_weights', 'KSensitivity', 'k_sensitivity', 'learn_semantic_weights', 'weights_table', 'cosine_table',
-           'plot_cosine', 'subset_preds', 'lds_from_preds', 'OracleResult', 'oracle_weights']
+           'planted_noise', 'topk_null_test', 'apply_weights', 'KSensitivity', 'k_sensitivity',
+           'learn_semantic_weights', 'weights_table', 'cosine_table', 'plot_cosine', 'subset_preds', 'lds_from_preds',
+           'OracleResult', 'oracle_weights']
 
 # %% ../nbs/07_weights.ipynb #e09370e6
 import json, math, time, warnings
@@ -440,6 +441,59 @@ def learn_weights(S, # contributions [Q,N,M]: Tensor | ndarray / .npy memmap | C
                 topk_changed=changed, topk_moves=moves, time_setup=t_setup, time_per_step=(T - t_setup) / max(1, len(hist)),
                 objective_base=hist[0] if hist else None, objective_best=best)
     return GroupWeights(w.cpu(), groups, hist, settings, T, info)
+
+# %% ../nbs/07_weights.ipynb #2a59eef9
+def planted_noise(snr:float, # starting signal-to-noise of the summed (uniform-weight) scores
+                  M:int, # number of groups
+                  n_signal:int=8, # groups that carry the planted proponents
+                  strength:float=3., # planted contribution per signal group (noise std 1 there)
+                 )->float: # the `noise` std of the other groups for `planted_contributions`
+    "Noise std of the non-signal groups that gives the base method a starting SNR `snr` = n_signal strength / sd(sum)"
+    if not 0 < n_signal < M: raise ValueError(f"n_signal={n_signal} must be in [1, M-1] for M={M}")
+    var = (n_signal * strength / snr) ** 2 - n_signal
+    if var <= 0: raise ValueError(f"snr={snr} is above the {n_signal} signal groups' own ceiling "
+                                  f"{n_signal * strength / math.sqrt(n_signal):.3g}: lower snr or raise strength")
+    return math.sqrt(var / (M - n_signal))
+
+def topk_null_test(S, # contributions [Q,N,M] (as `learn_weights` takes them; a chunk factory is read for its first queries)
+                   k:int=20, # proponents per query (learn_weights' k)
+                   n_perm:int=19, # null draws (p-values in steps of 1 / (n_perm + 1))
+                   max_queries:int=64, # queries tested (the first ones)
+                   alpha:float=0.05, # warn when p > alpha
+                   seed:int=0, # seeds the null draws
+                   warn:bool=True, # issue a UserWarning when the top-k looks like noise
+                  )->dict: # {'p', 'share', 'noise', 'queries', 'n_perm', 'k'}
+    "Is the base method's (uniform-weight) top-k distinguishable from a null where the groups do not agree? Warns if not"
+    src = S if isinstance(S, ContribSource) else ContribSource(S)
+    nq = min(src.Q, int(max_queries))
+    if nq == 0: raise ValueError("no queries to test: pass contributions with Q > 0")
+    if src.kind == 'factory': X = torch.cat([_tensor(X)[:nq] for _, X in src.S()], 1); chunks = [(0, nq, X)]
+    else: chunks = ContribSource(src.S, query_idx=torch.arange(nq)).chunks()
+    g = torch.Generator().manual_seed(seed + 982_451_653)   # apart from seeds the contributions themselves may use
+    obs, null, exceed = [], [], []
+    for _, _, X in chunks:
+        X = _tensor(X).float(); q, N, M = X.shape
+        if k >= N: raise ValueError(f"k={k} must be smaller than the number of training examples N={N}")
+        if not null:
+            order = torch.randperm(N, generator=g); offs = torch.randint(0, N, (n_perm, M), generator=g)
+        top = X.sum(-1).topk(k, 1).values                        # [q, k] base method
+        Xo = X[:, order]; ar = torch.arange(N)[:, None]
+        nul, exc = [], []
+        for p in range(n_perm):
+            s = Xo.gather(1, ((ar + offs[p]) % N).expand(q, N, M)).sum(-1)   # each group shifted by its own offset
+            nul.append(s.topk(k, 1).values.mean(1)); exc.append((s >= top[:, -1:]).sum(1).float())
+        obs.append(top.mean(1)); null.append(torch.stack(nul, 1)); exceed.append(torch.stack(exc, 1))
+    obs, null, exceed = torch.cat(obs), torch.cat(null), torch.cat(exceed)     # [nq], [nq, n_perm], [nq, n_perm]
+    p = (1 + int((null.mean(0) >= obs.mean()).sum())) / (1 + n_perm)
+    share = float((1 - exceed.mean(1) / k).mean().clamp(0, 1))   # top-k entries above the null's level, estimated
+    res = dict(p=p, share=share, noise=p > alpha, queries=nq, n_perm=n_perm, k=k)
+    if res['noise'] and warn:
+        warnings.warn(f"the base method's top-{k} is indistinguishable from a null where the groups do not agree "
+                      f"(permutation p = {p:.2f} over {nq} queries and {n_perm} nulls; about {share:.0%} of the top-{k} "
+                      f"above the null's level): learn_weights has little to bootstrap from and may return weights that fit "
+                      f"noise. Use a stronger base method (more projection dims, an ensemble, EK-FAC), coarser groups, or "
+                      f"check the weights on held-out queries (LDS) before using them.", stacklevel=2)
+    return res
 
 # %% ../nbs/07_weights.ipynb #783e5de9
 def apply_weights(S, # contributions [Q,N,M] of EVALUATION queries (tensor / memmap / Contributions)
