@@ -16,9 +16,9 @@ from .models import AttributeUNet, ATTRIBUTES, predict_noise, ddpm_scheduler
 from .groundtruth import PresetTask, run_groundtruth
 
 # %% auto #0
-__all__ = ['METHOD_NAMES', 'DIFFUSION_METHODS', 'timestep_features', 'SharedNoise', 'generate_queries', 'journey_features',
-           'DTRAK', 'DAS', 'JourneyTRAK', 'diffusion_attribution', 'DiffusionLDSLoss', 'diffusion_outputs', 'lds_sign',
-           'DiffusionPresetTask', 'diffusion_groundtruth', 'plot_topk']
+__all__ = ['timestep_features', 'SharedNoise', 'generate_queries', 'journey_features', 'DTRAK', 'DAS', 'JourneyTRAK',
+           'DiffusionLDSLoss', 'diffusion_outputs', 'lds_sign', 'DiffusionPresetTask', 'diffusion_groundtruth',
+           'plot_topk']
 
 # %% ../nbs/06_diffusion.ipynb #044c1038
 def _at_step(batch:dict, k:int)->dict:
@@ -301,61 +301,6 @@ class JourneyTRAK:
         return Contributions(S, self.groups, list(steps[0].ids), self.train_ids, self.name)
 
     def __repr__(self): return f"JourneyTRAK({self.trak._args()})"
-
-# %% ../nbs/06_diffusion.ipynb #dd1f2bd6
-METHOD_NAMES = {'tracin': 'TracIn', 'trak': 'TRAK', 'dtrak': 'D-TRAK', 'das': 'DAS', 'journeytrak': 'JourneyTRAK'}
-DIFFUSION_METHODS = {   # name -> (output function, per-timestep normalisation, method class, timestep choice for training)
-    'tracin': ('diffusion_loss', False, TracInCP, 'uniform'),
-    'trak': ('diffusion_loss', False, TRAK, 'uniform'),
-    'dtrak': ('dtrak', False, DTRAK, 'uniform'),
-    'das': ('das', True, DAS, 'uniform'),
-    'journeytrak': ('diffusion_loss', False, JourneyTRAK, 'random'),
-}
-
-def diffusion_attribution(method:str, # 'tracin' | 'trak' | 'dtrak' | 'das' | 'journeytrak'
-                          model:nn.Module, # the trained UNet (a template when `checkpoints` are given)
-                          train, # training ExampleSet
-                          queries, # query ExampleSet: held-out images or `generate_queries` output
-                          groups:GroupSpec|None=None, # attributed groups (default `GroupSpec.preset(model)`)
-                          projector:Projector|None=None, # random projection (default: none, raw gradients)
-                          K:int=10, # timesteps per example
-                          seed:int=0, # noise / timestep seed
-                          noise:str='shared', # 'shared': every example (training and query) gets the same draws; 'per_example': keyed by id
-                          scheduler=None, # the training scheduler
-                          checkpoints:list|None=None, # TracIn: (step, lr, state_dict) checkpoints (default: the model, lr 1)
-                          journey_steps:int|list|None=10, # JourneyTRAK: sampling steps used
-                          batch_size:int=16, device=None,
-                          return_features:bool=False, # also return (train features, query features)
-                          **kw, # passed to the method's constructor (lam_rel, kernel, leverage, ...)
-                         )->Contributions:
-    "One diffusion attribution method end to end: featurise training set and queries, fit, per-group contributions"
-    if method not in DIFFUSION_METHODS:
-        import difflib
-        raise KeyError(f"Unknown diffusion method {method!r}; close: {difflib.get_close_matches(method, list(DIFFUSION_METHODS), 3, 0.3)}; "
-                       f"known: {', '.join(DIFFUSION_METHODS)}.")
-    out_name, norm, cls, ts = DIFFUSION_METHODS[method]
-    groups = groups if groups is not None else GroupSpec.preset(model)
-    if noise not in ('shared', 'per_example'): raise ValueError(f"noise must be 'shared' or 'per_example', got {noise!r}.")
-    def fn(s):
-        f = output_fn(out_name, K=K, seed=s, timesteps=ts, scheduler=scheduler)
-        return SharedNoise(f) if noise == 'shared' else f
-    qseed = seed if noise == 'shared' else seed + 1   # per-example draws: queries get their own seed
-    common = dict(groups=groups, projector=projector, batch_size=batch_size, device=device)
-    if method == 'tracin':
-        cks = checkpoints if checkpoints is not None else [(0, 1.0, {k: v.detach().clone() for k, v in model.state_dict().items()})]
-        tr = featurize(model, fn(seed), train, checkpoints=cks, progress=False, **common)
-        qf = featurize(model, fn(qseed), queries, checkpoints=cks, progress=False, **common)
-        m = TracInCP(**kw).fit(tr)
-    elif method == 'journeytrak':
-        tr = timestep_features(model, fn(seed), train, **common)
-        qf = journey_features(model, queries, steps=journey_steps, seed=seed + 1, scheduler=scheduler, **common)
-        m = JourneyTRAK(**kw).fit(tr)
-    else:
-        tr = timestep_features(model, fn(seed), train, normalize=norm, **common)
-        qf = timestep_features(model, fn(qseed), queries, normalize=norm, **common)
-        m = cls(**({'use_q': False} if cls is TRAK else {}), **kw).fit(tr)
-    c = m.contributions(qf); c.method = METHOD_NAMES[method]
-    return (c, tr, qf) if return_features else c
 
 # %% ../nbs/06_diffusion.ipynb #71462219
 class DiffusionLDSLoss(DiffusionLoss):
