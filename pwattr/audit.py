@@ -7,7 +7,7 @@ from __future__ import annotations
 import base64, hashlib, html, json, os, time, warnings
 from collections import Counter
 from functools import cached_property
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, asdict
 from pathlib import Path
 import numpy as np, pandas as pd, torch
 import matplotlib.pyplot as plt
@@ -28,9 +28,9 @@ from .groundtruth import GroundTruth, GT_DIR, PresetTask
 from .plots import plot_lds_table, plot_group_lds, plot_block_function, plot_weights, plot_topk_gallery, figure_png
 
 # %% auto #0
-__all__ = ['CACHE_FORMAT', 'GROUPINGS', 'LEARN_FROM', 'cached', 'make_groups', 'generation_seeds', 'learn_source', 'AuditRun',
-           'group_views', 'AuditResult', 'audit', 'reproduce_command', 'write_report', 'load_callable', 'CustomPreset',
-           'CustomTask', 'check_custom']
+__all__ = ['CACHE_FORMAT', 'GROUPINGS', 'LEARN_FROM', 'cached', 'make_groups', 'generation_seeds', 'learn_source', 'RunSettings',
+           'model_file', 'TrainedModel', 'AuditRun', 'group_views', 'AuditResult', 'audit', 'reproduce_command',
+           'write_report', 'load_callable', 'CustomPreset', 'CustomTask', 'check_custom']
 
 # %% ../nbs/10_audit.ipynb #679ed5b8
 CACHE_FORMAT = 'pwattr.cache/1'
@@ -162,6 +162,65 @@ def learn_source(domain:str, # the preset's domain
         raise ValueError(f"learn_from='generated' needs a diffusion preset (this one is {domain}): use 'test'.")
     return learn_from
 
+# %% ../nbs/10_audit.ipynb #6d44e13a
+@dataclass
+class RunSettings:
+    "What a trained model depends on: saved as JSON beside its cache file"
+    preset:str # preset name
+    config_hash:str # the preset's config hash (data, model, training recipe)
+    seed:int=0 # model and data-order seed
+    n_checkpoints:int=4 # checkpoints kept for TracIn
+    data:str='train' # the training set it saw (its `ExampleSet.name`)
+
+    def save(self, path:Path):
+        "Write the settings as JSON (atomically)"
+        path = Path(path); tmp = path.with_name(path.name + f'.tmp{os.getpid()}')
+        try: tmp.write_text(json.dumps(asdict(self), indent=1)); os.replace(tmp, path)
+        finally: tmp.unlink(missing_ok=True)
+
+    @classmethod
+    def load(cls, path:Path)->RunSettings: return cls(**json.loads(Path(path).read_text()))
+
+# %% ../nbs/10_audit.ipynb #930d0fdb
+def model_file(seed:int=0, # model seed
+               n_checkpoints:int=4, # checkpoints kept
+              )->str:
+    "Cache file name of a preset's model trained on its own training set (shared by `AuditRun` and `pwattr.semantic`)"
+    return f'model-s{seed}' + (f'-c{n_checkpoints}' if n_checkpoints != 4 else '') + '.pt'
+
+# %% ../nbs/10_audit.ipynb #f6faf5e9
+class TrainedModel:
+    "A preset's model trained on `train` with `seed`: trained once, cached in `path` with its settings beside it, loaded on demand"
+    def __init__(self, p:Preset, # the preset: its training recipe and model factory
+                 train:ExampleSet, # the training set (the preset's own, or e.g. one with flipped labels)
+                 path:Path, # the cache file (`model_file` for the preset's own training set)
+                 seed:int=0, n_checkpoints:int=4, # model seed, checkpoints kept for TracIn
+                 device='cpu', progress:bool=True, log=print,
+                 desc:str|None=None, # stage name in the log (default 'train <preset>')
+                ):
+        self.p, self.train, self.path, self.seed, self.n_checkpoints = p, train, Path(path), seed, n_checkpoints
+        self.device, self.progress, self.log, self.desc = device, progress, log, desc or f'train {p.name}'
+        self.settings = RunSettings(p.name, p.config_hash, seed, n_checkpoints, train.name)
+        self._state = None
+
+    def _fit(self)->dict:
+        with torch.enable_grad(): r = self.p.train(self.train, seed=self.seed, checkpoints=self.n_checkpoints, progress=self.progress, device=self.device)
+        return {'state_dict': r.model.state_dict(), 'checkpoints': r.checkpoints, 'history': r.history}
+
+    @property
+    def state(self)->dict:
+        "The final model's state, its checkpoints (step, lr, state) and the training history (cached)"
+        if self._state is None:
+            self._state = cached(self.path, self._fit, self.desc, self.log)
+            js = self.path.with_suffix('.json')
+            if not js.exists(): self.settings.save(js)
+        return self._state
+
+    def model(self)->nn.Module:
+        "The trained model, in eval mode on the run's device"
+        m = self.p.make_model(self.seed); m.load_state_dict(self.state['state_dict'])
+        return m.to(self.device).eval()
+
 # %% ../nbs/10_audit.ipynb #f8827f5a
 def _learn_queries(test, exclude_ids, n:int, seed:int):
     "`n` test positions (seeded) whose ids are not in `exclude_ids`"
@@ -204,12 +263,10 @@ class AuditRun:
                              f"{len(self.train)}: regenerate it with `python -m pwattr.groundtruth --preset {self.p.name}`.")
         self.eval_q = self.test[self.test.index_of(gt.query_ids)]
         self.cache = self.out / 'cache' / self.p.config_hash
-        self._model, self._refits = None, {}
+        self.trained_model = TrainedModel(self.p, self.train, self.cache / model_file(seed, n_checkpoints), seed, n_checkpoints,
+                                          device, progress, log)
+        self._refits = {}
         if self.learn_from == 'test': self.learn_q   # an exhausted test split fails here, before any work
-
-    def _train(self):
-        r = self.p.train(self.train, seed=self.seed, checkpoints=self.n_checkpoints, progress=self.progress, device=self.device)
-        return {'state_dict': r.model.state_dict(), 'checkpoints': r.checkpoints, 'history': r.history}
 
     def _sfx(self, ckpt:bool=False)->str:
         "File-name suffix for non-default seed / checkpoint count (the defaults keep the original names)"
@@ -217,15 +274,10 @@ class AuditRun:
 
     @property
     def trained(self)->dict:
-        "The final model's state, its checkpoints (step, lr, state) and the training history (cached)"
-        if self._model is None:
-            name = f'model-s{self.seed}' + (f'-c{self.n_checkpoints}' if self.n_checkpoints != 4 else '')
-            self._model = cached(self.cache / f'{name}.pt', self._train, f'train {self.p.name}', self.log)
-        return self._model
+        "The final model's state, its checkpoints (step, lr, state) and the training history (cached, see `TrainedModel`)"
+        return self.trained_model.state
 
-    def model(self):
-        m = self.p.make_model(self.seed); m.load_state_dict(self.trained['state_dict'])
-        return m.to(self.device).eval()
+    def model(self): return self.trained_model.model()
 
     @cached_property
     def groups(self)->GroupSpec: return make_groups(self.model(), self.grouping)  # built once, not per use

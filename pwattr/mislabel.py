@@ -14,7 +14,7 @@ from .features import featurize, Projector, output_fn
 from .kronecker import EKFAC, kron_features, fit_kron_factors, fisher_output_for
 from .weights import learn_weights, check_disjoint
 from .evaluate import flip_labels, roc_auc, ResultsTable
-from .audit import cached, make_groups
+from .audit import cached, make_groups, TrainedModel
 from .recipes import recipe, parse_methods, LOSS
 
 # %% auto #0
@@ -119,21 +119,15 @@ class MislabelRun:
         check_disjoint(self.learn_q.ids, self.train.ids)
         self.cache = Path(out) / 'cache' / self.p.config_hash / (f'mislabel-f{frac:g}-s{seed}-{grouping}-{proj_dim}'
                                                                   + ('' if n_learn == 100 else f'-l{n_learn}'))  # the learning queries' contributions are cached too
-        self._trained = None
+        self.trained_model = TrainedModel(self.p, self.train, self.cache / 'model.pt', seed, n_checkpoints, device, progress, log,
+                                          f'train {self.p.name} on {frac:.0%} flipped labels')
 
     @property
     def trained(self)->dict:
-        "The model trained on the noisy labels: final state, checkpoints, history (cached)"
-        if self._trained is None:
-            def compute():
-                r = self.p.train(self.train, seed=self.seed, checkpoints=self.n_checkpoints, progress=self.progress, device=self.device)
-                return {'state_dict': r.model.state_dict(), 'checkpoints': r.checkpoints, 'history': r.history}
-            self._trained = cached(self.cache / 'model.pt', compute, f'train {self.p.name} on {self.frac:.0%} flipped labels', self.log)
-        return self._trained
+        "The model trained on the noisy labels: final state, checkpoints, history (cached, see `pwattr.audit.TrainedModel`)"
+        return self.trained_model.state
 
-    def model(self):
-        m = self.p.make_model(self.seed); m.load_state_dict(self.trained['state_dict'])
-        return m.to(self.device).eval()
+    def model(self): return self.trained_model.model()
 
     def accuracy(self)->float:
         "Test accuracy of the noisy-label model"

@@ -18,7 +18,7 @@ from .weights import GroupWeights, learn_semantic_weights, check_disjoint, weigh
 from .evaluate import ResultsTable, bootstrap_ci
 from .diffusion import generate_queries
 from .recipes import diffusion_attribution, parse_methods, display_name
-from .audit import cached
+from .audit import cached, TrainedModel, model_file
 from .safe import agreement_gate
 
 # %% auto #0
@@ -387,12 +387,6 @@ class SemanticStudy:
                                  title=f"{display_name(method, 'diffusion')}: {attribute}-only query")
 
 # %% ../nbs/15_semantic.ipynb #795024f7
-def _train_model(p, train, seed, device, progress):
-    def fit():
-        r = p.train(train, seed=seed, checkpoints=4, progress=progress, device=device)
-        return {'state_dict': r.model.state_dict(), 'checkpoints': r.checkpoints, 'history': r.history}
-    return fit
-
 def semantic_study(preset:str|Preset='sbemoji-cond', # a conditional diffusion preset (attribute labels + `AttributeUNet`)
                    methods='dtrak', # comma-separated or list of 'tracin', 'trak', 'dtrak', 'das', 'journeytrak'
                    out='runs/sbemoji-cond', # cache / output directory
@@ -434,10 +428,10 @@ def semantic_study(preset:str|Preset='sbemoji-cond', # a conditional diffusion p
     if unused or not keep:
         raise ValueError(f"exclude={exclude!r} " + (f"matches no group ({unused})" if unused else "leaves no group") +
                          f": groups are {groups.names}")
-    # 1. the model (shared with pwattr.audit's cache file)
+    # 1. the model (the audit's: the same `TrainedModel` file)
     t = time.perf_counter()
-    trained = cached(cache / f'model-s{seed}.pt', _train_model(p, train, seed, device, progress), f'train {p.name}', log)
-    model = p.make_model(seed); model.load_state_dict(trained['state_dict']); model = model.to(device).eval()
+    tm = TrainedModel(p, train, cache / model_file(seed), seed, 4, device, progress, log)
+    trained, model = tm.state, tm.model()
     if not isinstance(model, AttributeUNet): raise ValueError(f"Preset {p.name!r} does not build an AttributeUNet.")
     groups = semantic_groups(model)
     T['model'] = time.perf_counter() - t
