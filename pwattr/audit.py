@@ -355,7 +355,7 @@ class AuditRun:
                        self._gen_tag(split), self.split(split).ids)
 
     def diffusion_features(self, name:str, split:str):
-        "Features of one split for diffusion method `name`, as `pwattr.diffusion.diffusion_attribution` makes them (cached)"
+        "Features of one split for diffusion method `name`, as `pwattr.recipes.diffusion_attribution` makes them (cached)"
         data = self.split(split)
         def compute():
             ckpts = [(s, lr, sd) for s, lr, sd in self.trained['checkpoints']] if name == 'tracin' else None
