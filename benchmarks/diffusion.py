@@ -32,7 +32,8 @@ def sides_for(a, preset):
     from pwattr.presets import get_preset
     from pwattr.grouping import GroupSpec
     from pwattr.features import Projector, output_fn
-    from pwattr.diffusion import timestep_features, journey_features, DIFFUSION_METHODS
+    from pwattr.diffusion import timestep_features, journey_features
+    from pwattr.recipes import recipe
     p = get_preset(preset); tr, _ = p.load(); dev = torch.device(a.device)
     model = p.make_model(0).to(dev).eval(); sch = p.scheduler()
     G = GroupSpec.preset(model, 'block')
@@ -44,8 +45,8 @@ def sides_for(a, preset):
             run = lambda d: journey_features(model, d, G, P, steps=list(range(K)), scheduler=sch, sampling_steps=max(K, 10),
                                              batch_size=a.batch, device=dev)
         else:
-            name, norm, _, ts = DIFFUSION_METHODS[method]
-            fn = output_fn(name, K=K, seed=0, timesteps=ts, scheduler=sch)
+            r = recipe(method, 'diffusion'); norm = r.norm
+            fn = output_fn(r.output, K=K, seed=0, timesteps=r.timesteps, scheduler=sch)
             run = lambda d: timestep_features(model, fn, d, G, P, normalize=norm, batch_size=a.batch, device=dev)
         def timed():
             run(rest)

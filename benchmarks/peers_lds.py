@@ -25,7 +25,7 @@ What is compared, all on preset fmnist-mlp, its seed-0 model trained exactly as 
 the committed LDS ground truth pwattr/assets/groundtruth/fmnist-mlp.npz (50 subsets x 2 seeds, margin output) and all of its
 evaluation queries against all 5,000 training examples:
 
-| method   | pwattr (as `pwattr.audit.METHODS`, `AuditRun`)            | peer, with the settings matched where it allows              |
+| method   | pwattr (as `pwattr.recipes`, `AuditRun`)               | peer, with the settings matched where it allows              |
 |----------|-----------------------------------------------------------|--------------------------------------------------------------|
 | TracInCP | CE-loss grads at the 4 checkpoints, weighted by their lrs,| dattri TracInAttributor, same 4 checkpoints and lr weights,  |
 |          | sparse projection 512 dims x 3 groups = 1536              | its own dense Gaussian projection to 1536 dims               |
@@ -63,7 +63,7 @@ traker_scores, dattri_model_fns, dattri_tracin_scores, kronfluence_ekfac_scores 
     bench.traker_scores, bench.dattri_model_fns, bench.dattri_tracin_scores, bench.kronfluence_ekfac_scores)
 
 PRESET, SEED, PROJ_DIM, LAM_REL, N_CKPT = 'fmnist-mlp', 0, 512, 0.1, 4
-PW_METHODS = ['tracin', 'graddot', 'trak', 'ekfac']          # keys of pwattr.audit.METHODS
+PW_METHODS = ['tracin', 'graddot', 'trak', 'ekfac']          # names of pwattr.recipes
 PEERS = {  # key -> (method, library, module to import); cheapest first, so a partial run keeps the most
     'ekfac-kronfluence': ('ekfac', 'kronfluence', 'kronfluence'),
     'trak-traker': ('trak', 'traker', 'trak'),
@@ -244,13 +244,13 @@ def check_peers(out:Path, n_query:int, only=None, batch=1000)->dict:
 # pwattr's scores and the table (run with the main venv)
 # ------------------------------------------------------------------------------------------------------------------------
 def _pw_setting(name, run, c)->str:
-    from pwattr.audit import METHODS
-    kind, out_of, make = METHODS[name]
-    feats = ({'ckpt': f"{out_of(run.p)} grads at {run.n_checkpoints} checkpoints (lrs {[float(f'{l:.3g}') for _, l, _ in run.trained['checkpoints']]})",
-              'final': f"{out_of(run.p)} grads of the final model"}.get(kind, f"{out_of(run.p)} grads of the final model, per layer"))
+    from pwattr.recipes import recipe
+    r = recipe(name, run.p.domain); kind, out = r.features, r.output_name(run.p)
+    feats = ({'ckpt': f"{out} grads at {run.n_checkpoints} checkpoints (lrs {[float(f'{l:.3g}') for _, l, _ in run.trained['checkpoints']]})",
+              'final': f"{out} grads of the final model"}.get(kind, f"{out} grads of the final model, per layer"))
     proj = (f"unprojected ({sum(p.numel() for p in run.model().parameters())} dims)" if kind.startswith('kron') else
             f"Projector({run.proj_dim}, 'sparse', seed {run.seed}) per group -> {run.proj_dim * len(c.groups)} dims")
-    return f"audit METHODS[{name!r}] = {repr(make(run)).replace(' [not fitted]', '')}: {feats}, groups {list(c.groups)}, {proj}"
+    return f"recipe {name!r} = {repr(r.make(run)).replace(' [not fitted]', '')}: {feats}, groups {list(c.groups)}, {proj}"
 
 def fresh_run(d, run0):
     "An AuditRun with an empty cache in folder `d` but for run0's trained model (so the timed stages start from the model)"
@@ -262,7 +262,7 @@ def fresh_run(d, run0):
 def pwattr_scores(out:Path, resume=False, noise_floor=True)->dict:
     """pwattr's evaluation-query scores per method through `AuditRun.contributions` (as the audit computes them), timed on a
     fresh cache that holds only the trained model; saved as <out>/scores/<method>-pwattr.npy"""
-    from pwattr.audit import METHODS
+    from pwattr.recipes import names
     out = Path(out); (out / 'scores').mkdir(parents=True, exist_ok=True)
     run0 = audit_run(out); trained = run0.trained          # the model the peers used (or trained now, same call)
     h = state_hash(trained['state_dict'])
@@ -276,7 +276,7 @@ def pwattr_scores(out:Path, resume=False, noise_floor=True)->dict:
     with tempfile.TemporaryDirectory(prefix='pwattr-lds-') as d:
         run = fresh_run(d, run0)
         for name in PW_METHODS:
-            if name not in METHODS: raise KeyError(f"pwattr.audit.METHODS has no {name!r}")
+            if name not in names(): raise KeyError(f"pwattr.recipes has no {name!r}")
             path = out / 'scores' / f'{name}-pwattr.npy'
             if resume and path.exists() and meta.get(name, {}).get('model') == h:
                 res[name] = np.load(path); log(f"[{name}-pwattr] kept {path} (--resume)"); continue

@@ -7,7 +7,7 @@ from __future__ import annotations
 import base64, hashlib, html, json, os, time, warnings
 from collections import Counter
 from functools import cached_property
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, asdict
 from pathlib import Path
 import numpy as np, pandas as pd, torch
 import matplotlib.pyplot as plt
@@ -17,10 +17,10 @@ from .presets import get_preset, Preset, _OUTPUTS
 from .train import seeded, TrainResult
 from .grouping import GroupSpec, block_of, function_of, module_of
 from .features import featurize, Projector, output_fn, Features
-from .methods import TracInCP, GradDot, GradCos, TRAK, Contributions
-from .kronecker import EKFAC, LoGRA, kron_features, fit_kron_factors, fisher_output_for
-from .diffusion import (DIFFUSION_METHODS, METHOD_NAMES, SharedNoise, timestep_features,
-                              journey_features, generate_queries)
+from .methods import Contributions
+from .kronecker import kron_features, fit_kron_factors, fisher_output_for
+from .diffusion import generate_queries
+from .recipes import LOSS, recipe, parse_methods, diffusion_features
 from .weights import learn_weights, check_disjoint
 from .safe import safe_weights, refit_from, query_matrix
 from .evaluate import lds, per_group_lds, ResultsTable
@@ -28,10 +28,9 @@ from .groundtruth import GroundTruth, GT_DIR, PresetTask
 from .plots import plot_lds_table, plot_group_lds, plot_block_function, plot_weights, plot_topk_gallery, figure_png
 
 # %% auto #0
-__all__ = ['CACHE_FORMAT', 'LOSS', 'METHODS', 'GROUPINGS', 'LEARN_FROM', 'AUDIT_USAGE', 'cached', 'parse_methods', 'make_groups',
-           'diffusion_method', 'diffusion_features', 'generation_seeds', 'learn_source', 'AuditRun', 'AuditResult',
-           'audit', 'reproduce_command', 'write_report', 'load_callable', 'CustomPreset', 'CustomTask', 'check_custom',
-           'check_audit_args', 'main']
+__all__ = ['CACHE_FORMAT', 'GROUPINGS', 'LEARN_FROM', 'cached', 'make_groups', 'generation_seeds', 'learn_source', 'RunSettings',
+           'model_file', 'TrainedModel', 'AuditRun', 'AuditResult', 'audit', 'reproduce_command', 'write_report',
+           'load_callable', 'CustomPreset', 'CustomTask', 'check_custom']
 
 # %% ../nbs/10_audit.ipynb #679ed5b8
 CACHE_FORMAT = 'pwattr.cache/1'
@@ -128,39 +127,6 @@ def cached(path:Path, # file holding the stage's result
     if log: log(f"[done {time.time() - t0:6.1f}s] {desc or path.name}")
     return res
 
-# %% ../nbs/10_audit.ipynb #7047100a
-LOSS = {'classification': 'cross_entropy', 'language': 'lm_loss', 'diffusion': 'diffusion_loss'}
-
-def _trak_output(p:Preset)->str: return 'margin' if p.domain == 'classification' else LOSS[p.domain]
-
-METHODS = {  # name -> (features kind, output name of the preset, factory(ctx) -> Method)
-    'tracin':      ('ckpt', lambda p: LOSS[p.domain], lambda c: TracInCP()),
-    'graddot':     ('final', lambda p: LOSS[p.domain], lambda c: GradDot()),
-    'gradcos':     ('final', lambda p: LOSS[p.domain], lambda c: GradCos()),
-    'trak':        ('final', _trak_output, lambda c: TRAK(kernel='global', use_q=c.p.domain == 'classification')),
-    'trak-block':  ('final', _trak_output, lambda c: TRAK(kernel='block', use_q=c.p.domain == 'classification')),
-    'ekfac':       ('kron', lambda p: LOSS[p.domain], lambda c, damping_scale=0.1: EKFAC(c.factors(), damping_scale=damping_scale)),
-    'logra':       ('kron-proj', lambda p: LOSS[p.domain], lambda c: LoGRA()),
-    # diffusion only: pwattr.diffusion's recipes (on a diffusion preset 'tracin' and 'trak' follow them too)
-    'dtrak':       ('diffusion', lambda p: DIFFUSION_METHODS['dtrak'][0], lambda c: diffusion_method('dtrak')),
-    'das':         ('diffusion', lambda p: DIFFUSION_METHODS['das'][0], lambda c: diffusion_method('das')),
-    'journeytrak': ('diffusion', lambda p: DIFFUSION_METHODS['journeytrak'][0], lambda c: diffusion_method('journeytrak')),
-}
-
-def parse_methods(methods, # comma-separated names or a list
-                  domain:str|None=None, # the preset's domain: refuses diffusion-only methods elsewhere
-                 )->list:
-    "Method names from a comma-separated string or a list, checked against `METHODS`"
-    names = [m.strip().lower() for m in (methods.split(',') if isinstance(methods, str) else methods) if m.strip()]
-    bad = [m for m in names if m not in METHODS]
-    if bad or not names:
-        raise ValueError(f"Unknown method(s) {bad or methods!r}: choose from {', '.join(METHODS)} (comma-separated).")
-    only = [m for m in names if METHODS[m][0] == 'diffusion']
-    if domain is not None and domain != 'diffusion' and only:
-        raise ValueError(f"{', '.join(only)} attribute diffusion models only; this preset is a {domain} preset. "
-                         f"Use one of {', '.join(m for m in METHODS if METHODS[m][0] != 'diffusion')}.")
-    return names
-
 # %% ../nbs/10_audit.ipynb #a7e80364
 GROUPINGS = ('preset', 'tensor', 'module', 'block', 'function')
 
@@ -174,43 +140,6 @@ def make_groups(model, # the model
     return rules[grouping](model)
 
 # %% ../nbs/10_audit.ipynb #1b2e9139
-def diffusion_method(name:str, # a key of `pwattr.diffusion.DIFFUSION_METHODS`
-                     **kw, # passed to the method's constructor (lam_rel, kernel, ...)
-                    ):
-    "The unfitted method object `diffusion_attribution` uses for `name`"
-    out_name, norm, cls, ts = DIFFUSION_METHODS[name]
-    return cls(**({'use_q': False} if cls is TRAK else {}), **kw)
-
-def diffusion_features(name:str, # 'tracin' | 'trak' | 'dtrak' | 'das' | 'journeytrak'
-                       model, # the trained UNet
-                       data, # ExampleSet: the training set, held-out images or `generate_queries` output
-                       side:str, # 'train' | 'query'
-                       groups:GroupSpec, # attributed groups
-                       projector:Projector|None=None, # random projection (None: raw gradients)
-                       K:int=10, # (timestep, noise) draws per example
-                       seed:int=0, # noise / timestep seed
-                       scheduler=None, # the preset's training scheduler
-                       checkpoints:list|None=None, # TracIn: (step, lr, state_dict) checkpoints
-                       journey_steps:int|list|None=10, # JourneyTRAK: sampling steps per query
-                       noise:str='shared', # 'shared' | 'per_example' (see `diffusion_attribution`)
-                       batch_size:int=16, device=None, progress:bool=False,
-                      ): # Features, or a list of them (TracIn: per checkpoint; JourneyTRAK queries: per sampling step)
-    "One side's features for a diffusion method, made as `pwattr.diffusion.diffusion_attribution` makes them"
-    if name not in DIFFUSION_METHODS: raise KeyError(f"{name!r} is not a diffusion method: use one of {', '.join(DIFFUSION_METHODS)}.")
-    if side not in ('train', 'query'): raise ValueError(f"side must be 'train' or 'query', got {side!r}.")
-    out_name, norm, cls, ts = DIFFUSION_METHODS[name]
-    s = seed if side == 'train' or noise == 'shared' else seed + 1   # per-example draws: queries get their own seed
-    f = output_fn(out_name, K=K, seed=s, timesteps=ts, scheduler=scheduler)
-    fn = SharedNoise(f) if noise == 'shared' else f
-    common = dict(groups=groups, projector=projector, batch_size=batch_size, device=device)
-    if name == 'tracin':
-        cks = checkpoints if checkpoints is not None else [(0, 1.0, {k: v.detach().clone() for k, v in model.state_dict().items()})]
-        return featurize(model, fn, data, checkpoints=cks, progress=progress, **common)
-    if name == 'journeytrak':
-        if side == 'train': return timestep_features(model, fn, data, progress=progress, **common)
-        return journey_features(model, data, steps=journey_steps, seed=seed + 1, scheduler=scheduler, **common)
-    return timestep_features(model, fn, data, normalize=norm, progress=progress, **common)
-
 def generation_seeds(n:int, # samples
                      seed:int=0, # the audit's seed
                      purpose:str='learn', # 'learn' (weight-learning queries) | 'show' (gallery samples)
@@ -232,6 +161,65 @@ def learn_source(domain:str, # the preset's domain
     if learn_from == 'generated' and domain != 'diffusion':
         raise ValueError(f"learn_from='generated' needs a diffusion preset (this one is {domain}): use 'test'.")
     return learn_from
+
+# %% ../nbs/10_audit.ipynb #6d44e13a
+@dataclass
+class RunSettings:
+    "What a trained model depends on: saved as JSON beside its cache file"
+    preset:str # preset name
+    config_hash:str # the preset's config hash (data, model, training recipe)
+    seed:int=0 # model and data-order seed
+    n_checkpoints:int=4 # checkpoints kept for TracIn
+    data:str='train' # the training set it saw (its `ExampleSet.name`)
+
+    def save(self, path:Path):
+        "Write the settings as JSON (atomically)"
+        path = Path(path); tmp = path.with_name(path.name + f'.tmp{os.getpid()}')
+        try: tmp.write_text(json.dumps(asdict(self), indent=1)); os.replace(tmp, path)
+        finally: tmp.unlink(missing_ok=True)
+
+    @classmethod
+    def load(cls, path:Path)->RunSettings: return cls(**json.loads(Path(path).read_text()))
+
+# %% ../nbs/10_audit.ipynb #930d0fdb
+def model_file(seed:int=0, # model seed
+               n_checkpoints:int=4, # checkpoints kept
+              )->str:
+    "Cache file name of a preset's model trained on its own training set (shared by `AuditRun` and `pwattr.semantic`)"
+    return f'model-s{seed}' + (f'-c{n_checkpoints}' if n_checkpoints != 4 else '') + '.pt'
+
+# %% ../nbs/10_audit.ipynb #f6faf5e9
+class TrainedModel:
+    "A preset's model trained on `train` with `seed`: trained once, cached in `path` with its settings beside it, loaded on demand"
+    def __init__(self, p:Preset, # the preset: its training recipe and model factory
+                 train:ExampleSet, # the training set (the preset's own, or e.g. one with flipped labels)
+                 path:Path, # the cache file (`model_file` for the preset's own training set)
+                 seed:int=0, n_checkpoints:int=4, # model seed, checkpoints kept for TracIn
+                 device='cpu', progress:bool=True, log=print,
+                 desc:str|None=None, # stage name in the log (default 'train <preset>')
+                ):
+        self.p, self.train, self.path, self.seed, self.n_checkpoints = p, train, Path(path), seed, n_checkpoints
+        self.device, self.progress, self.log, self.desc = device, progress, log, desc or f'train {p.name}'
+        self.settings = RunSettings(p.name, p.config_hash, seed, n_checkpoints, train.name)
+        self._state = None
+
+    def _fit(self)->dict:
+        with torch.enable_grad(): r = self.p.train(self.train, seed=self.seed, checkpoints=self.n_checkpoints, progress=self.progress, device=self.device)
+        return {'state_dict': r.model.state_dict(), 'checkpoints': r.checkpoints, 'history': r.history}
+
+    @property
+    def state(self)->dict:
+        "The final model's state, its checkpoints (step, lr, state) and the training history (cached)"
+        if self._state is None:
+            self._state = cached(self.path, self._fit, self.desc, self.log)
+            js = self.path.with_suffix('.json')
+            if not js.exists(): self.settings.save(js)
+        return self._state
+
+    def model(self)->nn.Module:
+        "The trained model, in eval mode on the run's device"
+        m = self.p.make_model(self.seed); m.load_state_dict(self.state['state_dict'])
+        return m.to(self.device).eval()
 
 # %% ../nbs/10_audit.ipynb #f8827f5a
 def _learn_queries(test, exclude_ids, n:int, seed:int):
@@ -275,12 +263,10 @@ class AuditRun:
                              f"{len(self.train)}: regenerate it with `python -m pwattr.groundtruth --preset {self.p.name}`.")
         self.eval_q = self.test[self.test.index_of(gt.query_ids)]
         self.cache = self.out / 'cache' / self.p.config_hash
-        self._model, self._refits = None, {}
+        self.trained_model = TrainedModel(self.p, self.train, self.cache / model_file(seed, n_checkpoints), seed, n_checkpoints,
+                                          device, progress, log)
+        self._refits = {}
         if self.learn_from == 'test': self.learn_q   # an exhausted test split fails here, before any work
-
-    def _train(self):
-        r = self.p.train(self.train, seed=self.seed, checkpoints=self.n_checkpoints, progress=self.progress, device=self.device)
-        return {'state_dict': r.model.state_dict(), 'checkpoints': r.checkpoints, 'history': r.history}
 
     def _sfx(self, ckpt:bool=False)->str:
         "File-name suffix for non-default seed / checkpoint count (the defaults keep the original names)"
@@ -288,15 +274,10 @@ class AuditRun:
 
     @property
     def trained(self)->dict:
-        "The final model's state, its checkpoints (step, lr, state) and the training history (cached)"
-        if self._model is None:
-            name = f'model-s{self.seed}' + (f'-c{self.n_checkpoints}' if self.n_checkpoints != 4 else '')
-            self._model = cached(self.cache / f'{name}.pt', self._train, f'train {self.p.name}', self.log)
-        return self._model
+        "The final model's state, its checkpoints (step, lr, state) and the training history (cached, see `TrainedModel`)"
+        return self.trained_model.state
 
-    def model(self):
-        m = self.p.make_model(self.seed); m.load_state_dict(self.trained['state_dict'])
-        return m.to(self.device).eval()
+    def model(self): return self.trained_model.model()
 
     @cached_property
     def groups(self)->GroupSpec: return make_groups(self.model(), self.grouping)  # built once, not per use
@@ -374,7 +355,7 @@ class AuditRun:
                        self._gen_tag(split), self.split(split).ids)
 
     def diffusion_features(self, name:str, split:str):
-        "Features of one split for diffusion method `name`, as `pwattr.diffusion.diffusion_attribution` makes them (cached)"
+        "Features of one split for diffusion method `name`, as `pwattr.recipes.diffusion_attribution` makes them (cached)"
         data = self.split(split)
         def compute():
             ckpts = [(s, lr, sd) for s, lr, sd in self.trained['checkpoints']] if name == 'tracin' else None
@@ -385,24 +366,21 @@ class AuditRun:
         return cached(self.cache / f'features-diffusion-{name}-{split}-{self.diffusion_key(name, split)}.pt', compute,
                       f'features {name} {split}', self.log)
 
-    def contributions(self, name:str, # a key of `METHODS`
+    def contributions(self, name:str, # a method of `pwattr.recipes.RECIPES`
                       splits=('eval', 'learn'), # query splits to attribute
                       damping_scale:float|None=None, # EK-FAC only: damping relative to the mean corrected eigenvalue (None: the method's 0.1)
                      )->tuple: # one Contributions per split
         "Fit method `name` on the training side and attribute the query splits (default: evaluation, learning)"
-        kind, out_of, make = METHODS[name]; oname = out_of(self.p)
-        if self.p.domain == 'diffusion' and name in DIFFUSION_METHODS:
+        r = recipe(name, self.p.domain); kind, oname = r.features, r.output_name(self.p)
+        if kind == 'diffusion':
             key = _digest([self.diffusion_key(name, s) for s in ('train', *splits)])
             def compute():
-                m = diffusion_method(name).fit(self.diffusion_features(name, 'train'))
-                out = tuple(m.contributions(self.diffusion_features(name, s)) for s in splits)
-                for c in out: c.method = METHOD_NAMES[name]
-                return out
+                m = r.make(self).fit(self.diffusion_features(name, 'train'))
+                return tuple(m.contributions(self.diffusion_features(name, s)) for s in splits)
             return cached(self.cache / f'contrib-diffusion-{name}-{key}.pt', compute, f'{name}: fit and attribute', self.log)
-        if kind == 'diffusion': raise ValueError(f"{name} attributes diffusion models only; {self.p.name} is a {self.p.domain} preset.")
         qs = [self.features(kind, oname, s) for s in splits]
         if damping_scale is not None and name != 'ekfac': raise ValueError(f"damping_scale applies to 'ekfac' only, not {name!r}")
-        meth = make(self) if damping_scale is None else make(self, damping_scale=damping_scale)
+        meth = r.make(self) if damping_scale is None else r.make(self, damping_scale=damping_scale)
         if kind == 'kron':  # EK-FAC: training gradients are streamed batch by batch, never stored (cached result)
             ids = [i for s in splits for i in self.split(s).ids]
             tag = ('' if tuple(splits) == ('eval', 'learn') else '-' + '-'.join(splits)) + ('' if damping_scale is None else f'-d{damping_scale:g}')
@@ -420,13 +398,11 @@ class AuditRun:
 
     def refit(self, name:str):
         "(`KernelRefit`, split -> query features [Q, D]) of a global ridge-kernel method (TRAK, D-TRAK, DAS, JourneyTRAK); None for others"
-        if name not in ('trak', 'dtrak', 'das', 'journeytrak'): return None
+        r = recipe(name, self.p.domain)
+        if not r.refit: return None
         if name not in self._refits:
-            if self.p.domain == 'diffusion' and name in DIFFUSION_METHODS:
-                m, feats = diffusion_method(name), lambda s: self.diffusion_features(name, s)
-            else:
-                kind, out_of, make = METHODS[name]; oname = out_of(self.p)
-                m, feats = make(self), lambda s: self.features(kind, oname, s)
+            if r.features == 'diffusion': m, feats = r.make(self), lambda s: self.diffusion_features(name, s)
+            else: m, feats = r.make(self), lambda s: self.features(r.features, r.output_name(self.p), s)
             self._refits[name] = (refit_from(m.fit(feats('train')), self.device), lambda s: query_matrix(feats(s)))
         return self._refits[name]
 
@@ -496,7 +472,7 @@ class AuditResult:
 
 # %% ../nbs/10_audit.ipynb #f51f2567
 def audit(preset:str='fmnist-mlp', # preset name (see `pwattr.presets.PRESETS`)
-          methods='tracin,trak', # comma-separated method names (see `METHODS`)
+          methods='tracin,trak', # comma-separated method names (see `pwattr.recipes.RECIPES`)
           grouping:str='preset', # parameter groups: 'preset' | 'tensor' | 'module' | 'block' | 'function'
           k:int=20, # top-k pseudo-positives per query for learning the weights
           lam:float=1e-4, # ||w||^2 penalty of the weight learner (uniform w costs lam * M)
@@ -853,125 +829,3 @@ def check_custom(p:CustomPreset, seed:int=0)->None:
                              f"check --domain ({p.domain}) and the data's tensors ({', '.join(b)}).") from None
         if not (torch.is_tensor(o) and tuple(o.shape) == (2,)):
             raise ValueError(f"--model {p.specs['model']}: its {name!r} output on 2 test examples has shape {tuple(getattr(o, 'shape', ()))}, not (2,).")
-
-# %% ../nbs/10_audit.ipynb #21ea73b2
-def check_audit_args(a)->Preset:
-    "Check every `pwattr audit` option before any compute (a ValueError whose one line names the option and the fix); the preset to audit"
-    import math
-    from pwattr.presets import PRESETS
-    from pwattr.groundtruth import check_device, check_writable
-    own = {o: getattr(a, o, None) for o in ('model', 'data', 'train')}
-    if any(own.values()):                                  # your own model: import and call each function once, now
-        miss = [f'--{o}' for o, v in own.items() if not v]
-        if miss: raise ValueError(f"your own model needs --model, --data and --train together: {', '.join(miss)} missing.")
-        if a.preset is not None: raise ValueError(f"--preset {a.preset} and --model exclude each other: audit a preset or your own model.")
-        if a.gt_queries < 1: raise ValueError(f"--gt_queries must be >= 1, got {a.gt_queries}.")
-        p = CustomPreset(a.model, a.data, a.train, a.domain, a.output or '', a.gt_queries)
-        check_custom(p, a.seed)
-    else:
-        if a.preset is None: a.preset = 'fmnist-mlp'
-        if a.preset not in PRESETS: raise ValueError(f"--preset {a.preset!r} is not a preset: choose from {', '.join(PRESETS)}, or pass --model/--data/--train.")
-        p = get_preset(a.preset)
-    parse_methods(a.methods, p.domain)
-    ints = [('--k', a.k, 1), ('--n_learn', a.n_learn, 1), ('--seed', a.seed, 0), ('--workers', a.workers, 1),
-            ('--gt_subsets', a.gt_subsets, 0), ('--gen_steps', a.gen_steps, 1), ('--timesteps', a.K, 1),
-            ('--journey_steps', a.journey_steps, 1), ('--proj_dim', a.proj_dim, 0), ('--n_show', a.n_show, 0)]
-    for name, v, lo in ints:
-        if v is not None and v < lo: raise ValueError(f"{name} must be >= {lo}, got {v}.")
-    if not (math.isfinite(a.lam) and a.lam >= 0): raise ValueError(f"--lam (the weights' penalty) must be a finite number >= 0, got {a.lam}.")
-    check_device(a.device); check_writable(a.out, '--out', is_dir=True)
-    custom = isinstance(p, CustomPreset)
-    gt_path = Path(a.gt) if a.gt is not None else None if custom else GT_DIR / f'{p.name}.npz'
-    gt = GroundTruth.load(gt_path) if gt_path is not None and gt_path.with_suffix('.npz').exists() else None
-    if gt is None and a.gt_subsets == 0:
-        if custom: raise ValueError(("no LDS ground truth at " + str(gt_path) if gt_path else "your own model has no LDS ground truth") +
-                                    ": pass --gt_subsets 20 to make one (retrains your model on 20 half-size subsets) or --gt FILE.npz.")
-        raise ValueError(f"no LDS ground truth at {gt_path}: generate one with `python -m pwattr.groundtruth --preset {p.name} --subsets 50` "
-                         f"and pass --gt groundtruth/{p.name}.npz, or pass --gt_subsets 50 to generate it into --out.")
-    if gt is not None and gt.n_queries == 0: raise ValueError(f"the ground truth {gt_path} has no evaluation queries: regenerate it with --queries 100.")
-    train, test = p.load()
-    if a.k >= len(train): raise ValueError(f"--k {a.k}: the top-k must be smaller than the {len(train)} training examples of {p.name}.")
-    if custom and gt is not None and gt.masks.shape[1] != len(train):
-        raise ValueError(f"--gt {gt_path} covers {gt.masks.shape[1]} training examples but --data gives {len(train)}: pass --gt_subsets 20 instead.")
-    if learn_source(p.domain, a.learn_from) == 'test':
-        ev = set(map(str, gt.query_ids)) if gt is not None else set()
-        free = (sum(str(i) not in ev for i in test.ids) if gt is not None else
-                len(test) - min(a.gt_queries, len(test)) if custom else len(test))
-        if a.n_learn > free:
-            raise ValueError(f"--n_learn {a.n_learn}: {p.name} has {free} test examples that are not evaluation queries; "
-                             + (f"use --n_learn {free} or less" if free else "none are left for learning the weights") +
-                             (" (or fewer --gt_queries)." if custom and gt is None else "."))
-    elif a.n_learn > 50_000: raise ValueError(f"--n_learn {a.n_learn}: at most 50,000 generated learning queries.")
-    return p
-
-AUDIT_USAGE = """Audit a preset, or your own model:
-
-  pwattr audit --preset fmnist-mlp --methods tracin,trak
-  pwattr audit --model my_module:make_model --data my_module:make_data --train my_module:train_fn --gt_subsets 20
-
-my_module.py (in the current directory) defines
-  make_model(seed) -> torch.nn.Module           a fresh model
-  make_data() -> (train, test)                   two pwattr.data.ExampleSets ('x', 'y' for a classifier)
-  train_fn(model, train, idx=None, seed=0, **kw) -> TrainResult | nn.Module
-                                                 kw: checkpoints, progress, device; e.g. pwattr.train.train_classifier
-A model of your own has no committed ground truth: --gt_subsets N retrains it on N half-size subsets (cached in --out)."""
-
-def main(argv=None):
-    "pwattr's console command: `pwattr audit | groundtruth | presets`"
-    import argparse, sys
-    ap = argparse.ArgumentParser(prog='pwattr', description='Training data attribution with learned parameter-group weights.')
-    sub = ap.add_subparsers(dest='cmd', required=True)
-    class Fmt(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter): pass
-    a = sub.add_parser('audit', help='train/featurise/attribute/learn weights/evaluate a preset (or your own model) and write a report',
-                       formatter_class=Fmt, description=AUDIT_USAGE)
-    a.add_argument('--preset', default=None, help='preset name (`pwattr presets` lists them); None: fmnist-mlp, unless --model is given')
-    a.add_argument('--methods', default='tracin,trak', help=f"comma-separated, from {','.join(METHODS)}")
-    a.add_argument('--grouping', default='preset', choices=GROUPINGS, help='parameter groups')
-    a.add_argument('--k', '--topk', dest='k', type=int, default=20, help='top-k training examples per query the weights optimise (< N)')
-    a.add_argument('--lam', type=float, default=1e-4, help='penalty pulling the weights towards 1 (>= 0)')
-    a.add_argument('--proj_dim', type=int, default=None, help='projected dims per group; None: 512 (128 for diffusion); 0: raw gradients')
-    a.add_argument('--n_learn', type=int, default=100, help='weight-learning queries')
-    a.add_argument('--out', default='runs/audit', help='report directory (its cache/ holds the stages)')
-    a.add_argument('--gt', default=None, help="ground-truth .npz; None: the preset's committed one (your own model has none: --gt_subsets)")
-    a.add_argument('--gt_subsets', type=int, default=0, help='generate a ground truth with this many subsets when none exists (0: never)')
-    a.add_argument('--workers', type=int, default=1, help='worker processes for a generated ground truth')
-    a.add_argument('--device', default='cpu', help='cpu, cuda, cuda:N or mps')
-    a.add_argument('--seed', type=int, default=0, help='training, query and projection seed (>= 0)')
-    a.add_argument('--no_progress', action='store_true', help='no progress bars')
-    a.add_argument('--learn_from', default='auto', choices=LEARN_FROM, help="weight-learning queries (auto: generated for diffusion, else test)")
-    a.add_argument('--gen_steps', type=int, default=50, help='diffusion: sampling steps of generated queries')
-    a.add_argument('--n_show', type=int, default=None, help='generated gallery samples attributed too; None: 8 when learning on generated samples, else 0')
-    a.add_argument('--timesteps', dest='K', type=int, default=10, help='diffusion: (timestep, noise) draws per example')
-    a.add_argument('--K', dest='K_old', type=int, default=None, help=argparse.SUPPRESS)   # deprecated spelling of --timesteps
-    a.add_argument('--journey_steps', type=int, default=10, help='diffusion, JourneyTRAK: sampling steps per query')
-    own = a.add_argument_group('your own model (instead of --preset; modules are imported from the current directory)')
-    own.add_argument('--model', default=None, help='module:function, seed -> a freshly initialised torch.nn.Module')
-    own.add_argument('--data', default=None, help='module:function, () -> (train, test), two pwattr.data.ExampleSets')
-    own.add_argument('--train', default=None, help='module:function, (model, train, idx=, seed=, checkpoints=, progress=, device=) '
-                     '-> a pwattr.train.TrainResult or the trained model (it may take only the arguments it needs)')
-    own.add_argument('--domain', default='classification', choices=('classification', 'language'), help="what the model does: its outputs and losses")
-    own.add_argument('--output', default=None, help="the output LDS uses; None: the domain's ('margin' | 'lm_loss')")
-    own.add_argument('--gt_queries', type=int, default=100, help='evaluation queries of a generated ground truth (--gt_subsets)')
-    sub.add_parser('presets', help='list the presets')
-    sub.add_parser('groundtruth', help='generate or resume a preset\'s LDS ground truth (see python -m pwattr.groundtruth -h)', add_help=False)
-    args, rest = ap.parse_known_args(argv)
-    if args.cmd == 'groundtruth':
-        from pwattr.groundtruth import main as gt_main
-        return gt_main(rest)
-    if rest: ap.error(f"unrecognised arguments: {' '.join(rest)}")
-    if args.cmd == 'presets':
-        from pwattr.presets import PRESETS
-        print(pd.DataFrame([p.summary() for p in PRESETS.values()]).to_string(index=False)); return
-    if args.K_old is not None:
-        print("pwattr audit: note: --K is deprecated (it differed from --k only by case): use --timesteps.", file=sys.stderr)
-        args.K = args.K_old
-    try:
-        p = check_audit_args(args)  # bad input: one line and exit code 2, before anything is trained
-        r = audit(p, args.methods, args.grouping, args.k, args.lam, args.proj_dim, args.n_learn, args.out, args.gt,
-                  args.gt_subsets, args.workers, args.device, args.seed, progress=not args.no_progress, learn_from=args.learn_from,
-                  gen_steps=args.gen_steps, n_show=args.n_show, K=args.K, journey_steps=args.journey_steps)
-    except (KeyError, ValueError, FileNotFoundError) as e: ap.exit(2, f'pwattr audit: error: {e.args[0] if e.args else e}\n')  # no traceback for bad input
-    print(r.table().round(4).to_string())
-    print('\nsafe weights (applied by default; the paper\'s are reported beside them):')
-    for m, v in r.verdicts.items(): print(f"  {m}: {v}")
-    print(f"\nreport: {(r.out / 'report.html').resolve()}\nplots, results.json and weights/: {r.out.resolve()}")

@@ -14,12 +14,10 @@ from .features import (OutputFn, DiffusionLoss, DTRAKOutput, DASOutput, output_f
 from .methods import Contributions, TRAK, TracInCP, GradDot
 from .store import read_rows, row_spans
 from .models import AttributeUNet, ATTRIBUTES, predict_noise, ddpm_scheduler
-from .groundtruth import PresetTask, run_groundtruth
 
 # %% auto #0
-__all__ = ['METHOD_NAMES', 'DIFFUSION_METHODS', 'timestep_features', 'SharedNoise', 'generate_queries', 'journey_features',
-           'DTRAK', 'DAS', 'JourneyTRAK', 'diffusion_attribution', 'DiffusionLDSLoss', 'diffusion_outputs', 'lds_sign',
-           'DiffusionPresetTask', 'diffusion_groundtruth', 'plot_topk']
+__all__ = ['timestep_features', 'SharedNoise', 'generate_queries', 'journey_features', 'DTRAK', 'DAS', 'JourneyTRAK',
+           'DiffusionLDSLoss', 'diffusion_outputs', 'lds_sign', 'plot_topk']
 
 # %% ../nbs/06_diffusion.ipynb #044c1038
 def _at_step(batch:dict, k:int)->dict:
@@ -302,61 +300,6 @@ class JourneyTRAK:
 
     def __repr__(self): return f"JourneyTRAK({self.trak._args()})"
 
-# %% ../nbs/06_diffusion.ipynb #dd1f2bd6
-METHOD_NAMES = {'tracin': 'TracIn', 'trak': 'TRAK', 'dtrak': 'D-TRAK', 'das': 'DAS', 'journeytrak': 'JourneyTRAK'}
-DIFFUSION_METHODS = {   # name -> (output function, per-timestep normalisation, method class, timestep choice for training)
-    'tracin': ('diffusion_loss', False, TracInCP, 'uniform'),
-    'trak': ('diffusion_loss', False, TRAK, 'uniform'),
-    'dtrak': ('dtrak', False, DTRAK, 'uniform'),
-    'das': ('das', True, DAS, 'uniform'),
-    'journeytrak': ('diffusion_loss', False, JourneyTRAK, 'random'),
-}
-
-def diffusion_attribution(method:str, # 'tracin' | 'trak' | 'dtrak' | 'das' | 'journeytrak'
-                          model:nn.Module, # the trained UNet (a template when `checkpoints` are given)
-                          train, # training ExampleSet
-                          queries, # query ExampleSet: held-out images or `generate_queries` output
-                          groups:GroupSpec|None=None, # attributed groups (default `GroupSpec.preset(model)`)
-                          projector:Projector|None=None, # random projection (default: none, raw gradients)
-                          K:int=10, # timesteps per example
-                          seed:int=0, # noise / timestep seed
-                          noise:str='shared', # 'shared': every example (training and query) gets the same draws; 'per_example': keyed by id
-                          scheduler=None, # the training scheduler
-                          checkpoints:list|None=None, # TracIn: (step, lr, state_dict) checkpoints (default: the model, lr 1)
-                          journey_steps:int|list|None=10, # JourneyTRAK: sampling steps used
-                          batch_size:int=16, device=None,
-                          return_features:bool=False, # also return (train features, query features)
-                          **kw, # passed to the method's constructor (lam_rel, kernel, leverage, ...)
-                         )->Contributions:
-    "One diffusion attribution method end to end: featurise training set and queries, fit, per-group contributions"
-    if method not in DIFFUSION_METHODS:
-        import difflib
-        raise KeyError(f"Unknown diffusion method {method!r}; close: {difflib.get_close_matches(method, list(DIFFUSION_METHODS), 3, 0.3)}; "
-                       f"known: {', '.join(DIFFUSION_METHODS)}.")
-    out_name, norm, cls, ts = DIFFUSION_METHODS[method]
-    groups = groups if groups is not None else GroupSpec.preset(model)
-    if noise not in ('shared', 'per_example'): raise ValueError(f"noise must be 'shared' or 'per_example', got {noise!r}.")
-    def fn(s):
-        f = output_fn(out_name, K=K, seed=s, timesteps=ts, scheduler=scheduler)
-        return SharedNoise(f) if noise == 'shared' else f
-    qseed = seed if noise == 'shared' else seed + 1   # per-example draws: queries get their own seed
-    common = dict(groups=groups, projector=projector, batch_size=batch_size, device=device)
-    if method == 'tracin':
-        cks = checkpoints if checkpoints is not None else [(0, 1.0, {k: v.detach().clone() for k, v in model.state_dict().items()})]
-        tr = featurize(model, fn(seed), train, checkpoints=cks, progress=False, **common)
-        qf = featurize(model, fn(qseed), queries, checkpoints=cks, progress=False, **common)
-        m = TracInCP(**kw).fit(tr)
-    elif method == 'journeytrak':
-        tr = timestep_features(model, fn(seed), train, **common)
-        qf = journey_features(model, queries, steps=journey_steps, seed=seed + 1, scheduler=scheduler, **common)
-        m = JourneyTRAK(**kw).fit(tr)
-    else:
-        tr = timestep_features(model, fn(seed), train, normalize=norm, **common)
-        qf = timestep_features(model, fn(qseed), queries, normalize=norm, **common)
-        m = cls(**({'use_q': False} if cls is TRAK else {}), **kw).fit(tr)
-    c = m.contributions(qf); c.method = METHOD_NAMES[method]
-    return (c, tr, qf) if return_features else c
-
 # %% ../nbs/06_diffusion.ipynb #71462219
 class DiffusionLDSLoss(DiffusionLoss):
     "LDS model output: the denoising loss averaged over K timesteps x several noise seeds (a loss: LDS uses -scores)"
@@ -395,41 +338,6 @@ def lds_sign(kind:str)->int:
     "+1 for a margin output, -1 for a loss: LDS correlates sign * scores with the output (as `evaluate.lds` does)"
     if kind not in ('margin', 'loss'): raise ValueError(f"kind must be 'margin' or 'loss', got {kind!r}.")
     return 1 if kind == 'margin' else -1
-
-# %% ../nbs/06_diffusion.ipynb #5fef94af
-class DiffusionPresetTask(PresetTask):
-    "A preset's LDS task whose query output is `DiffusionLDSLoss` (K timesteps x several noise seeds)"
-    def __init__(self, preset:str, n_queries:int=100, query_seed:int=0, device:str='cpu', batch_size:int=256,
-                 train_kwargs:dict|None=None, K:int=10, noise_seeds=(0, 1, 2), timesteps='uniform'):
-        super().__init__(preset, n_queries, query_seed, device, batch_size, train_kwargs)
-        self.K, self.noise_seeds, self.timesteps = K, tuple(noise_seeds), timesteps
-
-    def out_fn(self)->DiffusionLDSLoss:
-        return DiffusionLDSLoss(self.K, self.noise_seeds, self.timesteps, scheduler=self._get().scheduler())
-
-    def setup(self):
-        "As `PresetTask.setup`, with the multi-seed diffusion loss prepared once for the queries"
-        n, _, qids, kind, _, chash, labels = super().setup()
-        _, test = self._get().load(); pos = test.index_of(qids)
-        qs = test[pos]; fn = self.out_fn()
-        return n, fn.prepare(qs.batch(), qs.ids), qids, 'loss', fn.name, chash, labels
-    # output_fn is inherited: the prepared batch carries every (timestep, noise) draw, so the loss averages them all
-
-def diffusion_groundtruth(preset:str, # 'emoji-unet' | 'sbemoji-cond' (or another diffusion preset)
-                          m:int=64, # subsets
-                          seeds=3, # training seeds per subset
-                          alpha:float=0.5, # subset fraction
-                          n_queries:int=100, # held-out queries (seeded draw from the preset's test split)
-                          K:int=10, noise_seeds=(0, 1, 2), timesteps='uniform', # the LDS output
-                          out_path=None, workers:int=1, seed:int=0, query_seed:int=0, device:str='cpu',
-                          **kwargs, # passed to `run_groundtruth`
-                         ):
-    "The diffusion LDS ground truth (D-TRAK / DAS protocol): retrain on subsets, record the multi-seed denoising loss"
-    task = DiffusionPresetTask(preset, n_queries, query_seed, device, K=K, noise_seeds=noise_seeds, timesteps=timesteps)
-    n, batch, qids, kind, name, chash, _ = task.setup()
-    meta = {'name': preset, 'output': name, 'K': K, 'noise_seeds': list(noise_seeds), 'timesteps': _cfg(timesteps)}
-    return run_groundtruth(task.train_fn, task.output_fn, n, batch, m, alpha, seeds, out_path, workers, seed, None, kind,
-                           qids, chash, meta, **kwargs)
 
 # %% ../nbs/06_diffusion.ipynb #fc2f867c
 def _img(x:Tensor):

@@ -16,8 +16,9 @@ from .methods import Contributions
 from .models import AttributeUNet, ATTRIBUTES
 from .weights import GroupWeights, learn_semantic_weights, check_disjoint, weights_table
 from .evaluate import ResultsTable, bootstrap_ci
-from .diffusion import generate_queries, diffusion_attribution, DIFFUSION_METHODS, METHOD_NAMES
-from .audit import cached
+from .diffusion import generate_queries
+from .recipes import diffusion_attribution, parse_methods, display_name
+from .audit import cached, TrainedModel, model_file
 from .safe import agreement_gate
 
 # %% auto #0
@@ -312,15 +313,6 @@ def tune_weight_sets(S, # contributions [Q, N, M] of all plan queries (Tensor or
 # %% ../nbs/15_semantic.ipynb #b50fe53c
 def _hash(d)->str: return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
-def _parse_methods(methods)->list:
-    names = [m.strip().lower() for m in (methods.split(',') if isinstance(methods, str) else methods) if str(m).strip()]
-    bad = [m for m in names if m not in DIFFUSION_METHODS]
-    if bad or not names:
-        close = {m: difflib.get_close_matches(m, list(DIFFUSION_METHODS), 1, 0.5) for m in bad}
-        hint = ''.join(f" ({m!r}: did you mean {c[0]!r}?)" for m, c in close.items() if c)
-        raise ValueError(f"Unknown method(s) {bad or methods!r}{hint}: choose from {', '.join(DIFFUSION_METHODS)} (comma-separated).")
-    return list(dict.fromkeys(names))
-
 @dataclass
 class SemanticStudy:
     "Recall@k per attribute without, with general and with attribute-specific weights"
@@ -347,7 +339,7 @@ class SemanticStudy:
         d = self.details.set_index(['method', 'weights', 'attribute'])
         rows = []
         for m, per in self.safe.items():
-            name = METHOD_NAMES.get(m, m)
+            name = display_name(m, 'diffusion')
             for a, w in per.items():
                 g = w.info['gate']
                 rows.append(dict(method=name, attribute=a, unweighted=d.recall[name, 'unweighted', a], own=d.recall[name, a, a],
@@ -392,15 +384,9 @@ class SemanticStudy:
         ws = {'unweighted': None, f'{attribute} weights': self.all_weights[method][attribute],
               'general weights': self.all_weights[method]['general']}
         return plot_topk_gallery(sub, q, self.train, query=self.queries[torch.as_tensor(ev)], weights=ws, k=k,
-                                 title=f"{METHOD_NAMES.get(method, method)}: {attribute}-only query")
+                                 title=f"{display_name(method, 'diffusion')}: {attribute}-only query")
 
 # %% ../nbs/15_semantic.ipynb #795024f7
-def _train_model(p, train, seed, device, progress):
-    def fit():
-        r = p.train(train, seed=seed, checkpoints=4, progress=progress, device=device)
-        return {'state_dict': r.model.state_dict(), 'checkpoints': r.checkpoints, 'history': r.history}
-    return fit
-
 def semantic_study(preset:str|Preset='sbemoji-cond', # a conditional diffusion preset (attribute labels + `AttributeUNet`)
                    methods='dtrak', # comma-separated or list of 'tracin', 'trak', 'dtrak', 'das', 'journeytrak'
                    out='runs/sbemoji-cond', # cache / output directory
@@ -425,7 +411,7 @@ def semantic_study(preset:str|Preset='sbemoji-cond', # a conditional diffusion p
     "The semantic decoupling protocol: attribute-only queries, per-attribute self-supervised weights (and their gated, safe version), recall@k per attribute"
     from tqdm.auto import tqdm
     T = {}; t0 = time.perf_counter()
-    methods = _parse_methods(methods); attributes = _check_attrs(attributes)
+    methods = parse_methods(methods, 'diffusion', features=('diffusion',)); attributes = _check_attrs(attributes)
     p = get_preset(preset)
     if p.domain != 'diffusion' or p.config.get('model', {}).get('arch') != 'cond-unet':
         raise ValueError(f"Preset {p.name!r} is not a conditional diffusion preset: semantic decoupling needs attribute "
@@ -442,10 +428,10 @@ def semantic_study(preset:str|Preset='sbemoji-cond', # a conditional diffusion p
     if unused or not keep:
         raise ValueError(f"exclude={exclude!r} " + (f"matches no group ({unused})" if unused else "leaves no group") +
                          f": groups are {groups.names}")
-    # 1. the model (shared with pwattr.audit's cache file)
+    # 1. the model (the audit's: the same `TrainedModel` file)
     t = time.perf_counter()
-    trained = cached(cache / f'model-s{seed}.pt', _train_model(p, train, seed, device, progress), f'train {p.name}', log)
-    model = p.make_model(seed); model.load_state_dict(trained['state_dict']); model = model.to(device).eval()
+    tm = TrainedModel(p, train, cache / model_file(seed), seed, 4, device, progress, log)
+    trained, model = tm.state, tm.model()
     if not isinstance(model, AttributeUNet): raise ValueError(f"Preset {p.name!r} does not build an AttributeUNet.")
     groups = semantic_groups(model)
     T['model'] = time.perf_counter() - t
@@ -475,7 +461,7 @@ def semantic_study(preset:str|Preset='sbemoji-cond', # a conditional diffusion p
         c = cached(sem / f'contrib-{m}-{_hash(ckey)}.pt',
                    lambda: diffusion_attribution(m, model, train, queries, groups, proj, K=K, seed=seed, scheduler=p.scheduler(),
                                                  checkpoints=trained['checkpoints'], device=device),
-                   f'{METHOD_NAMES[m]} contributions ({len(plan)} queries x {len(train)} training images)', log)
+                   f'{display_name(m, "diffusion")} contributions ({len(plan)} queries x {len(train)} training images)', log)
         T[f'contrib {m}'] = time.perf_counter() - t
         if exclude: c = c.select(keep); ckey = {**ckey, 'exclude': list(exclude)}
         # 4. weights (learning queries only), 5. recall on the evaluation queries
@@ -485,10 +471,10 @@ def semantic_study(preset:str|Preset='sbemoji-cond', # a conditional diffusion p
             g = {**GRID, **(grid or {})}
             ws, sweeps[m] = cached(sem / f'tuned-{m}-{_hash(dict(c=ckey, grid=g, k=k, attrs=attributes))}.pt',
                                    lambda: tune_weight_sets(c, plan, train.tensors, qids, g, k, progress=progress),
-                                   f'{METHOD_NAMES[m]} weights tuned on learning queries', log)
+                                   f'{display_name(m, "diffusion")} weights tuned on learning queries', log)
         else:
             ws = cached(sem / f'weights-{m}-{_hash(dict(c=ckey, k=kl, lam=lam, attrs=attributes, **({"normalize": True} if normalize else {})))}.pt',
-                        lambda: learn_weight_sets(c, plan, qids, k=kl, lam=lam, normalize=normalize), f'{METHOD_NAMES[m]} weights', log)
+                        lambda: learn_weight_sets(c, plan, qids, k=kl, lam=lam, normalize=normalize), f'{display_name(m, "diffusion")} weights', log)
         T[f'weights {m}'] = time.perf_counter() - t
         contribs[m], all_w[m] = c, ws
     # 6. the gate: an attribute's weights only where they raise agreement with every other method on its learning queries
@@ -497,7 +483,7 @@ def semantic_study(preset:str|Preset='sbemoji-cond', # a conditional diffusion p
     T['gate'] = time.perf_counter() - t
     for m in methods:
         t = time.perf_counter()
-        r, d = semantic_table(contribs[m], plan, {**all_w[m], 'safe': safe[m]}, train.tensors, METHOD_NAMES[m], qids, k, seed=seed)
+        r, d = semantic_table(contribs[m], plan, {**all_w[m], 'safe': safe[m]}, train.tensors, display_name(m, 'diffusion'), qids, k, seed=seed)
         T[f'table {m}'] = time.perf_counter() - t
         res.rows += r.rows; dets.append(d)
     T['total'] = time.perf_counter() - t0

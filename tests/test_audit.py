@@ -2,7 +2,8 @@
 import subprocess, sys
 from pathlib import Path
 import pytest
-from pwattr.audit import audit, parse_methods, METHODS
+from pwattr.audit import audit
+from pwattr.recipes import parse_methods, RECIPES
 
 BIN = Path(sys.executable).parent / 'pwattr'
 
@@ -21,7 +22,7 @@ def test_bad_preset_names_close_match_and_fails():
 
 def test_bad_method_names_the_choices():
     with pytest.raises(ValueError, match='tracinn') as e: parse_methods('trak,tracinn')
-    assert all(m in str(e.value) for m in METHODS)
+    assert all(m in str(e.value) for m in RECIPES)
 
 def test_missing_ground_truth_says_how_to_make_one(tmp_path):
     with pytest.raises(FileNotFoundError, match='pwattr.groundtruth --preset fmnist-mlp'):
@@ -111,7 +112,7 @@ def test_report_renders_verdicts_and_any_columns(tiny_audit, monkeypatch):
 
 def test_diffusion_audit_equals_diffusion_attribution(tiny, tiny_audit):
     "The audit's cached split-by-split path gives what one `diffusion_attribution` call gives"
-    from pwattr.diffusion import diffusion_attribution
+    from pwattr.recipes import diffusion_attribution
     from pwattr.features import Projector
     p, gt = tiny
     run = AuditRun(p, gt, tiny_audit.out, proj_dim=16, n_learn=6, K=2, journey_steps=2, gen_steps=4, log=None, progress=False)

@@ -2,7 +2,8 @@
 import json, os, subprocess, sys, textwrap
 from pathlib import Path
 import numpy as np, pytest, torch
-from pwattr.audit import CustomPreset, main
+from pwattr.audit import CustomPreset
+from pwattr.cli import main
 
 BIN = Path(sys.executable).parent / 'pwattr'
 

@@ -6,8 +6,11 @@ import torch.nn.functional as F
 from pwattr import data, models
 from pwattr.grouping import GroupSpec
 from pwattr.features import DiffusionLoss, DTRAKOutput, DASOutput, Projector, featurize
-from pwattr.diffusion import (SharedNoise, timestep_features, generate_queries, journey_features, diffusion_attribution, DTRAK, DAS,
-                              JourneyTRAK, DiffusionLDSLoss, diffusion_outputs, lds_sign, DIFFUSION_METHODS)
+from pwattr.diffusion import (SharedNoise, timestep_features, generate_queries, journey_features, DTRAK, DAS,
+                              JourneyTRAK, DiffusionLDSLoss, diffusion_outputs, lds_sign)
+from pwattr.recipes import diffusion_attribution, names
+
+DIFFUSION_METHODS = names('diffusion', features=('diffusion',))   # the diffusion recipes
 
 torch.set_num_threads(1)
 SLOW = bool(os.environ.get('PWATTR_SLOW'))

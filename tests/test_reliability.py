@@ -219,7 +219,7 @@ AUDIT_BAD = [(['--proj_dim', '-1'], '--proj_dim'), (['--n_learn', '-5'], '--n_le
              (['--device', 'cuda:0' if not torch.cuda.is_available() else 'cuda:99'], '--device')]
 
 def test_audit_bad_inputs_refused_before_compute(tmp_path, capsys, no_training):
-    from pwattr.audit import main
+    from pwattr.cli import main
     (tmp_path / 'f').write_text('x')
     for extra, msg in AUDIT_BAD + [(['--out', str(tmp_path / 'f')], 'is a file')]:
         line = _refused(main, ['audit', '--out', str(tmp_path / 'out'), *extra], capsys)
@@ -248,17 +248,17 @@ def test_cli_entry_points_and_help(tmp_path, capsys):
                      ([str(pwattr_cmd), 'groundtruth', '--preset', 'fmnist-mlp', '--alpha', '2'], '--alpha')]:
         r = subprocess.run(cmd, env=ENV, cwd=tmp_path, capture_output=True, text=True, timeout=120)
         assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and msg in r.stderr, (cmd, r.stderr)
-    from pwattr import audit, groundtruth
-    for main, argv in [(audit.main, ['audit', '-h']), (groundtruth.main, ['-h'])]:
+    from pwattr import cli, groundtruth
+    for main, argv in [(cli.main, ['audit', '-h']), (groundtruth.main, ['-h'])]:
         with pytest.raises(SystemExit): main(argv)
         text = capsys.readouterr().out
         entries = [e for e in re.split(r'\n  (?=-)', text.split('options:', 1)[1]) if e.strip() and not e.startswith('-h')]
         assert len(entries) >= 13, entries
         for e in entries: assert '(default:' in ' '.join(e.split()), e         # every option shows its default
-    with pytest.raises(SystemExit): audit.main(['audit', '-h'])
+    with pytest.raises(SystemExit): cli.main(['audit', '-h'])
     helptext = capsys.readouterr().out
     assert '--timesteps' in helptext and '--K ' not in helptext and '--k K, --topk K' in helptext   # no option differs only by case
-    with pytest.raises(SystemExit) as e: audit.main(['audit', '--K', '0', '--out', str(tmp_path / 'o')])
+    with pytest.raises(SystemExit) as e: cli.main(['audit', '--K', '0', '--out', str(tmp_path / 'o')])
     err = capsys.readouterr().err
     assert e.value.code == 2 and '--K is deprecated' in err and '--timesteps must be >= 1' in err
 
