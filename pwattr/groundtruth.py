@@ -13,9 +13,9 @@ import numpy as np, torch
 from .diffusion import DiffusionLDSLoss
 
 # %% auto #0
-__all__ = ['GT_DIR', 'GroundTruth', 'make_subsets', 'model_seeds', 'run_groundtruth', 'merge_work', 'RidgeTask',
-           'DiffusionPresetTask', 'diffusion_groundtruth', 'PresetTask', 'preset_task', 'groundtruth_for_preset',
-           'check_device', 'check_writable', 'main']
+__all__ = ['GT_DIR', 'GroundTruth', 'make_subsets', 'model_seeds', 'run_groundtruth', 'merge_work', 'RidgeTask', 'PresetTask',
+           'preset_task', 'groundtruth_for_preset', 'DiffusionPresetTask', 'diffusion_groundtruth', 'check_device',
+           'check_writable', 'main']
 
 # %% ../nbs/08b_groundtruth.ipynb #9e9aea04
 def _write_npz(path:Path, arrays:dict):
@@ -367,41 +367,6 @@ class RidgeTask:
 
     def output_fn(self, w, queries): return queries @ w
 
-# %% ../nbs/08b_groundtruth.ipynb #5fef94af
-class DiffusionPresetTask(PresetTask):
-    "A preset's LDS task whose query output is `DiffusionLDSLoss` (K timesteps x several noise seeds)"
-    def __init__(self, preset:str, n_queries:int=100, query_seed:int=0, device:str='cpu', batch_size:int=256,
-                 train_kwargs:dict|None=None, K:int=10, noise_seeds=(0, 1, 2), timesteps='uniform'):
-        super().__init__(preset, n_queries, query_seed, device, batch_size, train_kwargs)
-        self.K, self.noise_seeds, self.timesteps = K, tuple(noise_seeds), timesteps
-
-    def out_fn(self)->DiffusionLDSLoss:
-        return DiffusionLDSLoss(self.K, self.noise_seeds, self.timesteps, scheduler=self._get().scheduler())
-
-    def setup(self):
-        "As `PresetTask.setup`, with the multi-seed diffusion loss prepared once for the queries"
-        n, _, qids, kind, _, chash, labels = super().setup()
-        _, test = self._get().load(); pos = test.index_of(qids)
-        qs = test[pos]; fn = self.out_fn()
-        return n, fn.prepare(qs.batch(), qs.ids), qids, 'loss', fn.name, chash, labels
-    # output_fn is inherited: the prepared batch carries every (timestep, noise) draw, so the loss averages them all
-
-def diffusion_groundtruth(preset:str, # 'emoji-unet' | 'sbemoji-cond' (or another diffusion preset)
-                          m:int=64, # subsets
-                          seeds=3, # training seeds per subset
-                          alpha:float=0.5, # subset fraction
-                          n_queries:int=100, # held-out queries (seeded draw from the preset's test split)
-                          K:int=10, noise_seeds=(0, 1, 2), timesteps='uniform', # the LDS output
-                          out_path=None, workers:int=1, seed:int=0, query_seed:int=0, device:str='cpu',
-                          **kwargs, # passed to `run_groundtruth`
-                         ):
-    "The diffusion LDS ground truth (D-TRAK / DAS protocol): retrain on subsets, record the multi-seed denoising loss"
-    task = DiffusionPresetTask(preset, n_queries, query_seed, device, K=K, noise_seeds=noise_seeds, timesteps=timesteps)
-    n, batch, qids, kind, name, chash, _ = task.setup()
-    meta = {'name': preset, 'output': name, 'K': K, 'noise_seeds': list(noise_seeds), 'timesteps': _jsonable(timesteps)}
-    return run_groundtruth(task.train_fn, task.output_fn, n, batch, m, alpha, seeds, out_path, workers, seed, None, kind,
-                           qids, chash, meta, **kwargs)
-
 # %% ../nbs/08b_groundtruth.ipynb #86544236
 GT_DIR = Path(__file__).parent / 'assets' / 'groundtruth' if '__file__' in globals() else Path('../pwattr/assets/groundtruth')
 
@@ -494,6 +459,41 @@ def groundtruth_for_preset(preset:str, # preset name
     if gt is not None and not getattr(gt, '_reused', False):  # record the wall time of this session; model times are in gt.times
         gt.meta['wall_s_last_session'] = round(time.time() - t0, 2); gt.save(out_path)
     return gt
+
+# %% ../nbs/08b_groundtruth.ipynb #5fef94af
+class DiffusionPresetTask(PresetTask):
+    "A preset's LDS task whose query output is `DiffusionLDSLoss` (K timesteps x several noise seeds)"
+    def __init__(self, preset:str, n_queries:int=100, query_seed:int=0, device:str='cpu', batch_size:int=256,
+                 train_kwargs:dict|None=None, K:int=10, noise_seeds=(0, 1, 2), timesteps='uniform'):
+        super().__init__(preset, n_queries, query_seed, device, batch_size, train_kwargs)
+        self.K, self.noise_seeds, self.timesteps = K, tuple(noise_seeds), timesteps
+
+    def out_fn(self)->DiffusionLDSLoss:
+        return DiffusionLDSLoss(self.K, self.noise_seeds, self.timesteps, scheduler=self._get().scheduler())
+
+    def setup(self):
+        "As `PresetTask.setup`, with the multi-seed diffusion loss prepared once for the queries"
+        n, _, qids, kind, _, chash, labels = super().setup()
+        _, test = self._get().load(); pos = test.index_of(qids)
+        qs = test[pos]; fn = self.out_fn()
+        return n, fn.prepare(qs.batch(), qs.ids), qids, 'loss', fn.name, chash, labels
+    # output_fn is inherited: the prepared batch carries every (timestep, noise) draw, so the loss averages them all
+
+def diffusion_groundtruth(preset:str, # 'emoji-unet' | 'sbemoji-cond' (or another diffusion preset)
+                          m:int=64, # subsets
+                          seeds=3, # training seeds per subset
+                          alpha:float=0.5, # subset fraction
+                          n_queries:int=100, # held-out queries (seeded draw from the preset's test split)
+                          K:int=10, noise_seeds=(0, 1, 2), timesteps='uniform', # the LDS output
+                          out_path=None, workers:int=1, seed:int=0, query_seed:int=0, device:str='cpu',
+                          **kwargs, # passed to `run_groundtruth`
+                         ):
+    "The diffusion LDS ground truth (D-TRAK / DAS protocol): retrain on subsets, record the multi-seed denoising loss"
+    task = DiffusionPresetTask(preset, n_queries, query_seed, device, K=K, noise_seeds=noise_seeds, timesteps=timesteps)
+    n, batch, qids, kind, name, chash, _ = task.setup()
+    meta = {'name': preset, 'output': name, 'K': K, 'noise_seeds': list(noise_seeds), 'timesteps': _jsonable(timesteps)}
+    return run_groundtruth(task.train_fn, task.output_fn, n, batch, m, alpha, seeds, out_path, workers, seed, None, kind,
+                           qids, chash, meta, **kwargs)
 
 # %% ../nbs/08b_groundtruth.ipynb #f9b5169a
 def check_device(device:str)->torch.device:
