@@ -5,7 +5,8 @@
 A hook installed in the kernel before the first cell wraps `FigureCanvasBase.print_figure` (what the inline backend
 and `savefig` call): after the original print it runs `pwattr.plots.overlapping_text(fig)` and restores the figure's
 canvas. Problems are printed per notebook, cell id and figure. The executed notebook is written back and
-`nbdev_clean`ed, so the stored figures are the checked ones. Exit status 1 if any figure has problems.
+`nbdev_clean`ed, so the stored figures are the checked ones. A failing cell does not stop the run (its error is
+reported and stored). Exit status 1 if any figure has problems or any cell failed.
 
 The kernel runs in nbs/ with OMP_NUM_THREADS=2, HF_HUB_OFFLINE=1, PYTHONHASHSEED=0 and the inline backend
 (MPLBACKEND=Agg would keep figures out of the stored outputs; the inline backend is headless too).
@@ -42,7 +43,7 @@ del _fc_install
 class CheckingClient(NotebookClient):
     "Runs cells in order; after each, reads the figure records the hook appended and files them under the cell id"
     def __init__(self, nb, log, **kw):
-        super().__init__(nb, **kw); self.figlog, self.seen, self.by_cell, self.times = Path(log), 0, {}, {}
+        super().__init__(nb, **kw); self.figlog, self.seen, self.by_cell, self.times, self.errors = Path(log), 0, {}, {}, {}
     async def async_execute_cell(self, cell, cell_index, *args, **kw):
         t0 = time.time()
         res = await super().async_execute_cell(cell, cell_index, *args, **kw)
@@ -51,6 +52,8 @@ class CheckingClient(NotebookClient):
         cid = cell.get('id', str(cell_index))
         self.times[cid] = time.time() - t0
         if new: self.by_cell.setdefault(cid, []).extend(json.loads(l) for l in new)
+        err = [o for o in cell.get('outputs', []) if o.get('output_type') == 'error']
+        if err: self.errors[cid] = f"{err[0]['ename']}: {err[0]['evalue']}"[:300]
         return res
 
 def check(path:Path, write:bool=True)->int:
@@ -65,7 +68,7 @@ def check(path:Path, write:bool=True)->int:
     os.environ.update(env)                     # the kernel inherits the runner's environment
     for k in ('IN_TEST', 'MPLBACKEND'): os.environ.pop(k, None)
     t0 = time.time()
-    client = CheckingClient(nb, log, timeout=3600, kernel_name='python3', resources={'metadata': {'path': str(path.parent)}})
+    client = CheckingClient(nb, log, timeout=3600, allow_errors=True, kernel_name='python3', resources={'metadata': {'path': str(path.parent)}})
     try: client.execute()
     finally:
         for k, v in old.items():
@@ -79,12 +82,13 @@ def check(path:Path, write:bool=True)->int:
     for cid, r in bad:
         print(f'  cell {cid}  figure {r["title"]!r} {r["size"]}:')
         for p in r['problems']: print(f'    {p}')
+    for cid, e in client.errors.items(): print(f'  cell {cid} FAILED: {e}')
     slow = sorted(client.times.items(), key=lambda kv: -kv[1])[:5]
     print('  slowest cells: ' + ', '.join(f'{c} {t:.0f}s' for c, t in slow))
     if write:
         nbformat.write(nb, path)
         subprocess.run([str(Path(sys.executable).parent/'nbdev_clean'), '--fname', str(path)], check=True)
-    return len(bad)
+    return len(bad) + len(client.errors)
 
 if __name__ == '__main__':
     args = sys.argv[1:]; write = '--no-write' not in args
