@@ -431,7 +431,10 @@ class ResultsTable:
         import matplotlib.pyplot as plt
         d = self.df
         metrics = [metric] if metric else list(dict.fromkeys(d.metric))
-        if ax is None: fig, ax = plt.subplots(1, len(metrics), figsize=(3.5 * len(metrics), 3), squeeze=False); axs = ax[0]
+        own = ax is None   # a figure of its own: as wide as the method names need, laid out here
+        name_in = max((len(str(m)) for m in dict.fromkeys(d.method)), default=1) * 0.6 * 10 / 72   # inches a name takes
+        width = max(3.5, 0.75 + d.method.nunique() * max(0.45, 1.15 * name_in))
+        if own: fig, ax = plt.subplots(1, len(metrics), figsize=(width * len(metrics), 3), squeeze=False); axs = ax[0]
         else: axs = [ax]
         for a, mt in zip(axs, metrics):
             dm = d[d.metric == mt]; meths = list(dict.fromkeys(dm.method)); ws = list(dict.fromkeys(dm.weights))
@@ -441,5 +444,13 @@ class ResultsTable:
                 err = np.array([r.value - r.lo, r.hi - r.value]); err = np.where(np.isnan(err), 0, err)
                 a.bar(np.arange(len(meths)) + (i - (len(ws) - 1) / 2) * bw, r.value, bw, yerr=err, capsize=2, label=wn)
             a.set_xticks(range(len(meths)), meths); a.set_title(mt); a.axhline(0, color='k', lw=0.5)
-        axs[0].legend(fontsize=8)
+            room = a.get_position().width * a.figure.get_figwidth() / max(1, len(meths))   # inches per method
+            if max(len(str(m)) for m in meths) * 0.6 * 10 / 72 > 0.9 * room:               # names would run into each other
+                plt.setp(a.get_xticklabels(), rotation=90)
+        if own: axs[0].figure.tight_layout()
+        lg = axs[0].legend(fontsize=8); fig = axs[0].figure
+        r = fig.canvas.get_renderer() if hasattr(fig.canvas, 'get_renderer') else None
+        if r is None or any(lg.get_window_extent(r).overlaps(p.get_window_extent(r)) for p in axs[0].patches if p.get_height()):
+            lg.remove(); axs[-1].legend(fontsize=8, loc='upper left', bbox_to_anchor=(1.01, 1.), borderaxespad=0.)   # beside the bars, not over them
+            if own: fig.tight_layout()
         return axs

@@ -191,7 +191,7 @@ def overlapping_text(fig:Figure, # a figure
             if lg is None or not ax.get_visible(): continue
             lb = lg.get_window_extent(r)
             for p in ax.patches:
-                if not p.get_visible() or p.get_height() == 0: continue
+                if not p.get_visible() or not np.isfinite(p.get_height()) or p.get_height() == 0: continue   # a NaN bar is not drawn
                 pb = p.get_window_extent(r)
                 if min(lb.x1, pb.x1) - max(lb.x0, pb.x0) > tol and min(lb.y1, pb.y1) - max(lb.y0, pb.y0) > tol:
                     problems.append(f"legend over bars in {ax.get_title()!r}"); break

@@ -235,6 +235,13 @@ def _every_figure():
     yield 'PerGroupLDS.plot, cross', per_group_lds(S4, gt, views=views, cross=True).plot().figure
     yield 'GroupWeights.plot, many', GroupWeights(torch.tensor(list(w(many).values())), many, settings=dict(k=20, lam=1e-4)).plot().figure
     yield 'GroupWeights.plot, MLP', GroupWeights(torch.tensor([2.5, .5, .02]), ['1', '3', '5'], settings=dict(k=20, lam=1e-4)).plot().figure
+    from pwattr.evaluate import ResultsTable
+    rt = ResultsTable()   # the diffusion audit's table: five methods, one long name, bars as high as the legend
+    for i, m in enumerate(['tracin', 'trak', 'dtrak', 'das', 'journeytrak']):
+        for j, wn in enumerate(['uniform', 'paper', 'safe']): rt.add(m, wn, 'LDS', 0.3 + 0.02 * i - 0.01 * j, 0.25, 0.45)
+    yield 'ResultsTable.plot, five methods', rt.plot()[0].figure
+    rt.add('random', 'uniform', 'LDS', 0.01, 0.0, 0.02)   # no 'paper' / 'safe' row: NaN bars, which draw nothing
+    yield 'ResultsTable.plot, a method with one row', rt.plot()[0].figure
     yield 'gallery, long ids', plot_gallery(imgs[0], {'a row label': list(imgs[:5])}, {'a row label': [f'#{i}  0.123\ntrain-000{i}-a-very-long-id\nAnkle boot' for i in range(5)]})
 
 @pytest.mark.parametrize('name_fig', list(_every_figure()), ids=lambda nf: nf[0])
