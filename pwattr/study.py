@@ -128,7 +128,7 @@ class PresetStudy:
     ridge: dict = field(default_factory=dict) # method -> table of LDS per relative ridge, with the agreement gate's columns (`safe_study`)
 
 def study_preset(preset:str, # a preset with a committed ground truth
-                 methods, # comma-separated names from `pwattr.audit.METHODS`
+                 methods, # comma-separated names from `pwattr.recipes`
                  out=None, # the audit directory whose cache to use (default runs/<preset>)
                  settings:dict=None, # weight-learning settings (default `SETTINGS`)
                  oracle:bool=True, # add the cross-fitted oracle
@@ -147,7 +147,7 @@ def study_preset(preset:str, # a preset with a committed ground truth
 
 # %% ../nbs/16_study.ipynb #6162274d
 def safe_study(preset:str, # a preset with a committed ground truth
-               methods, # comma-separated names from `pwattr.audit.METHODS` (each is a reference for the others)
+               methods, # comma-separated names from `pwattr.recipes` (each is a reference for the others)
                out=None, # the audit directory whose cache to use (default runs/<preset>)
                k:int=20, lam:float=1e-4, # the paper's top-k and penalty
                oracle:bool=True, # add the cross-fitted oracle
