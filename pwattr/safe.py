@@ -201,14 +201,16 @@ class GateResult:
                     f"the agreement with every other method on the other half (smallest mean gain {self.gain:+.4f}, "
                     f"{self.level:.0%} lower bound {self.lower:+.4f})")
         if not len(self.table): return "keep uniform weights: no reference method or too few learning queries to check against"
-        best = self.table.sort_values('G select', ascending=False).iloc[0]
+        best = self.table.loc[self.table['G select'].idxmax()]   # the row the gate chose (and then tested)
         what = f"{best['candidate']} shrink {best['shrink']:g}"
-        why = (f"no candidate raised the agreement with every other method (best: {what}, smallest mean gain {best['G select']:+.4f})"
-               if best['G select'] <= 0 else
-               f"the best candidate on half the queries ({what}) raises the agreement on the other half by {best['G']:+.5f}, "
-               f"less than the {self.min_gain:g} pwattr acts on" if 0 < best['G'] < self.min_gain and best['lower'] > 0 else
-               f"the best candidate on half the queries ({what}, {best['G select']:+.4f}) did not hold on the other half "
-               f"(smallest mean gain {best['G']:+.4f}, lower bound {best['lower']:+.4f})")
+        if best['G select'] <= 0:
+            why = f"no candidate raised the agreement with every other method (best: {what}, smallest mean gain {best['G select']:+.4f})"
+        elif 0 < best['G'] < self.min_gain and best['lower'] > 0:
+            why = (f"the best candidate on half the queries ({what}) raises the agreement on the other half by {best['G']:+.5f}, "
+                   f"less than the {self.min_gain:g} pwattr acts on")
+        else:
+            why = (f"the best candidate on half the queries ({what}, {best['G select']:+.4f}) did not hold on the other half "
+                   f"(smallest mean gain {best['G']:+.4f}, lower bound {best['lower']:+.4f})")
         return f"keep uniform weights: {why}"
     def __repr__(self): return f"GateResult({self.verdict})"
     def _repr_html_(self): return f"<b>gate</b>: {self.verdict}" + self.table.round(4).to_html(index=False)
