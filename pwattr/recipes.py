@@ -39,6 +39,7 @@ class Recipe:
     norm:bool|None=False # 'diffusion' features: per-timestep gradient normalisation (DAS); None: the output's own
     timesteps:str='uniform' # 'diffusion' features: the timestep choice ('uniform' | 'random')
     refit:bool=False # a global ridge kernel that `pwattr.safe` can refit under group weights
+    curvature:bool=True # corrects the gradients for curvature; False for first-order methods (TracIn, Grad-Dot), whose safe weights may learn the per-group scale a curvature correction supplies
 
     def output_name(self, p)->str:
         "The output the features of preset `p` differentiate"
@@ -89,16 +90,16 @@ def journey_side(model, fn, data, o):
 def _trak_output(p)->str: return 'margin' if p.domain == 'classification' else LOSS[p.domain]
 _CL = ('classification', 'language')
 for _r in (
-    Recipe('tracin', 'TracInCP', lambda run, **kw: TracInCP(**kw), 'ckpt', domains=_CL),
-    Recipe('graddot', 'GradDot', lambda run, **kw: GradDot(**kw)),
-    Recipe('gradcos', 'GradCos', lambda run, **kw: GradCos(**kw)),
+    Recipe('tracin', 'TracInCP', lambda run, **kw: TracInCP(**kw), 'ckpt', domains=_CL, curvature=False),
+    Recipe('graddot', 'GradDot', lambda run, **kw: GradDot(**kw), curvature=False),
+    Recipe('gradcos', 'GradCos', lambda run, **kw: GradCos(**kw), curvature=False),
     Recipe('trak', 'TRAK', lambda run, **kw: TRAK(kernel='global', use_q=run.p.domain == 'classification', **kw), output=_trak_output,
            domains=_CL, refit=True),
     Recipe('trak-block', 'TRAK', lambda run, **kw: TRAK(kernel='block', use_q=run.p.domain == 'classification', **kw), output=_trak_output),
     Recipe('ekfac', 'EKFAC', lambda run, damping_scale=0.1: EKFAC(run.factors(), damping_scale=damping_scale), 'kron'),
     Recipe('logra', 'LoGRA', lambda run, **kw: LoGRA(**kw), 'kron-proj'),
     # diffusion models: the denoising loss over K draws that every example shares
-    Recipe('tracin', 'TracIn', lambda run, **kw: TracInCP(**kw), 'diffusion', 'diffusion_loss', ('diffusion',), checkpoint_side),
+    Recipe('tracin', 'TracIn', lambda run, **kw: TracInCP(**kw), 'diffusion', 'diffusion_loss', ('diffusion',), checkpoint_side, curvature=False),
     Recipe('trak', 'TRAK', lambda run, **kw: TRAK(use_q=False, **kw), 'diffusion', 'diffusion_loss', ('diffusion',), timestep_side, refit=True),
     Recipe('dtrak', 'D-TRAK', lambda run, **kw: DTRAK(**kw), 'diffusion', 'dtrak', ('diffusion',), timestep_side, refit=True),
     Recipe('das', 'DAS', lambda run, **kw: DAS(**kw), 'diffusion', 'das', ('diffusion',), timestep_side, norm=True, refit=True),
