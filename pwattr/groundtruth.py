@@ -227,6 +227,7 @@ def _worker_main(conn, init:tuple):
     "A worker's loop: set up once (`_init_worker`), then train each job it is handed and send back the result, until None"
     signal.signal(signal.SIGINT, signal.SIG_IGN)      # Ctrl-C is for the parent, which stops the workers
     _init_worker(*init)
+    conn.send(('ready', os.getpid()))
     while True:
         try: job = conn.recv()
         except (EOFError, OSError): return            # the parent closed the pipe: nothing more to do
@@ -238,10 +239,13 @@ def _worker_main(conn, init:tuple):
             except Exception: err = RuntimeError(f"{type(e).__name__}: {e}")
             conn.send(('error', err, tb))
 
-def _died(p, job, workdir, resumable:bool)->str:
+def _died(p, job, workdir, resumable:bool, started:bool=True)->str:
     "What to tell the user when worker `p` ended while training `job`"
     j, r, _, seed = job; code = p.exitcode
     how = (f"was killed by {signal.Signals(-code).name}" if code is not None and code < 0 else f"exited with code {code}")
+    if not started:
+        return (f"worker process {p.pid} {how} before it could start (its error is printed above): spawned workers must "
+                "unpickle train_fn / output_fn, so define them in an importable module, not in __main__ or a notebook")
     why = ' (often the out-of-memory killer: try fewer workers)' if code == -signal.SIGKILL else ''
     then = (f"the models finished so far are kept in {workdir}: run the same call again to resume" if resumable
             else "pass out_path to keep the finished models and resume")
@@ -267,10 +271,13 @@ class _Pool:
 
     def run(self, jobs:list, report):
         "Train `jobs` (subset order); `report(result)` as each finishes; raise a worker's error, or `WorkerDied`"
-        jobs, busy = iter(jobs), {}                    # worker index -> the job it is training
+        jobs, busy, started = iter(jobs), {}, set()    # worker index -> the job it is training; workers set up
         def hand(i):
             job = next(jobs, None)
-            if job is not None: self.workers[i][1].send(job); busy[i] = job
+            if job is None: return
+            busy[i] = job
+            try: self.workers[i][1].send(job)
+            except OSError: pass                        # the worker is gone: its sentinel says so below
         for i in range(len(self.workers)): hand(i)
         while busy:
             waits = {w: i for i in busy for w in (self.workers[i][1], self.workers[i][0].sentinel)}
@@ -279,7 +286,8 @@ class _Pool:
                 try: msg = conn.recv() if conn.poll() else None
                 except (EOFError, OSError): msg = None
                 if msg is None:                         # the process ended without an answer
-                    p.join(1); raise WorkerDied(_died(p, busy[i], self.workdir, self.resumable))
+                    p.join(1); raise WorkerDied(_died(p, busy[i], self.workdir, self.resumable, i in started))
+                if msg[0] == 'ready': started.add(i); continue
                 job = busy.pop(i)
                 if msg[0] == 'error':
                     err = msg[1]
