@@ -212,6 +212,7 @@ def main():
     ap.add_argument('--kill-at', type=float, default=0.4, help='fraction of chunks recorded when the store run is killed')
     ap.add_argument('--store-dir', default=None, help='folder for the store run (default: a temporary folder)')
     ap.add_argument('--keep', action='store_true', help='keep the store run\'s folder')
+    ap.add_argument('--record', default='featurize', help='name of the JSON record under benchmarks/results/')
     ap.add_argument('--_store_worker', default=None, help=argparse.SUPPRESS)
     ap.add_argument('--_timed', action='store_true', help=argparse.SUPPRESS)
     a = ap.parse_args()
@@ -223,7 +224,7 @@ def main():
         return store_run(a)
     have_trak = importlib.util.find_spec('trak') is not None
     torch.set_num_threads(int(os.environ.get('OMP_NUM_THREADS', torch.get_num_threads())))
-    B = Bench('featurize', vars(a))
+    B = Bench(a.record, vars(a))
     B.note(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {a.device}; traker "
            f"{'found' if have_trak else 'missing: peer missing (pip install -e .[peers])'}; {a.repeats} alternated repeats per side, "
            "medians; every side builds its projection matrix in an untimed warm-up inside its peak-memory window")
