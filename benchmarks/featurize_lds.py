@@ -2,14 +2,14 @@
 same dims per group, same model, same ground truth.
 
     OMP_NUM_THREADS=1 nice -n 10 .venv/bin/python benchmarks/featurize_lds.py --runs runs                 # mlp + resnet9, seeds 0 1
-    .venv/bin/python benchmarks/featurize_lds.py --presets fmnist-mlp --seeds 0 1 2
+    .venv/bin/python benchmarks/featurize_lds.py --presets fmnist-mlp --seeds 0 1 2 --oversample 1 4 --record featurize_lds_mlp
 
 For each preset: its seed-0 model as the audit trains it (read from `--runs`/<preset>/cache/<config hash>/model-s0.pt
 when there, never written; else trained into a temporary folder), the audit's groups ('preset'), its TRAK recipe (global
 ridge kernel, Q = 1 - p, margin output, `pwattr.recipes`), the 5,000 training examples and the committed ground truth's
 100 evaluation queries (pwattr/assets/groundtruth/<preset>.npz). Features of both sides are made by `featurize` at the
 audit's batch size 64 with, per projection seed s, `Projector(512, 'sparse', seed=s)` (the default: the audit's own
-features at s = 0) and `KronProjector(512, seed=s)`. Printed per preset: the LDS of each (pwattr.evaluate.lds, 95%
+features at s = 0) and `KronProjector(512, seed=s, oversample=c)` for each `--oversample` c. Printed per preset: the LDS of each (pwattr.evaluate.lds, 95%
 bootstrap interval over queries), the paired difference kron - sparse at the same seed (mean over queries of the
 per-query Spearman difference, with a paired bootstrap interval), the seed-to-seed difference of each projection
 (its own noise floor), and the CPU seconds of featurising the training side (shared machine: CPU time, one run each).
@@ -57,12 +57,14 @@ def main():
     ap.add_argument('--seeds', nargs='*', type=int, default=[0, 1])
     ap.add_argument('--dims', type=int, default=512, help='dims per group (the audit uses 512)')
     ap.add_argument('--runs', default=str(ROOT / 'runs'), help='folder of the audit runs holding the trained models (read only)')
+    ap.add_argument('--oversample', nargs='*', type=int, default=[1], help="KronProjector oversample values (one 'kron' side each)")
+    ap.add_argument('--record', default='featurize_lds', help='name of the JSON record under benchmarks/results/')
     a = ap.parse_args()
     warnings.filterwarnings('ignore')
     torch.set_num_threads(int(os.environ.get('OMP_NUM_THREADS', '1')))
     from pwattr.features import Projector, KronProjector
     from pwattr.evaluate import bootstrap_ci
-    B = Bench('featurize_lds', vars(a))
+    B = Bench(a.record, vars(a))
     rows = []
     for preset in a.presets:
         with tempfile.TemporaryDirectory(prefix='pwattr-flds-') as tmp:
@@ -72,7 +74,9 @@ def main():
                    f"{gt.masks.shape[0]} subsets; TRAK recipe (global kernel, Q)")
             res = {}
             for s in a.seeds:
-                for kind, proj in (('sparse', Projector(a.dims, 'sparse', seed=s)), ('kron', KronProjector(a.dims, seed=s))):
+                sides = [('sparse', Projector(a.dims, 'sparse', seed=s))] + [('kron' if c == 1 else f'kron x{c}', KronProjector(a.dims, seed=s, oversample=c))
+                                                                              for c in a.oversample]
+                for kind, proj in sides:
                     r, cpu, wall = trak_lds(run, gt, proj, B)
                     res[kind, s] = r
                     rows.append({'preset': preset, 'projection': kind, 'seed': s, 'lds': r.mean, 'lo': r.ci[0], 'hi': r.ci[1],
@@ -82,12 +86,16 @@ def main():
                 d = x.per_query - y.per_query; lo, hi = bootstrap_ci(d)
                 B.note(f"  {what}: {np.nanmean(d):+.4f} [{lo:+.4f}, {hi:+.4f}] (paired over queries, 95% bootstrap)")
                 return {'preset': preset, 'diff': what, 'mean': float(np.nanmean(d)), 'lo': lo, 'hi': hi}
-            for s in a.seeds: rows.append(diff(res['kron', s], res['sparse', s], f'kron - sparse, seed {s}'))
+            kinds = [k for k, _ in sides]
+            for kind in kinds[1:]:
+                for s in a.seeds: rows.append(diff(res[kind, s], res['sparse', s], f'{kind} - sparse, seed {s}'))
             if len(a.seeds) > 1:
                 s0, s1 = a.seeds[:2]
-                for kind in ('sparse', 'kron'): rows.append(diff(res[kind, s1], res[kind, s0], f'{kind} seed {s1} - seed {s0} (noise floor)'))
-                mk = np.mean([res['kron', s].mean for s in a.seeds]); ms = np.mean([res['sparse', s].mean for s in a.seeds])
-                B.note(f"  mean over seeds: kron {mk:.4f}, sparse {ms:.4f}, difference {mk - ms:+.4f}")
+                for kind in kinds: rows.append(diff(res[kind, s1], res[kind, s0], f'{kind} seed {s1} - seed {s0} (noise floor)'))
+                ms = np.mean([res['sparse', s].mean for s in a.seeds])
+                for kind in kinds[1:]:
+                    mk = np.mean([res[kind, s].mean for s in a.seeds])
+                    B.note(f"  mean over seeds {a.seeds}: {kind} {mk:.4f}, sparse {ms:.4f}, difference {mk - ms:+.4f}")
     B.rec['rows'] = rows
     B.save()
 

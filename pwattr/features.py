@@ -859,13 +859,23 @@ class KronProjector:
     kind = 'kronecker'
     def __init__(self, dims:int|dict|list=1024, # output dims per group: one int for all, or per group (dict / list)
                  seed:int=0, # same seed -> same matrices in any process
+                 oversample:int=1, # each layer's Kronecker projection has oversample x k dims, count-sketched to k (1: its first k)
                 ):
-        self.dims, self.seed = dims, seed
+        self.dims, self.seed, self.oversample = dims, seed, oversample
         self._dense = Projector(dims, 'gaussian', seed=seed)   # norm-layer and other parameters: a dense Gaussian projection
         self._P, self._plans, self._clone = {}, weakref.WeakKeyDictionary(), weakref.WeakKeyDictionary()   # model -> ...
 
     def dims_for(self, groups:GroupSpec)->list: return self._dense.dims_for(groups)
-    def config(self)->dict: return {'kind': self.kind, 'seed': self.seed, 'dims': self.dims}
+    def config(self)->dict: return {'kind': self.kind, 'seed': self.seed, 'dims': self.dims, **({'oversample': self.oversample} if self.oversample != 1 else {})}
+
+    def sketch(self, name:str, m:int, k:int, device=None)->tuple:
+        "(buckets [m], signs [m]) of the seeded count-sketch from a layer's m Kronecker dims to its group's k (None: m <= k, kept as they are)"
+        if m <= k: return None
+        key = ('sketch', name, m, k, str(device))
+        if key not in self._P:
+            g = torch.Generator().manual_seed(_stable_int(self.seed, 'kronecker-sketch', name, m, k))
+            self._P[key] = (torch.randint(0, k, (m,), generator=g).to(device), (torch.randint(0, 2, (m,), generator=g) * 2 - 1).float().to(device))
+        return self._P[key]
     def __repr__(self): return f"KronProjector({self.config()})"
 
     def factor(self, name:str, # the weight's parameter name (a bias row: the bias's name)
@@ -951,7 +961,7 @@ class KronProjector:
         res = [torch.zeros(B, k, device=dev) for k in ks]
         for mname, m, kind, j, wn, cols, n_out in layers:
             k, n_in = ks[j], sum(c for _, c in cols)
-            r_out, r_in = _kron_ranks(n_out, n_in, k); mm = min(r_out * r_in, k)
+            r_out, r_in = _kron_ranks(n_out, n_in, k * self.oversample); mm = min(r_out * r_in, k * self.oversample)
             P_out, P_in = self.factor(wn, 'out', n_out, r_out, dev), self._in_factor(cols, r_in, dev)
             y = 0
             for i, x in enumerate(ins[mname]):
@@ -968,7 +978,10 @@ class KronProjector:
                     a = torch.ones_like(one) if a is None else torch.cat([a, torch.ones_like(one)], -1)
                 dd = _out_rows(m, d[(mname, i)])
                 y = y + torch.einsum('bto,bti->boi', _rows_per_example(dd.float() @ P_out, B), _rows_per_example(a.float() @ P_in, B))
-            if torch.is_tensor(y): res[j][:, :mm] += y.reshape(B, -1)[:, :mm] / math.sqrt(mm)
+            if not torch.is_tensor(y): continue
+            y = y.reshape(B, -1)[:, :mm] / math.sqrt(mm); sk = self.sketch(wn, mm, k, dev)
+            if sk is None: res[j][:, :mm] += y
+            else: res[j].index_add_(1, sk[0], y * sk[1])
         for mname, m, ps in norms:
             for i, x in enumerate(ins[mname]):
                 if (mname, i) not in d: continue
@@ -1000,14 +1013,17 @@ class KronProjector:
         for mname, m, kind, jj, wn, cols, n_out in layers:
             if jj != j or (wn, tuple(cols)) in seen: continue      # a tied weight (embedding and output layer): its matrix once
             seen.add((wn, tuple(cols)))
-            n_in = sum(c for _, c in cols); r_out, r_in = _kron_ranks(n_out, n_in, k); mm = min(r_out * r_in, k)
+            n_in = sum(c for _, c in cols); r_out, r_in = _kron_ranks(n_out, n_in, k * self.oversample)
+            mm = min(r_out * r_in, k * self.oversample)
             M = torch.kron(self.factor(wn, 'out', n_out, r_out), self._in_factor(cols, r_in, None))[:, :mm] / math.sqrt(mm)
-            M = M.reshape(n_out, n_in, mm); c0 = 0
+            sk = self.sketch(wn, mm, k)
+            if sk is not None: M = M * sk[1] @ torch.zeros(mm, k).index_put_((torch.arange(mm), sk[0]), torch.ones(mm))
+            mk = M.shape[1]; M = M.reshape(n_out, n_in, mk); c0 = 0
             for t, c in cols:       # Linear layout [n_out, n_in] -> the parameter's own layout
                 Mt = M[:, c0:c0 + c]; c0 += c
                 if t != wn: Mt = Mt[:, 0]                                   # bias [n_out]
                 elif kind == 'conv1d': Mt = Mt.transpose(0, 1)              # GPT-2 Conv1D weight is [n_in, n_out]
-                rows[t][:, :mm] += Mt.reshape(-1, mm)
+                rows[t][:, :mk] += Mt.reshape(-1, mk)
         for t in ps:
             if any(t == x for *_, pl in norms for _, x in pl) or t in rest: rows[t] += self._dense.matrix(t, sizes[t], k)
         return torch.cat([rows[p] for p in ps])

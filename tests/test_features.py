@@ -265,3 +265,16 @@ def test_kron_projector_featurize_store_and_refusals(tmp_path):
     with pytest.raises(ValueError, match='DAS'):
         u = models.unet2d(sample_size=8, channels=(8, 16), norm_groups=4).eval()
         featurize(u, DASOutput(K=2), {'x': torch.rand(2, 3, 8, 8)}, GroupSpec.preset(u), projector=KronProjector(8), progress=False)
+
+def test_kron_projector_oversampled():
+    from pwattr.features import KronProjector
+    torch.manual_seed(0); r = models.ResNet9(width=4).eval()
+    b = {'x': torch.randn(3, 1, 16, 16), 'y': torch.randint(0, 10, (3,))}
+    kp1, kp3 = KronProjector(10, seed=0), KronProjector(10, seed=0, oversample=3)
+    assert kp3.config()['oversample'] == 3 and 'oversample' not in kp1.config()      # stores written before keep their key
+    g = GroupSpec.preset(r)
+    assert not torch.allclose(kp1.matrix(r, g, 0), kp3.matrix(r, g, 0))
+    ref = reference(r, Margin(), b, g.params)
+    blocks, _ = kp3.project_batch(r, Margin(), b, g)
+    want = ref @ torch.block_diag(*[kp3.matrix(r, g, j) for j in range(len(g))])
+    assert (torch.cat(blocks, 1) - want).abs().max() <= 1e-5 * want.abs().max()
