@@ -817,7 +817,7 @@ def _layer_kind(m:nn.Module)->str|None:
     return None
 
 def _layer_rows(m:nn.Module, x:Tensor)->Tensor:
-    "A Linear / Conv1D / Conv2d layer's input as [rows, T, n_in] (a Conv2d's unfolded patches; no bias column), as `kronecker.layer_input`"
+    "A Linear / Conv1D / Conv2d layer's input as [rows, T, n_in] (a Conv2d's unfolded patches; no bias column; `kronecker.layer_input` appends it)"
     if isinstance(m, nn.Conv2d):
         pad = m.padding
         if isinstance(pad, str) or m.padding_mode != 'zeros':
@@ -826,7 +826,7 @@ def _layer_rows(m:nn.Module, x:Tensor)->Tensor:
     return x.reshape(x.shape[0], -1, x.shape[-1])
 
 def _out_rows(m:nn.Module, g:Tensor)->Tensor:
-    "The gradient of a layer's output as [rows, T, n_out], as `kronecker.output_grad`"
+    "The gradient of a layer's output as [rows, T, n_out] (also `kronecker.output_grad`)"
     if isinstance(m, nn.Conv2d): return g.reshape(g.shape[0], g.shape[1], -1).transpose(1, 2)
     return g.reshape(g.shape[0], -1, g.shape[-1])
 
