@@ -57,9 +57,17 @@ def test_one_tiny_step_is_deterministic(tiny):
     d = tiny.train(train, idx=torch.arange(1, len(train), 2), seed=0, steps=1, progress=False)
     assert not same(a.model, c.model) and not same(a.model, d.model)
 
+# Model (7, 1) retrained under ATEN_CPU_CAPABILITY=avx2 / default on the AVX-512 machine that made the ground truth
+# (benchmarks/cross_cpu.py kjv-gpt2-ft; benchmarks/results/cross_cpu.txt), largest difference / max|stored| (2.81):
+#   AVX2 5.1e-3, DEFAULT 5.6e-3 (0.0157 absolute; pretraining the base on 6k verses carries the last-bit differences).
+# The nearest other subset's model is 9.6e-3 away (0.027). 6.2e-3 is 1.1x the measured spread and 0.65x that distance:
+# thin, so another CPU reproduces this ground truth only to about half the gap between two subsets' models.
+KJV_FT_RTOL = 6.2e-3
+
 def test_committed_groundtruth_reproduces():
     """kjv-gpt2-ft's committed ground truth matches the preset, agrees with itself across seeds, and retraining one of its
-    models (pretraining included) gives the stored outputs bit for bit on the CPU capability it was made with"""
+    models (pretraining included) gives the stored outputs: bit for bit on the CPU capability it was made with,
+    within the measured cross-CPU spread elsewhere"""
     import numpy as np
     from pwattr.groundtruth import GT_DIR, GroundTruth, preset_task, make_subsets, model_seeds
     from pwattr.evaluate import seed_agreement
@@ -69,13 +77,14 @@ def test_committed_groundtruth_reproduces():
     assert (gt.n_subsets, gt.n_seeds, gt.kind, gt.meta['randomness']) == (50, 2, 'loss', 'controlled')
     assert (gt.seeds == model_seeds(50, 2, shared=True)).all() and (gt.masks == make_subsets(1500, 50, 0.5, 0)).all()
     assert seed_agreement(gt).mean >= 0.5
-    if gt.meta.get('cpu_capability') != torch.backends.cpu.get_cpu_capability() or gt.meta.get('torch') != torch.__version__:
-        pytest.skip(f"made on {gt.meta.get('cpu_capability')} / torch {gt.meta.get('torch')}: bit-identical retraining needs the same")
     task, _ = preset_task('kjv-gpt2-ft', gt.meta['n_queries'], gt.meta['query_seed'], randomness='controlled')
     n, batch, qids, kind, out, chash, _ = task.setup()
     assert [str(q) for q in qids] == [str(q) for q in gt.query_ids] and out == gt.meta['output'] == 'lm_loss'
     j, r = 7, 1
     model = task.train_fn(torch.from_numpy(np.flatnonzero(gt.masks[j])), int(gt.seeds[j, r]))
     with torch.no_grad(): o = task.output_fn(model, batch).numpy()
-    np.testing.assert_array_equal(o, gt.outputs[j, r])
-    assert min(np.abs(gt.outputs[k, r] - o).max() for k in range(gt.n_subsets) if k != j) > 0   # and it is not another subset's model
+    same_cpu = gt.meta.get('cpu_capability') == torch.backends.cpu.get_cpu_capability() and gt.meta.get('torch') == torch.__version__
+    if same_cpu: np.testing.assert_array_equal(o, gt.outputs[j, r])            # same instruction set: bit-identical
+    else: np.testing.assert_allclose(o, gt.outputs[j, r], rtol=0, atol=KJV_FT_RTOL * np.abs(gt.outputs[j, r]).max())
+    other = min(np.abs(gt.outputs[k, r] - gt.outputs[j, r]).max() for k in range(gt.n_subsets) if k != j)
+    assert other > 1.5 * KJV_FT_RTOL * np.abs(gt.outputs[j, r]).max(), other   # the tolerance still tells the other subsets' models apart
