@@ -208,10 +208,10 @@ class _Screen:
     def __init__(self, src, v, C, groups):
         self.src, self.C, self.groups = src, C, groups
         self.tri = _tri(src.M, src.device)
-        self.G, self.r, self.n_pass, self.n_rows = [], [], 0, 0
+        self.G = torch.zeros(src.Q, len(self.tri[0]), dtype=torch.float64, device=src.device)  # packed, filled in place
+        self.r, self.n_pass, self.n_rows = [], 0, 0
         tau, st = self._pass(v, None, stats=True)
-        if src.axis == 'query': self.G, self.r = torch.cat(self.G, 0), torch.cat(self.r, 0)
-        else: self.G, self.r = sum(self.G), torch.cat(self.r, 1)
+        self.r = torch.cat(self.r, 0 if src.axis == 'query' else 1)
         self.rmax = self.r.amax(1)
         self.N = tau.shape[1]
         self._set(None, v, tau, st)
@@ -229,16 +229,16 @@ class _Screen:
                              f"or drop those examples before learning weights")
         self.r.append(r)
         I, J, _ = self.tri   # one query at a time: the packed triangle in float64, no [q, M, M] temporaries
-        self.G.append(torch.stack([(x.T @ x)[I, J].double() for x in X]))
+        for i, x in enumerate(X): self.G[a + i if self.src.axis == 'query' else i] += (x.T @ x)[I, J].double()
 
     def _pass(self, v, qsel, stats=False):
         v = v.to(self.src.device, self.src.dtype)
         taus, st = [], None
-        if self.src.axis == 'query':  # candidates written in place: no second copy of them
+        if self.src.axis == 'query':  # candidate rows written in place (a refresh writes into self.cand): no second copy
             nq, C, M = (self.src.Q if qsel is None else len(qsel)), min(self.C, self.src.N), self.src.M
             st = (torch.empty(nq, C, dtype=self.src.dtype, device=self.src.device),
                   torch.empty(nq, C, dtype=torch.long, device=self.src.device),
-                  torch.empty(nq, C, M, dtype=self.src.dtype, device=self.src.device))
+                  torch.empty(nq, C, M, dtype=self.src.dtype, device=self.src.device) if qsel is None else None)
         for a, b, X in self.src.chunks(qsel):
             if stats: self._stats(X, a)
             tv = X @ v
@@ -246,7 +246,9 @@ class _Screen:
             vals, idx = tv.topk(min(self.C, tv.shape[1]), dim=1)
             if self.src.axis == 'query':
                 st[0][a:b], st[1][a:b] = vals, idx
-                torch.gather(X, 1, idx[..., None].expand(-1, -1, X.shape[2]), out=st[2][a:b]); continue
+                if qsel is None: torch.gather(X, 1, idx[..., None].expand(-1, -1, X.shape[2]), out=st[2][a:b])
+                else: self.cand[qsel[a:b]] = X.gather(1, idx[..., None].expand(-1, -1, X.shape[2]))
+                continue
             rows = X.gather(1, idx[..., None].expand(-1, -1, X.shape[2]))
             idx = idx + a
             if st is not None:
@@ -265,7 +267,8 @@ class _Screen:
             self.V0 = v.to(self.src.dtype).expand(self.src.Q, -1).clone()
             self.mnc = nc.amax(1)
         else:
-            self.cand[qsel], self.cidx[qsel], self.tnc[qsel] = st[2], st[1], nc
+            if st[2] is not None: self.cand[qsel] = st[2]
+            self.cidx[qsel], self.tnc[qsel] = st[1], nc
             self.V0[qsel] = v.to(self.src.dtype); self.mnc[qsel] = nc.amax(1)
 
     def refresh(self, qsel, v):
