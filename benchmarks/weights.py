@@ -45,7 +45,8 @@ def row(name, gw, S, true, k, cpu):
     i = gw.info
     return dict(run=name, seconds=round(gw.time, 2), cpu_s=round(cpu, 2), steps=i['n_steps'], converged=i['converged'],
                 setup_s=round(i['time_setup'], 2), ms_per_step=round(1e3 * i['time_per_step'], 1),
-                passes=i['passes'], query_refreshes=i['query_refreshes'],
+                passes=i['passes'], query_refreshes=i['query_refreshes'], check_s=round(i['time_check'], 2),
+                null_p=i['null_test']['p'] if i.get('null_test') else None,
                 precision=round(precision_at_k(apply(S, gw.w), true, k), 3))
 
 def apply(S, w): return S @ w
@@ -66,7 +67,7 @@ def main():
     B.note(f"threads={torch.get_num_threads()}  Q={a.Q} N={a.N} M={a.M} k={a.k} (S: {nbytes / 2**20:.0f} MiB float32); "
            f"one pass over S at {lim['memory_copy_gbps']:.1f} GB/s: {nbytes / lim['memory_copy_gbps'] / 1e9 * 1e3:.0f} ms")
     S, true = planted_contributions(Q=a.Q, N=a.N, M=a.M, signal=range(8), n_true=a.k, strength=3., noise=2., seed=a.seed)
-    learn_weights(S[:2, :1000], k=5, steps=3)                  # warm-up (first-call costs)
+    learn_weights(S[:2, :1000], k=5, steps=3, check=False)     # warm-up (first-call costs)
     rows = [dict(run='base method (w = 1)', precision=round(precision_at_k(S.sum(-1), true, a.k), 3))]
     naive = naive_step_time(S, a.k)
     B.note(f"naive step (full S @ w, top-k and norm over all N, autograd): {1e3 * naive:.0f} ms CPU")
@@ -89,10 +90,10 @@ def main():
         B.ratio('streamed / in memory', res, 'streamed from .npy (page cache dropped)', 'in memory', same_work=True,
                 differs='S read from a .npy in blocks (page cache dropped before each run) vs held in memory', clock='wall')
     signal_mass = float(mem.w[:8].sum() / mem.w.sum())
-    print(f"{'run':40s} {'wall s':>7s} {'cpu s':>6s} {'steps':>6s} {'setup s':>8s} {'ms/step':>8s} {'passes':>7s} {'refreshed':>10s} {'prec@k':>7s}")
+    print(f"{'run':40s} {'wall s':>7s} {'cpu s':>6s} {'steps':>6s} {'setup s':>8s} {'ms/step':>8s} {'passes':>7s} {'refreshed':>10s} {'check s':>8s} {'prec@k':>7s}")
     for r in rows:
         print(f"{r['run']:40s} {r.get('wall_median_s', ''):>7} {r.get('cpu_s', ''):>6} {r.get('steps', ''):>6} {r.get('setup_s', ''):>8} "
-              f"{r.get('ms_per_step', ''):>8} {r.get('passes', ''):>7} {r.get('query_refreshes', ''):>10} {r['precision']:>7}")
+              f"{r.get('ms_per_step', ''):>8} {r.get('passes', ''):>7} {r.get('query_refreshes', ''):>10} {r.get('check_s', ''):>8} {r['precision']:>7}")
     wall = rows[1]['wall_median_s']; th = lim['threads']
     B.note(f"streamed == in memory (bitwise weights and loss history): {same}")
     B.note(f"learned weight mass on the 8 signal groups (of {a.M}): {signal_mass:.2f}; in memory {wall:.2f} s wall (median), "
