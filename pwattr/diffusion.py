@@ -352,7 +352,7 @@ def plot_topk(queries, # query ExampleSet ('x')
               w=None, # group weights (None: the base methods)
               title:str|None=None):
     "Each query beside its top-k training images under each method (one row per query and method)"
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt, textwrap
     nq = len(queries) if n_queries is None else min(n_queries, len(queries))
     names = list(contribs); rows = nq * len(names)
     fig, axs = plt.subplots(rows, k + 1, figsize=(1.1 * (k + 1) + 0.8, 1.15 * rows), squeeze=False)
@@ -366,6 +366,11 @@ def plot_topk(queries, # query ExampleSet ('x')
                 j = int(tk.indices[q, i]); row[i + 1].imshow(_img(train.tensors['x'][j]))
                 row[i + 1].set_title(f"{str(train.ids[j])[:14]}\n{float(tk.values[q, i]):.3g}", fontsize=5)
             for a in row: a.set_xticks([]); a.set_yticks([])
-    if title: fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
+    room = None
+    if title:   # wrapped to the figure's width, at a fixed height above the first row's captions (a tall grid's 2% is not enough)
+        W, H = fig.get_figwidth(), fig.get_figheight()
+        title = '\n'.join(textwrap.wrap(title, max(20, int(W * 72 / (0.6 * 9)))))
+        fig.suptitle(title, fontsize=9, y=1 - 0.06 / H, va='top')
+        room = (0.06 + (title.count('\n') + 1) * 9 * 1.25 / 72 + 0.06) / H
+    fig.tight_layout(rect=None if room is None else (0, 0, 1, 1 - room))
     return fig

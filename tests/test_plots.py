@@ -288,3 +288,35 @@ def test_item_labels_say_what_an_item_is():
     imgs = ExampleSet('i', {'x': torch.zeros(3, 1, 2, 2), 'y': torch.tensor([2, 0, 1])}, pd.DataFrame({'id': list('abc')}), {'classes': ['cat', 'dog', 'owl']})
     assert item_labels(imgs, 3) == ['owl', 'cat', 'dog']                      # from the class index and the class names
     assert item_labels(torch.zeros(3, 2, 2), 3) is None                       # a bare tensor says nothing
+
+def _diffusion_topk_inputs(n_queries=3, methods=('TracIn', 'TRAK', 'D-TRAK', 'DAS', 'Journey-TRAK')):
+    "Queries, training images with emoji-like ids and one Contributions per method: the diffusion audit's top-k grid"
+    from pwattr.data import ExampleSet
+    from pwattr.methods import Contributions
+    g = torch.Generator().manual_seed(0)
+    es = lambda ids: ExampleSet('t', {'x': torch.rand(len(ids), 3, 8, 8, generator=g) * 2 - 1}, pd.DataFrame({'id': ids}))
+    tr, qs = es([f'musical_keyboard_{i}/twitter/checker' for i in range(10)]), es([f'gen/5000{i}' for i in range(n_queries)])
+    return qs, tr, {m: Contributions(torch.randn(n_queries, 10, 3, generator=g), ['a', 'b', 'c'], qs.ids) for m in methods}
+
+@pytest.mark.parametrize('k,n_queries,title', [
+    (6, 3, 'top-6 training images per method'),                     # 15 rows: a suptitle at 98% sat on the first captions
+    (5, 1, "sbemoji-cond: prompt style='twitter', subject and background unspecified"),
+    (2, 3, "sbemoji-cond: prompt style='twitter', subject and background unspecified"),   # narrow: the title wraps
+    (5, 2, None)])
+def test_diffusion_plot_topk_reads_cleanly(k, n_queries, title):
+    from pwattr.diffusion import plot_topk
+    from pwattr.plots import overlapping_text
+    qs, tr, cs = _diffusion_topk_inputs(n_queries)
+    fig = plot_topk(qs, tr, cs, k=k, title=title)
+    assert overlapping_text(fig) == [], overlapping_text(fig)
+    top1 = int(cs['TracIn'].S[0].sum(-1).argmax())                  # brute force: the first row's best training image
+    assert fig.axes[1].get_title().split('\n')[0] == tr.ids[top1][:14]
+    if title: assert fig._suptitle.get_text().replace('\n', ' ') == title
+
+def test_diffusion_plot_topk_old_layout_is_caught():
+    "The control: the grid titled as before (suptitle at its default 98%, plain tight_layout) fails the checker"
+    from pwattr.diffusion import plot_topk
+    from pwattr.plots import overlapping_text
+    qs, tr, cs = _diffusion_topk_inputs(3)
+    fig = plot_topk(qs, tr, cs, k=6); fig.suptitle('top-6 training images per method', fontsize=9); fig.tight_layout()
+    assert any(p.startswith('overlap') and 'top-6 training' in p for p in overlapping_text(fig))

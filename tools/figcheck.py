@@ -1,6 +1,9 @@
 """Execute a notebook in full (`#| slow` cells included) and check every figure it displays for overlapping text.
 
-    python tools/figcheck.py nbs/12_classification.ipynb [nbs/13_language.ipynb ...] [--no-write]
+    python tools/figcheck.py nbs/12_classification.ipynb [nbs/13_language.ipynb ...] [--no-write] [--skip ID,ID,...]
+
+`--skip` names cells (by id) that are not run and keep their stored outputs: for cells whose caches are missing and
+too costly to rebuild (the report lists them; later cells must not depend on them).
 
 A hook installed in the kernel before the first cell wraps `FigureCanvasBase.print_figure` (what the inline backend
 and `savefig` call): after the original print it runs `pwattr.plots.overlapping_text(fig)` and restores the figure's
@@ -42,9 +45,12 @@ del _fc_install
 
 class CheckingClient(NotebookClient):
     "Runs cells in order; after each, reads the figure records the hook appended and files them under the cell id"
-    def __init__(self, nb, log, **kw):
+    def __init__(self, nb, log, skip=(), **kw):
         super().__init__(nb, **kw); self.figlog, self.seen, self.by_cell, self.times, self.errors = Path(log), 0, {}, {}, {}
+        self.skip, self.skipped = set(skip), []
     async def async_execute_cell(self, cell, cell_index, *args, **kw):
+        if cell.get('id') in self.skip:
+            self.skipped.append(cell['id']); return cell          # not run: its stored outputs stay
         t0 = time.time()
         res = await super().async_execute_cell(cell, cell_index, *args, **kw)
         lines = self.figlog.read_text().splitlines() if self.figlog.exists() else []
@@ -56,7 +62,7 @@ class CheckingClient(NotebookClient):
         if err: self.errors[cid] = f"{err[0]['ename']}: {err[0]['evalue']}"[:300]
         return res
 
-def check(path:Path, write:bool=True)->int:
+def check(path:Path, write:bool=True, skip=())->int:
     "Execute `path` in full with the hook; report; write back and clean. Returns the number of figures with problems"
     path = path.resolve(); nb = nbformat.read(path, as_version=4)
     log = Path(tempfile.mkdtemp(prefix='figcheck-')) / 'figs.jsonl'
@@ -68,7 +74,7 @@ def check(path:Path, write:bool=True)->int:
     os.environ.update(env)                     # the kernel inherits the runner's environment
     for k in ('IN_TEST', 'MPLBACKEND'): os.environ.pop(k, None)
     t0 = time.time()
-    client = CheckingClient(nb, log, timeout=3600, allow_errors=True, kernel_name='python3', resources={'metadata': {'path': str(path.parent)}})
+    client = CheckingClient(nb, log, skip, timeout=3600, allow_errors=True, kernel_name='python3', resources={'metadata': {'path': str(path.parent)}})
     try: client.execute()
     finally:
         for k, v in old.items():
@@ -83,6 +89,8 @@ def check(path:Path, write:bool=True)->int:
         print(f'  cell {cid}  figure {r["title"]!r} {r["size"]}:')
         for p in r['problems']: print(f'    {p}')
     for cid, e in client.errors.items(): print(f'  cell {cid} FAILED: {e}')
+    if client.skipped: print(f'  not run (stored outputs kept): {", ".join(client.skipped)}')
+    if set(skip) - set(client.skipped): print(f'  --skip ids not found: {", ".join(sorted(set(skip) - set(client.skipped)))}')
     slow = sorted(client.times.items(), key=lambda kv: -kv[1])[:5]
     print('  slowest cells: ' + ', '.join(f'{c} {t:.0f}s' for c, t in slow))
     if write:
@@ -91,7 +99,9 @@ def check(path:Path, write:bool=True)->int:
     return len(bad) + len(client.errors)
 
 if __name__ == '__main__':
-    args = sys.argv[1:]; write = '--no-write' not in args
+    args = sys.argv[1:]; write = '--no-write' not in args; skip = []
+    if '--skip' in args:
+        i = args.index('--skip'); skip = [s for s in args[i + 1].split(',') if s]; del args[i:i + 2]
     nbs = [Path(a) for a in args if a != '--no-write']
     if not nbs: sys.exit(__doc__)
-    sys.exit(1 if sum(check(p, write) for p in nbs) else 0)
+    sys.exit(1 if sum(check(p, write, skip) for p in nbs) else 0)
