@@ -9,12 +9,12 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 import numpy as np, pandas as pd, torch
 from scipy.stats import rankdata
-from .grouping import group_labels
+from .grouping import group_labels, align_weights
 
 # %% auto #0
 __all__ = ['spearman_rows', 'subset_predictions', 'bootstrap_ci', 'LDSResult', 'check_disjoint', 'lds', 'seed_agreement',
-           'group_predictions', 'PerGroupLDS', 'per_group_lds', 'roc_auc', 'flip_labels', 'mislabel_auc', 'recall_at_k',
-           'TailPatchResult', 'tail_patch_deltas', 'tail_patch', 'ResultsTable']
+           'group_predictions', 'lds_from_preds', 'PerGroupLDS', 'per_group_lds', 'roc_auc', 'flip_labels',
+           'mislabel_auc', 'recall_at_k', 'TailPatchResult', 'tail_patch_deltas', 'tail_patch', 'ResultsTable']
 
 # %% ../nbs/08_evaluate.ipynb #51e01029
 def spearman_rows(a, # [Q, S] predictions
@@ -159,20 +159,41 @@ def seed_agreement(gt:GroundTruth, # a ground truth with R >= 2 training seeds
     return LDSResult(float(rho[ok].mean()), bootstrap_ci(rho, n_boot, 0.95, seed), rho, int(ok.sum()), gt.n_subsets)
 
 # %% ../nbs/08_evaluate.ipynb #f08b6661
-def group_predictions(S, # [Q, N, M] per-group contributions (Tensor / array)
+def group_predictions(S, # [Q, N, M] per-group contributions (Tensor / array), or an iterable of blocks (q0, n0, X) tiling it: X = S[q0:q0+q, n0:n0+n]
                       masks, # bool [S, N]
-                      chunk:int=4096, # training examples per chunk
+                      chunk:int=4096, # training examples per block when S is a Tensor / array
                      )->np.ndarray: # float64 [Q, S, M]
-    "Subset predictions of every group's contribution alone, without materialising S in float64"
-    is_t = isinstance(S, torch.Tensor)
-    Q, N, M = S.shape
+    "Subset predictions of every group's contribution alone, P[q, s, j] = sum of S[q, n, j] over n in subset s, block by block in float64"
     m = torch.as_tensor(np.asarray(masks), dtype=torch.float64)
-    if m.shape[1] != N: raise ValueError(f"contributions have N={N} training examples, the ground truth {m.shape[1]}")
-    out = torch.zeros(Q, m.shape[0], M, dtype=torch.float64)
-    for s in range(0, N, chunk):
-        blk = S[:, s:s + chunk] if is_t else torch.from_numpy(np.asarray(S[:, s:s + chunk]))
-        out += torch.einsum('qnm,sn->qsm', blk.detach().cpu().double(), m[:, s:s + chunk])
-    return out.numpy()
+    if m.ndim != 2: raise ValueError(f"masks must be [n_subsets, N]; got shape {tuple(m.shape)}")
+    N = m.shape[1]
+    if isinstance(S, (torch.Tensor, np.ndarray)) or hasattr(S, 'shape') and hasattr(S, '__getitem__'):
+        if len(S.shape) != 3: raise ValueError(f"contributions must be [Q, N, M]; got shape {tuple(S.shape)}")
+        if S.shape[1] != N: raise ValueError(f"contributions have N={S.shape[1]} training examples, the ground truth {N}")
+        blocks = ((0, s, S[:, s:s + chunk]) for s in range(0, N, chunk))
+    else: blocks = S
+    acc, seen = {}, {}                                                   # query start -> [q, S, M] sum, training examples summed
+    for q0, n0, X in blocks:
+        X = (X if isinstance(X, torch.Tensor) else torch.from_numpy(np.asarray(X))).detach().double()
+        if n0 + X.shape[1] > N: raise ValueError(f"a block covers training examples {n0}:{n0 + X.shape[1]} but the masks have N={N}")
+        mb = m if (n0, X.shape[1]) == (0, N) else m[:, n0:n0 + X.shape[1]]
+        P = torch.einsum('qnm,sn->qsm', X, mb.to(X.device)).cpu()
+        acc[q0] = acc[q0] + P if q0 in acc else P
+        seen[q0] = seen.get(q0, 0) + X.shape[1]
+    if not acc: raise ValueError("no contributions given (an empty block iterator)")
+    short = {q0: n for q0, n in seen.items() if n != N}
+    if short: raise ValueError(f"the blocks of queries from {next(iter(short))} sum {next(iter(short.values()))} training examples, the masks {N}: give blocks that tile S")
+    return torch.cat([acc[q0] for q0 in sorted(acc)], 0).numpy()
+
+# %% ../nbs/08_evaluate.ipynb #2e57e76f
+def lds_from_preds(preds, # [Q, n_subsets, M] per-group predicted outputs (`group_predictions`)
+                   actual, # [Q, n_subsets] actual outputs (negated first when they are losses)
+                   w=None, # weights [M] (None: ones = the base method)
+                  )->torch.Tensor: # [Q] float64 Spearman correlation per query (nan where a row is constant)
+    "LDS per query of the weighted prediction preds @ w against the actual outputs"
+    preds = torch.as_tensor(preds).double()
+    w = torch.ones(preds.shape[-1], dtype=torch.float64) if w is None else align_weights(w, M=preds.shape[-1]).double()
+    return torch.from_numpy(spearman_rows(preds @ w, actual))
 
 # %% ../nbs/08_evaluate.ipynb #bac4402c
 @dataclass
