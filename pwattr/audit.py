@@ -7,7 +7,7 @@ from __future__ import annotations
 import base64, hashlib, html, json, os, time, warnings
 from collections import Counter
 from functools import cached_property
-from dataclasses import dataclass, field, asdict
+from dataclasses import dataclass, field, asdict, is_dataclass
 from pathlib import Path
 import numpy as np, pandas as pd, torch
 import matplotlib.pyplot as plt
@@ -25,12 +25,13 @@ from .weights import learn_weights, check_disjoint
 from .safe import safe_weights, refit_from, query_matrix
 from .evaluate import lds, per_group_lds, ResultsTable
 from .groundtruth import GroundTruth, GT_DIR, PresetTask
+from .store import config_hash, atomic_write
 from .plots import plot_lds_table, plot_group_lds, plot_block_function, plot_weights, plot_topk_gallery, figure_png
 
 # %% auto #0
-__all__ = ['CACHE_FORMAT', 'GROUPINGS', 'LEARN_FROM', 'cached', 'make_groups', 'generation_seeds', 'learn_source', 'RunSettings',
-           'model_file', 'TrainedModel', 'AuditRun', 'AuditResult', 'audit', 'reproduce_command', 'write_report',
-           'load_callable', 'CustomPreset', 'CustomTask', 'check_custom']
+__all__ = ['CACHE_FORMAT', 'GROUPINGS', 'LEARN_FROM', 'cached', 'settings_file', 'save_settings', 'make_groups',
+           'generation_seeds', 'learn_source', 'RunSettings', 'model_file', 'TrainedModel', 'AuditRun', 'AuditResult',
+           'audit', 'reproduce_command', 'write_report', 'load_callable', 'CustomPreset', 'CustomTask', 'check_custom']
 
 # %% ../nbs/10_audit.ipynb #679ed5b8
 CACHE_FORMAT = 'pwattr.cache/1'
@@ -110,8 +111,9 @@ def cached(path:Path, # file holding the stage's result
            compute, # () -> result, run when the file is missing
            desc:str='', # stage name for the log
            log=print, # where to report (None: silent)
+           settings=None, # what the result depends on (dict or dataclass): saved as JSON beside a computed result (`settings_file`)
           ):
-    "Load the stage's result from `path` (safely: no pickled code runs), or compute it and save it atomically"
+    "Load the stage's result from `path` (safely: no pickled code runs), or compute it and save it atomically with its settings beside it"
     path = Path(path)
     if path.exists():
         try:
@@ -124,8 +126,21 @@ def cached(path:Path, # file holding the stage's result
     path.parent.mkdir(parents=True, exist_ok=True)
     try: _save_cache(res, path)
     except TypeError as e: warnings.warn(f"{desc or path.name} is not cached: {e}")
+    if settings is not None: save_settings(settings, path)
     if log: log(f"[done {time.time() - t0:6.1f}s] {desc or path.name}")
     return res
+
+def settings_file(path:Path)->Path:
+    "The settings JSON beside a cached result: `model-s0.pt` -> `model-s0.json`"
+    return Path(path).with_suffix('.json')
+
+def save_settings(settings, # dict or dataclass of JSON-able values (others are written with str())
+                  path:Path, # the cached result they describe
+                 )->Path: # the JSON file written
+    "Write the settings a cached result depends on beside it, atomically (as kronfluence keeps its arguments beside factors and scores)"
+    d = asdict(settings) if is_dataclass(settings) else dict(settings)
+    atomic_write(settings_file(path), json.dumps(d, indent=1, default=str))
+    return settings_file(path)
 
 # %% ../nbs/10_audit.ipynb #a7e80364
 GROUPINGS = ('preset', 'tensor', 'module', 'block', 'function')
@@ -174,9 +189,7 @@ class RunSettings:
 
     def save(self, path:Path):
         "Write the settings as JSON (atomically)"
-        path = Path(path); tmp = path.with_name(path.name + f'.tmp{os.getpid()}')
-        try: tmp.write_text(json.dumps(asdict(self), indent=1)); os.replace(tmp, path)
-        finally: tmp.unlink(missing_ok=True)
+        atomic_write(path, json.dumps(asdict(self), indent=1))
 
     @classmethod
     def load(cls, path:Path)->RunSettings: return cls(**json.loads(Path(path).read_text()))
@@ -211,9 +224,8 @@ class TrainedModel:
     def state(self)->dict:
         "The final model's state, its checkpoints (step, lr, state) and the training history (cached)"
         if self._state is None:
-            self._state = cached(self.path, self._fit, self.desc, self.log)
-            js = self.path.with_suffix('.json')
-            if not js.exists(): self.settings.save(js)
+            self._state = cached(self.path, self._fit, self.desc, self.log, settings=self.settings)
+            if not settings_file(self.path).exists(): save_settings(self.settings, self.path)   # a model cached before settings were kept
         return self._state
 
     def model(self)->nn.Module:
@@ -230,10 +242,6 @@ def _learn_queries(test, exclude_ids, n:int, seed:int):
                                         "For a diffusion preset learn on generated samples (learn_from='generated').")
     g = np.random.default_rng(seed)
     return np.sort(g.choice(pool, min(n, len(pool)), replace=False))
-
-def _digest(*parts)->str:
-    "Short stable hash of JSON-able parts (settings, ids): part of a cache file's name"
-    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 def _ids_of(x)->list|None:
     "Query / example ids of a cached stage (Features, a list of them, or Contributions)"
@@ -268,6 +276,14 @@ class AuditRun:
         self._refits = {}
         if self.learn_from == 'test': self.learn_q   # an exhausted test split fails here, before any work
 
+    def stage_settings(self, stage:str, # the cached stage ('features', 'contributions', ...)
+                       **parts, # what else that stage depends on (method, split, ...)
+                      )->dict:
+        "What a cached stage depends on: the model's `RunSettings`, this run's settings and the stage's own parts (saved beside it)"
+        return dict(stage=stage, **asdict(self.trained_model.settings), grouping=self.grouping, proj_dim=self.proj_dim,
+                    kron_rank=self.kron_rank, learn_from=self.learn_from, n_learn=self.n_learn, gen_steps=self.gen_steps,
+                    K=self.K, journey_steps=self.journey_steps, n_eval=len(self.eval_q), **parts)
+
     def _sfx(self, ckpt:bool=False)->str:
         "File-name suffix for non-default seed / checkpoint count (the defaults keep the original names)"
         return (f'-s{self.seed}' if self.seed else '') + (f'-c{self.n_checkpoints}' if ckpt and self.n_checkpoints != 4 else '')
@@ -294,7 +310,8 @@ class AuditRun:
         f = lambda: generate_queries(self.model(), seeds, scheduler=self.p.scheduler(), steps=self.gen_steps,
                                      vocab=self.train.info, name=f'generated-{purpose}')
         return cached(self.cache / f'generated-{purpose}-n{n}-s{self.seed}-steps{self.gen_steps}.pt', f,
-                      f'generate {n} {purpose} queries ({self.gen_steps} DDIM steps)', self.log)
+                      f'generate {n} {purpose} queries ({self.gen_steps} DDIM steps)', self.log,
+                      self.stage_settings('generated', purpose=purpose, n=n))
 
     @cached_property
     def learn_q(self):
@@ -321,12 +338,12 @@ class AuditRun:
         d = self.split(split)
         return f'-gen{self.gen_steps}' if (getattr(d, 'info', None) or {}).get('generated') else ''
 
-    def _checked(self, path:Path, compute, desc:str, ids:list):
+    def _checked(self, path:Path, compute, desc:str, ids:list, settings=None):
         "`cached`, recomputing a file made for other examples (e.g. another n_learn or ground truth)"
-        res = cached(path, compute, desc, self.log)
+        res = cached(path, compute, desc, self.log, settings)
         if _ids_of(res) is not None and _ids_of(res) != list(ids):
             if self.log: self.log(f"stale cache {path.name} (other examples): recomputing")
-            path.unlink(); res = cached(path, compute, desc, self.log)
+            path.unlink(); res = cached(path, compute, desc, self.log, settings)
         return res
 
     def _projector(self): return Projector(self.proj_dim, kind='sparse', seed=self.seed) if self.proj_dim else None
@@ -344,15 +361,16 @@ class AuditRun:
             return featurize(model, fn, data, self.groups, self._projector(), batch_size=64, checkpoints=ckpts,
                              device=self.device, progress=self.progress)
         if kind == 'kron': return compute()  # full per-layer query gradients: quick to make, too big to keep
-        return self._checked(self.cache / f'features-{key}-{split}.pt', compute, f'features {kind} {out_name} {split}', data.ids)
+        return self._checked(self.cache / f'features-{key}-{split}.pt', compute, f'features {kind} {out_name} {split}', data.ids,
+                             self.stage_settings('features', kind=kind, output=out_name, split=split, n=len(data)))
 
     def diffusion_key(self, name:str, split:str)->str:
         "Everything a diffusion method's features of `split` depend on, hashed"
         side = 'train' if split == 'train' else 'query'
-        return _digest(name, side, self.grouping, self.proj_dim, self.K, self.seed, 'shared',
+        return config_hash([name, side, self.grouping, self.proj_dim, self.K, self.seed, 'shared',
                        self.n_checkpoints if name == 'tracin' else None,
                        self.journey_steps if name == 'journeytrak' and side == 'query' else None,
-                       self._gen_tag(split), self.split(split).ids)
+                       self._gen_tag(split), self.split(split).ids], n=12, compact=False)
 
     def diffusion_features(self, name:str, split:str):
         "Features of one split for diffusion method `name`, as `pwattr.recipes.diffusion_attribution` makes them (cached)"
@@ -364,7 +382,7 @@ class AuditRun:
                                       checkpoints=ckpts, journey_steps=self.journey_steps, device=self.device,
                                       progress=self.progress)
         return cached(self.cache / f'features-diffusion-{name}-{split}-{self.diffusion_key(name, split)}.pt', compute,
-                      f'features {name} {split}', self.log)
+                      f'features {name} {split}', self.log, self.stage_settings('features', method=name, split=split, n=len(data)))
 
     def contributions(self, name:str, # a method of `pwattr.recipes.RECIPES`
                       splits=('eval', 'learn'), # query splits to attribute
@@ -373,11 +391,12 @@ class AuditRun:
         "Fit method `name` on the training side and attribute the query splits (default: evaluation, learning)"
         r = recipe(name, self.p.domain); kind, oname = r.features, r.output_name(self.p)
         if kind == 'diffusion':
-            key = _digest([self.diffusion_key(name, s) for s in ('train', *splits)])
+            key = config_hash([[self.diffusion_key(name, s) for s in ('train', *splits)]], n=12, compact=False)
             def compute():
                 m = r.make(self).fit(self.diffusion_features(name, 'train'))
                 return tuple(m.contributions(self.diffusion_features(name, s)) for s in splits)
-            return cached(self.cache / f'contrib-diffusion-{name}-{key}.pt', compute, f'{name}: fit and attribute', self.log)
+            return cached(self.cache / f'contrib-diffusion-{name}-{key}.pt', compute, f'{name}: fit and attribute', self.log,
+                          self.stage_settings('contributions', method=name, splits=list(splits)))
         qs = [self.features(kind, oname, s) for s in splits]
         if damping_scale is not None and name != 'ekfac': raise ValueError(f"damping_scale applies to 'ekfac' only, not {name!r}")
         meth = r.make(self) if damping_scale is None else r.make(self, damping_scale=damping_scale)
@@ -386,15 +405,17 @@ class AuditRun:
             tag = ('' if tuple(splits) == ('eval', 'learn') else '-' + '-'.join(splits)) + ('' if damping_scale is None else f'-d{damping_scale:g}')
             c = self._checked(self.cache / f'contrib-{name}-{self.grouping}{self._sfx()}{self._gen_tag("learn")}{tag}.pt',
                               lambda: meth.contributions_streamed(self.model(), self.train, output_fn(oname), Features.cat(qs),
-                                                                  progress=self.progress), f'{name} (streamed)', ids)
+                                                                  progress=self.progress), f'{name} (streamed)', ids,
+                              self.stage_settings('contributions', method=name, output=oname, splits=list(splits), damping_scale=damping_scale))
             ends = np.cumsum([0] + [len(self.split(s)) for s in splits])
             return tuple(c[a:b] for a, b in zip(ends[:-1], ends[1:]))
-        key = _digest(name, oname, self.grouping, self.proj_dim, self.kron_rank, self.seed,
-                      self.n_checkpoints if kind == 'ckpt' else None, [self.split(s).ids for s in ('train', *splits)])
+        key = config_hash([name, oname, self.grouping, self.proj_dim, self.kron_rank, self.seed,
+                      self.n_checkpoints if kind == 'ckpt' else None, [self.split(s).ids for s in ('train', *splits)]], n=12, compact=False)
         def compute():  # the fit (e.g. a 10k x 10k kernel) is the slow part: keep its result
             meth.fit(self.features(kind, oname, 'train'), progress=self.progress)
             return tuple(meth.contributions(q, progress=self.progress) for q in qs)
-        return cached(self.cache / f'contrib-{name}-{key}.pt', compute, f'{name}: fit and attribute', self.log)
+        return cached(self.cache / f'contrib-{name}-{key}.pt', compute, f'{name}: fit and attribute', self.log,
+                      self.stage_settings('contributions', method=name, output=oname, splits=list(splits)))
 
     def refit(self, name:str):
         "(`KernelRefit`, split -> query features [Q, D]) of a global ridge-kernel method (TRAK, D-TRAK, DAS, JourneyTRAK); None for others"
@@ -430,7 +451,7 @@ class AuditRun:
             model = self.model()
             return fit_kron_factors(model, self.train, fisher_output_for(output_fn(LOSS[self.p.domain])), seed=self.seed,
                                     device=self.device, progress=self.progress)
-        return cached(self.cache / f'ekfac-factors{self._sfx()}.pt', compute, 'EK-FAC factors', self.log)
+        return cached(self.cache / f'ekfac-factors{self._sfx()}.pt', compute, 'EK-FAC factors', self.log, self.stage_settings('ekfac factors'))
 
 # %% ../nbs/10_audit.ipynb #5bdf45c6
 from .grouping import group_views   # block and function views of groups live with the groups (`pwattr.grouping`)
