@@ -64,6 +64,7 @@ def _encode(o):
     raise TypeError(f"a {cls.__module__}.{cls.__qualname__} cannot be cached safely (tensors, arrays, numbers, strings, "
                     "containers, DataFrames and pwattr's own result objects can)")
 
+# %% ../nbs/10_audit.ipynb #a5698967
 def _decode(o):
     "Inverse of `_encode`; rebuilds only pwattr's own classes (by name, without running any code of the file)"
     if isinstance(o, list): return [_decode(x) for x in o]
@@ -92,6 +93,7 @@ def _decode(o):
         obj = object.__new__(cls); obj.__dict__.update({k: _decode(v) for k, v in o['v'].items()}); return obj
     raise ValueError(f"unknown cache entry type {t!r}")
 
+# %% ../nbs/10_audit.ipynb #13b64db1
 def _save_cache(obj, path:Path):
     "Write `obj` atomically in the safe cache format (raises TypeError for what it cannot hold)"
     tree = {'format': CACHE_FORMAT, 'data': _encode(obj)}
@@ -99,6 +101,7 @@ def _save_cache(obj, path:Path):
     try: torch.save(tree, tmp); os.replace(tmp, path)
     finally: tmp.unlink(missing_ok=True)
 
+# %% ../nbs/10_audit.ipynb #2b0ccfc2
 def _load_cache(path:Path):
     "Read a file `_save_cache` wrote; never unpickles code (`weights_only=True`); ValueError if it is not such a file"
     try: tree = torch.load(path, weights_only=True, map_location='cpu')
@@ -107,6 +110,7 @@ def _load_cache(path:Path):
     try: return _decode(tree['data'])
     except (ValueError, TypeError, KeyError, AttributeError, ImportError) as e: raise ValueError(f"damaged cache entry: {e}") from None
 
+# %% ../nbs/10_audit.ipynb #c72c0bcd
 def cached(path:Path, # file holding the stage's result
            compute, # () -> result, run when the file is missing
            desc:str='', # stage name for the log
@@ -130,10 +134,12 @@ def cached(path:Path, # file holding the stage's result
     if log: log(f"[done {time.time() - t0:6.1f}s] {desc or path.name}")
     return res
 
+# %% ../nbs/10_audit.ipynb #9d753ea7
 def settings_file(path:Path)->Path:
     "The settings JSON beside a cached result: `model-s0.pt` -> `model-s0.json`"
     return Path(path).with_suffix('.json')
 
+# %% ../nbs/10_audit.ipynb #29220cf9
 def save_settings(settings, # dict or dataclass of JSON-able values (others are written with str())
                   path:Path, # the cached result they describe
                  )->Path: # the JSON file written
@@ -165,6 +171,7 @@ def generation_seeds(n:int, # samples
     if n > 50_000: raise ValueError(f"n={n}: at most 50,000 generated queries per purpose.")
     return [100_000 * seed + base[purpose] + i for i in range(n)]
 
+# %% ../nbs/10_audit.ipynb #2dd5e497
 LEARN_FROM = ('auto', 'test', 'generated')
 
 def learn_source(domain:str, # the preset's domain
@@ -243,6 +250,7 @@ def _learn_queries(test, exclude_ids, n:int, seed:int):
     g = np.random.default_rng(seed)
     return np.sort(g.choice(pool, min(n, len(pool)), replace=False))
 
+# %% ../nbs/10_audit.ipynb #05e3bba8
 def _ids_of(x)->list|None:
     "Query / example ids of a cached stage (Features, a list of them, or Contributions)"
     if isinstance(x, (list, tuple)): x = x[0] if len(x) else None
@@ -250,10 +258,12 @@ def _ids_of(x)->list|None:
     ids = getattr(x, 'ids', None)
     return None if ids is None else list(ids)
 
+# %% ../nbs/10_audit.ipynb #685b571c
 def _default_proj_dim(p:Preset)->int:
     "512 dims per group; 128 for a diffusion UNet (72 groups: a global TRAK kernel of 72 x 512 dims would not fit)"
     return 128 if p.domain == 'diffusion' else 512
 
+# %% ../nbs/10_audit.ipynb #129aa258
 class AuditRun:
     "The shared state of one audit: preset, data, model, groups, query splits and the cache directory"
     def __init__(self, preset:str|Preset, gt:GroundTruth, out:Path, grouping='preset', proj_dim=None, n_learn=100,
@@ -590,6 +600,7 @@ def _img(key:str, title:str, fig, out:Path, caption:str='', problems:dict|None=N
     return (f"<figure id='fig-{html.escape(key)}' style='width:{w}px'><img alt='{html.escape(title)}' width='{w}' "
             f"src='data:image/png;base64,{base64.b64encode(png).decode()}'>{cap}</figure>")
 
+# %% ../nbs/10_audit.ipynb #61e4414a
 def _cell(v, col:str)->str:
     "One table cell: numbers to 4 decimals, a negative gain marked"
     if isinstance(v, (float, np.floating, int, np.integer)) and not isinstance(v, bool):
@@ -598,6 +609,7 @@ def _cell(v, col:str)->str:
         return f"<td class='neg' title='negative gain: the learned weights do worse'>{txt} &#9660;</td>" if neg else f'<td>{txt}</td>'
     return f"<td class='l'>{html.escape(str(v))}</td>"
 
+# %% ../nbs/10_audit.ipynb #ad0013ba
 def _html_table(df:pd.DataFrame, index_name:str|None=None)->str:
     "A tidy HTML table: one header row (MultiIndex columns joined), the index as the first column"
     cols = [' '.join(str(x) for x in c if str(x)) if isinstance(c, tuple) else str(c) for c in df.columns]
@@ -606,6 +618,7 @@ def _html_table(df:pd.DataFrame, index_name:str|None=None)->str:
                    for i, r in zip(df.index, df.itertuples(index=False)))
     return f'<table><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>'
 
+# %% ../nbs/10_audit.ipynb #369f7385
 def reproduce_command(r:AuditResult)->str:
     "The console command that reruns this audit with its settings"
     st = r.settings
@@ -619,6 +632,7 @@ def reproduce_command(r:AuditResult)->str:
             ('journey_steps', st.get('journey_steps')), ('out', str(r.out))]
     return 'pwattr audit ' + ' '.join(f'--{k} {v}' for k, v in args if v is not None)
 
+# %% ../nbs/10_audit.ipynb #c13460ed
 def _gallery(c, q:int, train, qset, weighted, title:str, k:int=6):
     "Proponents without and with the weights applied, and opponents with them, of query q (captions: rank, score, id, class)"
     from pwattr.plots import topk_under, items_of, ids_of, item_labels, plot_gallery
@@ -636,6 +650,7 @@ def _gallery(c, q:int, train, qset, weighted, title:str, k:int=6):
     qitems = items_of(qset); ql = item_labels(qset, len(qitems))
     return plot_gallery(qitems[q], rows, caps, query_caption=f'query {qset.ids[q]}' + (f'\n{ql[q]}' if ql else ''), title=title)
 
+# %% ../nbs/10_audit.ipynb #f1d8fc24
 def write_report(r:AuditResult, run:AuditRun, n_gallery:int=3)->Path:
     "Write report.html, plots/*.png, results.json and weights/*.json into `r.out`"
     import datetime, pwattr
@@ -750,6 +765,7 @@ def _what(o)->str:
     if isinstance(o, (tuple, list)): return f"a {type(o).__name__} of {len(o)}: ({', '.join(type(x).__name__ for x in o[:4])})"
     return f"a {type(o).__name__}"
 
+# %% ../nbs/10_audit.ipynb #96779828
 def _accepts(f, names)->set:
     "Which of `names` `f` takes as keyword arguments (all of them if it has **kwargs)"
     import inspect
@@ -758,6 +774,7 @@ def _accepts(f, names)->set:
     if any(p.kind == p.VAR_KEYWORD for p in ps.values()): return set(names)
     return {n for n in names if n in ps and ps[n].kind in (ps[n].POSITIONAL_OR_KEYWORD, ps[n].KEYWORD_ONLY)}
 
+# %% ../nbs/10_audit.ipynb #0f8d8aeb
 def _source_hash(*fns)->str:
     "Hash of the source files that define `fns`: a cache made by an older version of your module is not reused"
     import inspect
@@ -767,6 +784,7 @@ def _source_hash(*fns)->str:
         except (TypeError, OSError): h.update(getattr(f, '__qualname__', repr(f)).encode())
     return h.hexdigest()[:16]
 
+# %% ../nbs/10_audit.ipynb #3f480dbe
 class CustomPreset(Preset):
     "A `Preset` made of your own functions: `make_model(seed)`, `make_data() -> (train, test)` and `train_fn(model, train, ...)`"
     def __init__(self, model:str, # 'module:function': seed -> a freshly initialised nn.Module
@@ -836,10 +854,12 @@ class CustomPreset(Preset):
         return run_groundtruth(task.train_fn, task.output_fn, n, batch, m, 0.5, 1, out_path, workers, seed,
                                None, kind, qids, chash, meta, **kw)
 
+# %% ../nbs/10_audit.ipynb #d63773db
 class CustomTask(PresetTask):
     "`PresetTask` of a `CustomPreset`: picklable (worker processes import your module by name)"
     def _get(self): return self.preset
 
+# %% ../nbs/10_audit.ipynb #ea955af0
 def check_custom(p:CustomPreset, seed:int=0)->None:
     "Call each of your functions once on a small input: a one-line ValueError naming the option whose function misbehaves"
     train, test = p.load(); model = p.make_model(seed).eval(); b = test[torch.arange(2)].batch()
