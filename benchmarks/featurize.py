@@ -16,6 +16,10 @@ alternately (`--repeats` runs per side, A B C / C B A / ..., medians), on the sa
   sparse/group  pwattr's default: sparse JL projection (nnz=4) of each group, `--dims` total dims split over the groups
   dense/group   dense Rademacher projection of each group, same dims
   dense/whole   dense Rademacher projection of the whole gradient (one group), `--dims` dims: the same work as traker
+  kron/group    pwattr KronProjector per group, same dims: a Kronecker-structured projection made from layer inputs and
+                output gradients (one batched backward with hooks), no per-example gradient formed (a different matrix: its
+                LDS cost is measured by benchmarks/featurize_lds.py)
+  kron/whole    KronProjector over the whole gradient (one group), `--dims` dims: the same dims and output as traker's
   traker        traker 0.3.2 (classification presets: image_classification margin task), BasicProjector Rademacher over
                 the whole gradient to the same dims, with block_size = dims so it draws its matrix once and keeps it
 Every side builds its matrix in an untimed warm-up run inside its peak-memory window (peak RSS above the process before
@@ -31,7 +35,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from pwattr.grouping import GroupSpec
-from pwattr.features import featurize, Projector, output_fn
+from pwattr.features import featurize, Projector, KronProjector, output_fn
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _bench import Bench, Peak, rss, median
 
@@ -208,6 +212,7 @@ def main():
     ap.add_argument('--kill-at', type=float, default=0.4, help='fraction of chunks recorded when the store run is killed')
     ap.add_argument('--store-dir', default=None, help='folder for the store run (default: a temporary folder)')
     ap.add_argument('--keep', action='store_true', help='keep the store run\'s folder')
+    ap.add_argument('--record', default='featurize', help='name of the JSON record under benchmarks/results/')
     ap.add_argument('--_store_worker', default=None, help=argparse.SUPPRESS)
     ap.add_argument('--_timed', action='store_true', help=argparse.SUPPRESS)
     a = ap.parse_args()
@@ -219,7 +224,7 @@ def main():
         return store_run(a)
     have_trak = importlib.util.find_spec('trak') is not None
     torch.set_num_threads(int(os.environ.get('OMP_NUM_THREADS', torch.get_num_threads())))
-    B = Bench('featurize', vars(a))
+    B = Bench(a.record, vars(a))
     B.note(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {a.device}; traker "
            f"{'found' if have_trak else 'missing: peer missing (pip install -e .[peers])'}; {a.repeats} alternated repeats per side, "
            "medians; every side builds its projection matrix in an untimed warm-up inside its peak-memory window")
@@ -235,11 +240,15 @@ def main():
         sides = {'grads': lambda: grads_only(model, out, data, groups, a.batch, a.device),
                  'sparse/group': pw_side(model, out, data, groups, Projector(per, 'sparse', seed=0), a.batch, a.device),
                  'dense/group': pw_side(model, out, data, groups, Projector(per, 'rademacher', seed=0), a.batch, a.device),
-                 'dense/whole': pw_side(model, out, data, whole, Projector(D, 'rademacher', seed=0), a.batch, a.device)}
+                 'dense/whole': pw_side(model, out, data, whole, Projector(D, 'rademacher', seed=0), a.batch, a.device),
+                 'kron/group': pw_side(model, out, data, groups, KronProjector(per, seed=0), a.batch, a.device),
+                 'kron/whole': pw_side(model, out, data, whole, KronProjector(D, seed=0), a.batch, a.device)}
         what = {'grads': 'per-example gradients alone, one batch at a time (the baseline)',
                 'sparse/group': f'pwattr default: sparse JL (nnz 4) per group, {per} dims each',
                 'dense/group': f'pwattr: dense Rademacher per group, {per} dims each',
                 'dense/whole': f'pwattr: dense Rademacher over the whole gradient (one group), {D} dims: traker\'s work',
+                'kron/group': f'pwattr KronProjector per group, {per} dims each (from layer inputs x output gradients)',
+                'kron/whole': f'pwattr KronProjector over the whole gradient (one group), {D} dims',
                 'traker': f'traker 0.3.2: BasicProjector Rademacher over the whole gradient, {D} dims, matrix kept'}
         tk = None
         gb = groups.n_params * D * 4 / 2**30
@@ -271,6 +280,16 @@ def main():
                 differs='sparse/group = grads + per-group sparse projection + the [N, D] result')
         if 'dense/whole' in res: B.ratio(f'{name} dense/whole / grads', res, 'dense/whole', 'grads', same_work=False,
                 differs='dense/whole = grads + whole-gradient dense projection')
+        KD = ('Kronecker-structured random matrix (hooks + one batched backward; per-example gradients formed only for parameters '
+              'outside Linear/Conv/Embedding/norm layers)')
+        if 'kron/group' in res: B.ratio(f'{name} kron/group / grads (projection overhead, Kronecker route)', res, 'kron/group', 'grads',
+                same_work=False, differs=f'kron/group: {KD}, {per} dims per group; grads: vmap per-example gradients alone')
+        if 'kron/whole' in res:
+            other = 'traker' if 'traker' in res else 'dense/whole' if 'dense/whole' in res else None
+            if other: B.ratio(f'{name} {other} / pwattr kron/whole', res, other, 'kron/whole', same_work=False,
+                differs=f'same dims ({D}) over the whole gradient and same output function (the issue\'s "same projection work"), '
+                        f'but a different matrix: {other} dense Rademacher, kron/whole {KD}; LDS cost: benchmarks/featurize_lds.py'
+                        + ('' if other == 'traker' else '; traker has no task for this preset: pwattr dense/whole runs at parity with it'))
         if 'traker' in res:
             B.ratio(f'{name} traker / pwattr dense/whole', res, 'traker', 'dense/whole', same_work=True,
                     differs=f'same projection work ({D} Rademacher dims over the whole gradient, margin output); '

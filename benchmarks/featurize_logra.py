@@ -6,8 +6,9 @@
 Sides, alternated (--repeats each, medians, through _bench): `grads` (per-example gradients alone, as featurize.py's
 baseline), `sparse/group` (pwattr's default featurize: sparse JL per group) and `logra` (kron_features with rank r per
 layer: r x r dims per Linear/Conv layer, parameters of other layers not covered). The LoGRA features are a different
-projection (Kronecker-structured), so this is a speed measurement of the route, not the same features; its effect on LDS
-is not measured here.
+projection (Kronecker-structured), so this is a speed measurement of the route, not the same features. The same identity as
+a drop-in projector for `featurize` (every layer kind, the same dims per group) is `pwattr.features.KronProjector`: its speed
+is in featurize.py (kron/group, kron/whole) and its LDS cost in featurize_lds.py.
 """
 import argparse, os, sys, warnings
 from pathlib import Path

@@ -444,9 +444,11 @@ class AuditRun:
         "The paper's weights of method `name`, and the safe weights the gate makes of them (see `pwattr.safe`)"
         paper = learn_weights(learn[name], k=k, lam=lam, query_ids=list(self.learn_q.ids))
         refs = {r: c.S.sum(-1) for r, c in learn.items() if r != name}
+        curved = lambda r: recipe(r, self.p.domain).curvature
+        curv = None if curved(name) else {r: v for r, v in refs.items() if curved(r)}   # first-order: learn the missing scale
         rf = self.refit(name)
         return paper, safe_weights(learn[name], refs, rf and rf[0], rf and rf[1]('learn'), k=k, lam=lam, paper=paper,
-                                   progress=self.progress)
+                                   curvature_refs=curv, progress=self.progress)
 
     def weighted_scores(self, name:str, c:Contributions, # the method and its contributions of `split`
                         w, # GroupWeights (or weights [M], applied as S @ w)

@@ -21,7 +21,7 @@ from .models import next_token_nll, reduce_tokens
 __all__ = ['OUTPUT_FNS', 'OutputFn', 'CrossEntropy', 'Margin', 'LMLoss', 'ddpm_alphas_cumprod', 'DiffusionLoss', 'DTRAKOutput',
            'DASOutput', 'output_fn', 'vmap_friendly', 'attribution_mode', 'per_example_grads',
            'timestep_normalized_grads', 'group_grads', 'Projector', 'Features', 'Examples', 'model_fingerprint',
-           'featurize', 'load_features']
+           'featurize', 'load_features', 'KronProjector']
 
 # %% ../nbs/03_features.ipynb #ddf98e3e
 def _logits(out):
@@ -667,7 +667,7 @@ def featurize(model:nn.Module, # the model (a template when `checkpoints` is giv
               out_fn:OutputFn|str, # output function or its name ('margin', 'lm_loss', 'diffusion_loss', ...)
               data, # ExampleSet, dict of tensors, torch Dataset, DataLoader or HF datasets.Dataset (see `Examples`)
               groups:GroupSpec|None=None, # attributed parameter groups; None: `GroupSpec.preset(model)`
-              projector:Projector|None=None, # None: raw per-group gradients
+              projector:Projector|None=None, # Projector, KronProjector, or None: raw per-group gradients
               batch_size:int=32, # examples per batch (= per stored chunk)
               chunk_size:int|None=None, # examples per vmap call inside a batch (memory); None: the batch
               checkpoints:list|None=None, # state_dicts or (step, lr, state_dict): one Features each (TracInCP)
@@ -749,9 +749,14 @@ def _featurize_eval(model, out_fn, data, groups, projector, batch_size, chunk_si
         idx = torch.arange(c * batch_size, min(N, (c + 1) * batch_size))
         bid = [ids[i] for i in idx.tolist()]
         b = out_fn.prepare({k: v.to(dev) for k, v in get(idx).items()}, bid)
-        if getattr(out_fn, 'normalize', False): g, out = timestep_normalized_grads(model, out_fn, b, groups, chunk_size, method)
-        else: g, out = per_example_grads(model, out_fn, b, groups, chunk_size, method)
-        blocks = projector.project(g, groups) if projector is not None else group_grads(g, groups)
+        if hasattr(projector, 'project_batch'):      # a projector that makes the projected gradients itself (KronProjector)
+            if getattr(out_fn, 'normalize', False): raise ValueError(f"{type(projector).__name__} cannot L2-normalise per-timestep "
+                "gradients (DAS): it never forms them. Use Projector(...) for DASOutput(normalize=True).")
+            blocks, out = projector.project_batch(model, out_fn, b, groups)
+        else:
+            if getattr(out_fn, 'normalize', False): g, out = timestep_normalized_grads(model, out_fn, b, groups, chunk_size, method)
+            else: g, out = per_example_grads(model, out_fn, b, groups, chunk_size, method)
+            blocks = projector.project(g, groups) if projector is not None else group_grads(g, groups)
         x = torch.cat([blk.float() for blk in blocks], 1).to(tdt).cpu()
         ex = {}
         if 'out' in extras: ex['out'] = out.float().cpu()
@@ -801,3 +806,224 @@ def load_features(path:str|Path, # a store, a folder of numbered stores, or a fo
     if (p / 'manifest.json').exists(): return Features(**FeatureStore(p).read(mmap))
     if (p / 'features.json').exists(): return Features.load(p, mmap)
     return [Features(**s.read(mmap)) for s in numbered_stores(p)]
+
+# %% ../nbs/03_features.ipynb #1ac288b6
+def _layer_kind(m:nn.Module)->str|None:
+    "'linear', 'conv1d' (GPT-2's Conv1D), 'conv2d' (groups=1), 'embedding' or None (as `pwattr.kronecker.layer_kind`, which imports this module)"
+    if isinstance(m, nn.Linear): return 'linear'
+    if isinstance(m, nn.Conv2d): return 'conv2d' if m.groups == 1 else None
+    if isinstance(m, nn.Embedding): return 'embedding' if m.max_norm is None else None
+    if type(m).__name__ == 'Conv1D' and hasattr(m, 'nf') and getattr(m, 'weight', None) is not None and m.weight.dim() == 2: return 'conv1d'
+    return None
+
+def _layer_rows(m:nn.Module, x:Tensor)->Tensor:
+    "A Linear / Conv1D / Conv2d layer's input as [rows, T, n_in] (a Conv2d's unfolded patches; no bias column; `kronecker.layer_input` appends it)"
+    if isinstance(m, nn.Conv2d):
+        pad = m.padding
+        if isinstance(pad, str) or m.padding_mode != 'zeros':
+            x, pad = F.pad(x, m._reversed_padding_repeated_twice, mode='constant' if m.padding_mode == 'zeros' else m.padding_mode), 0
+        return F.unfold(x, m.kernel_size, dilation=m.dilation, padding=pad, stride=m.stride).transpose(1, 2)
+    return x.reshape(x.shape[0], -1, x.shape[-1])
+
+def _out_rows(m:nn.Module, g:Tensor)->Tensor:
+    "The gradient of a layer's output as [rows, T, n_out] (also `kronecker.output_grad`)"
+    if isinstance(m, nn.Conv2d): return g.reshape(g.shape[0], g.shape[1], -1).transpose(1, 2)
+    return g.reshape(g.shape[0], -1, g.shape[-1])
+
+def _layer_dims(m:nn.Module, kind:str)->tuple:
+    "(n_out, n_in) of the layer's weight in Linear layout (no bias column)"
+    w = m.weight
+    if kind == 'conv1d': return w.shape[1], w.shape[0]
+    return w.shape[0], w[0].numel()
+
+def _kron_ranks(n_out:int, n_in:int, k:int)->tuple:
+    "(r_out, r_in) of a Kronecker projection of an [n_out, n_in] gradient to k dims: r_out * r_in >= k, near square, neither above its side"
+    if n_out * n_in <= k: return n_out, n_in
+    r = math.isqrt(k - 1) + 1                                        # ceil(sqrt(k))
+    if n_out < r: return n_out, min(n_in, -(-k // n_out))
+    if n_in < r: return min(n_out, -(-k // n_in)), n_in
+    return r, -(-k // r)
+
+def _rows_per_example(t:Tensor, # [rows, T, n]: a layer's rows, B examples x the calls' copies (diffusion: K timesteps each)
+                      B:int)->Tensor: # [B, rows // B * T, n]
+    "A layer's rows grouped per example: rows beyond B are consecutive copies of each example (as `repeat_interleave` makes them)"
+    if t.shape[0] == B: return t
+    if t.shape[0] % B: raise ValueError(f"A layer saw {t.shape[0]} rows for {B} examples: KronProjector needs each example's "
+                                        "rows to be consecutive copies (repeat_interleave); use Projector for this model.")
+    return t.reshape(B, -1, t.shape[-1])
+
+_NORMS = (nn.LayerNorm, nn.GroupNorm, nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+
+class KronProjector:
+    "Seeded Kronecker-structured projection of each group's gradient, computed from layer inputs and output gradients (never the per-example gradient)"
+    kind = 'kronecker'
+    def __init__(self, dims:int|dict|list=1024, # output dims per group: one int for all, or per group (dict / list)
+                 seed:int=0, # same seed -> same matrices in any process
+                 oversample:int=1, # each layer's Kronecker projection has oversample x k dims, count-sketched to k (1: its first k)
+                ):
+        self.dims, self.seed, self.oversample = dims, seed, oversample
+        self._dense = Projector(dims, 'gaussian', seed=seed)   # norm-layer and other parameters: a dense Gaussian projection
+        self._P, self._plans, self._clone = {}, weakref.WeakKeyDictionary(), weakref.WeakKeyDictionary()   # model -> ...
+
+    def dims_for(self, groups:GroupSpec)->list: return self._dense.dims_for(groups)
+    def config(self)->dict: return {'kind': self.kind, 'seed': self.seed, 'dims': self.dims, **({'oversample': self.oversample} if self.oversample != 1 else {})}
+
+    def sketch(self, name:str, m:int, k:int, device=None)->tuple:
+        "(buckets [m], signs [m]) of the seeded count-sketch from a layer's m Kronecker dims to its group's k (None: m <= k, kept as they are)"
+        if m <= k: return None
+        key = ('sketch', name, m, k, str(device))
+        if key not in self._P:
+            g = torch.Generator().manual_seed(_stable_int(self.seed, 'kronecker-sketch', name, m, k))
+            self._P[key] = (torch.randint(0, k, (m,), generator=g).to(device), (torch.randint(0, 2, (m,), generator=g) * 2 - 1).float().to(device))
+        return self._P[key]
+    def __repr__(self): return f"KronProjector({self.config()})"
+
+    def factor(self, name:str, # the weight's parameter name (a bias row: the bias's name)
+               side:str, # 'out' | 'in'
+               n:int, r:int, device=None)->Tensor:
+        "The seeded N(0, 1) factor [n, r] of one side of a layer's projection"
+        key = (name, side, n, r, str(device))
+        if key not in self._P:
+            g = torch.Generator().manual_seed(_stable_int(self.seed, 'kronecker', name, side, n, r))
+            self._P[key] = torch.randn(n, r, generator=g).to(device)
+        return self._P[key]
+
+    def _plan(self, model, groups):
+        "Per group: the captured layers (weight/bias columns), the norm parameters, and the parameters left to vmap"
+        plans = self._plans.setdefault(model, {}); key = groups.fingerprint()
+        if key in plans: return plans[key]
+        names = {id(p): n for n, p in model.named_parameters()}
+        owner = {p: j for j, ps in enumerate(groups.groups.values()) for p in ps}
+        layers, norms, done = [], [], set()
+        for mname, m in model.named_modules():
+            w, b = getattr(m, 'weight', None), getattr(m, 'bias', None)
+            if not isinstance(w, nn.Parameter): continue
+            wn, bn = names.get(id(w)), names.get(id(b)) if isinstance(b, nn.Parameter) else None
+            kind = _layer_kind(m)
+            if isinstance(m, _NORMS) and (not isinstance(m, nn.modules.batchnorm._BatchNorm) or m.track_running_stats):
+                ps = [(n, t) for n, t in (('weight', wn), ('bias', bn)) if t in owner]
+                if ps: norms.append((mname, m, ps)); done.update(t for _, t in ps)
+                continue
+            if kind is None: continue
+            n_out, n_in = _layer_dims(m, kind)
+            for j in {owner[t] for t in (wn, bn) if t in owner}:         # one entry per group holding this layer's parameters
+                cols = [(t, c) for t, c in ((wn, n_in), (bn, 1)) if t in owner and owner[t] == j]
+                layers.append((mname, m, kind, j, wn, cols, n_out))
+                done.update(t for t, _ in cols)
+        rest = [p for p in groups.params if p not in done]
+        plans[key] = (layers, norms, rest, owner)
+        return plans[key]
+
+    def _capture(self, model, out_fn, batch, mods, clone):
+        "One batched forward and backward: each module call's input and output gradient; `changed`: an output was modified in place"
+        ins, outs, d = {n: [] for n in mods}, {n: [] for n in mods}, {}
+        def hook(name):
+            def f(m, inp, o):
+                if clone and o.requires_grad: o = o.clone()
+                ins[name].append(inp[0].detach()); i = len(outs[name]); outs[name].append((o, o._version))
+                if o.requires_grad: o.register_hook(lambda g: d.__setitem__((name, i), g.detach()))
+                return o
+            return f
+        hs = [m.register_forward_hook(hook(n)) for n, m in mods.items()]
+        try:
+            with torch.enable_grad():
+                out = out_fn(model, batch)
+                if out.dim() != 1: raise ValueError(f"the output function must give one scalar per example [B], got shape {tuple(out.shape)}")
+                keys = [(n, i) for n in mods for i, (o, _) in enumerate(outs[n]) if o.requires_grad]
+                changed = any(o._version != v for n in mods for o, v in outs[n])
+                if keys and not changed:
+                    gs = torch.autograd.grad(out.sum(), [outs[n][i][0] for n, i in keys], allow_unused=True)
+                    for key, g in zip(keys, gs):
+                        if key not in d and g is not None: d[key] = g.detach()
+                elif keys and clone: torch.autograd.grad(out.sum(), [p for p in model.parameters() if p.requires_grad], allow_unused=True)
+        finally:
+            for h in hs: h.remove()
+        return out, ins, d, changed
+
+    def _in_factor(self, cols, r_in, dev):
+        "P_in of the captured columns: the weight's rows then the bias row, each drawn from its own parameter's seed"
+        return torch.cat([self.factor(t, 'in', c, r_in, dev) for t, c in cols])
+
+    def project_batch(self, model:nn.Module, # the model, in eval mode (featurize sees to it)
+                      out_fn:OutputFn, # per-example scalar output
+                      batch:dict, # one `prepare`d batch
+                      groups:GroupSpec, # attributed parameters
+                     )->tuple: # ([B, k_j] per group, outputs [B])
+        "Projected per-example gradients of one batch: one batched forward and backward with hooks (+ vmap for parameters of other layers)"
+        layers, norms, rest, owner = self._plan(model, groups)
+        ks = self.dims_for(groups)
+        mods = {n: m for n, m, *_ in layers}; mods.update({n: m for n, m, _ in norms})
+        for clone in (self._clone.get(model, False), True):
+            out, ins, d, changed = self._capture(model, out_fn, batch, mods, clone)
+            if not changed or clone: break
+            self._clone[model] = True    # an output was changed in place (e.g. ReLU(inplace=True)): capture copies of the outputs
+        B, dev = out.shape[0], out.device
+        res = [torch.zeros(B, k, device=dev) for k in ks]
+        for mname, m, kind, j, wn, cols, n_out in layers:
+            k, n_in = ks[j], sum(c for _, c in cols)
+            r_out, r_in = _kron_ranks(n_out, n_in, k * self.oversample); mm = min(r_out * r_in, k * self.oversample)
+            P_out, P_in = self.factor(wn, 'out', n_out, r_out, dev), self._in_factor(cols, r_in, dev)
+            y = 0
+            for i, x in enumerate(ins[mname]):
+                if (mname, i) not in d: continue
+                if kind == 'embedding':                                   # a one-hot input: P_out's rows of the ids
+                    ids = x.reshape(x.shape[0], -1)
+                    po = P_out[ids] * (ids != m.padding_idx)[..., None] if m.padding_idx is not None else P_out[ids]
+                    dd = d[(mname, i)].reshape(ids.shape + (-1,))
+                    y = y + torch.einsum('bto,bti->boi', _rows_per_example(po, B), _rows_per_example(dd.float() @ P_in, B))
+                    continue
+                a = _layer_rows(m, x) if cols[0][0] == wn else None          # [rows, T, n_in]
+                if cols[-1][0] != wn:                                         # the bias: an input column of ones
+                    one = (a if a is not None else _out_rows(m, d[(mname, i)]))[..., :1]
+                    a = torch.ones_like(one) if a is None else torch.cat([a, torch.ones_like(one)], -1)
+                dd = _out_rows(m, d[(mname, i)])
+                y = y + torch.einsum('bto,bti->boi', _rows_per_example(dd.float() @ P_out, B), _rows_per_example(a.float() @ P_in, B))
+            if not torch.is_tensor(y): continue
+            y = y.reshape(B, -1)[:, :mm] / math.sqrt(mm); sk = self.sketch(wn, mm, k, dev)
+            if sk is None: res[j][:, :mm] += y
+            else: res[j].index_add_(1, sk[0], y * sk[1])
+        for mname, m, ps in norms:
+            for i, x in enumerate(ins[mname]):
+                if (mname, i) not in d: continue
+                dd = d[(mname, i)]
+                if isinstance(m, nn.LayerNorm): xh = F.layer_norm(x, m.normalized_shape, eps=m.eps); red = tuple(range(1, x.dim() - len(m.normalized_shape)))
+                elif isinstance(m, nn.GroupNorm): xh = F.group_norm(x, m.num_groups, eps=m.eps); red = tuple(range(2, x.dim()))
+                else:
+                    sh = (1, -1) + (1,) * (x.dim() - 2)
+                    xh = (x - m.running_mean.reshape(sh)) / torch.sqrt(m.running_var.reshape(sh) + m.eps); red = tuple(range(2, x.dim()))
+                for side, t in ps:
+                    gi = dd * xh if side == 'weight' else dd
+                    gi = _rows_per_example((gi.sum(red) if red else gi).reshape(x.shape[0], 1, -1), B).sum(1)
+                    res[owner[t]] += self._dense._project_tensor(t, gi, ks[owner[t]])
+        if rest:
+            sub = GroupSpec({'rest': rest}, model=model)
+            g, _ = _per_example_grads(model, out_fn, batch, sub, None, 'auto')
+            for t in rest: res[owner[t]] += self._dense._project_tensor(t, g[t], ks[owner[t]])
+        return res, out.detach()
+
+    def matrix(self, model:nn.Module, groups:GroupSpec, j:int|str, # the group (index or name)
+              )->Tensor: # [size_j, k_j], rows in `group_grads` order (each tensor flattened in its own shape)
+        "The dense matrix this projection applies to group j's per-example gradient (for checks: small models only)"
+        layers, norms, rest, owner = self._plan(model, groups)
+        j = j if isinstance(j, int) else groups.names.index(j)
+        ps, k = list(groups.groups.values())[j], self.dims_for(groups)[j]
+        sizes = {p: t.numel() for p, t in groups.parameters(model).items()}
+        rows = {p: torch.zeros(sizes[p], k) for p in ps}
+        seen = set()
+        for mname, m, kind, jj, wn, cols, n_out in layers:
+            if jj != j or (wn, tuple(cols)) in seen: continue      # a tied weight (embedding and output layer): its matrix once
+            seen.add((wn, tuple(cols)))
+            n_in = sum(c for _, c in cols); r_out, r_in = _kron_ranks(n_out, n_in, k * self.oversample)
+            mm = min(r_out * r_in, k * self.oversample)
+            M = torch.kron(self.factor(wn, 'out', n_out, r_out), self._in_factor(cols, r_in, None))[:, :mm] / math.sqrt(mm)
+            sk = self.sketch(wn, mm, k)
+            if sk is not None: M = M * sk[1] @ torch.zeros(mm, k).index_put_((torch.arange(mm), sk[0]), torch.ones(mm))
+            mk = M.shape[1]; M = M.reshape(n_out, n_in, mk); c0 = 0
+            for t, c in cols:       # Linear layout [n_out, n_in] -> the parameter's own layout
+                Mt = M[:, c0:c0 + c]; c0 += c
+                if t != wn: Mt = Mt[:, 0]                                   # bias [n_out]
+                elif kind == 'conv1d': Mt = Mt.transpose(0, 1)              # GPT-2 Conv1D weight is [n_in, n_out]
+                rows[t][:, :mk] += Mt.reshape(-1, mk)
+        for t in ps:
+            if any(t == x for *_, pl in norms for _, x in pl) or t in rest: rows[t] += self._dense.matrix(t, sizes[t], k)
+        return torch.cat([rows[p] for p in ps])

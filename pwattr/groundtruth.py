@@ -4,18 +4,17 @@
 
 # %% ../nbs/08b_groundtruth.ipynb #1b0d2725
 from __future__ import annotations
-import argparse, hashlib, io, json, os, signal, sys, tempfile, threading, time, warnings, zipfile
-import multiprocessing as mp
-from concurrent.futures import ProcessPoolExecutor, as_completed
+import argparse, contextlib, hashlib, importlib, io, json, os, pickle, signal, sys, tempfile, threading, time, traceback, warnings, zipfile
+import multiprocessing as mp, multiprocessing.connection
 from dataclasses import dataclass, field
 from pathlib import Path
 import numpy as np, torch
 from .diffusion import DiffusionLDSLoss
 
 # %% auto #0
-__all__ = ['GT_DIR', 'GroundTruth', 'make_subsets', 'model_seeds', 'run_groundtruth', 'merge_work', 'RidgeTask', 'PresetTask',
-           'preset_task', 'groundtruth_for_preset', 'DiffusionPresetTask', 'diffusion_groundtruth', 'check_device',
-           'check_writable', 'main']
+__all__ = ['GT_DIR', 'GroundTruth', 'make_subsets', 'model_seeds', 'WorkerDied', 'choose_start_method', 'run_groundtruth',
+           'merge_work', 'RidgeTask', 'PresetTask', 'preset_task', 'groundtruth_for_preset', 'DiffusionPresetTask',
+           'diffusion_groundtruth', 'check_device', 'check_writable', 'main']
 
 # %% ../nbs/08b_groundtruth.ipynb #9e9aea04
 def _write_npz(path:Path, arrays:dict):
@@ -186,10 +185,10 @@ def _init_worker(train_fn, output_fn, queries, workdir, threads, parent=None):
 def _job_file(workdir, j, r): return Path(workdir) / f'model_{j:05d}_{r:03d}.json'
 
 def _run_job(job):
-    "Train model (j, r) on its subset, measure the queries, write the result file atomically"
+    "Train model (j, r) on its subset (`idx`: numpy or torch indices), measure the queries, write the result file atomically"
     j, r, idx, seed = job
     t0 = time.perf_counter()
-    model = _W['train_fn'](idx, int(seed))
+    model = _W['train_fn'](torch.as_tensor(idx), int(seed))
     with torch.no_grad(): out = _W['output_fn'](model, _W['queries'])
     out = torch.as_tensor(out).detach().reshape(-1).to('cpu', torch.float32).tolist()
     if not all(np.isfinite(out)): raise FloatingPointError(f"model {j}/{r} (seed {seed}) gave non-finite outputs")
@@ -201,6 +200,117 @@ def _dist_info():
     "(rank, world size) from torchrun's environment, (0, 1) otherwise"
     return int(os.environ.get('RANK', 0)), int(os.environ.get('WORLD_SIZE', 1))
 
+# %% ../nbs/08b_groundtruth.ipynb #321f493a
+class WorkerDied(RuntimeError):
+    "A ground-truth worker process ended while it was training a model (killed, out of memory, crashed)"
+
+def choose_start_method(method:str|None=None, # None: 'fork' where it is safe, else 'spawn'; or 'fork' / 'spawn' / 'forkserver'
+                        threads:int=1, # torch threads per worker
+                       )->str: # a `multiprocessing` start method
+    "How the worker processes start: forked on Linux when each uses one thread and CUDA is not initialised here, else spawned"
+    if method is None:
+        fork_ok = (sys.platform.startswith('linux') and 'fork' in mp.get_all_start_methods() and threads == 1
+                   and not torch.cuda.is_initialized())
+        return 'fork' if fork_ok else 'spawn'
+    if method not in mp.get_all_start_methods():
+        raise ValueError(f"start_method={method!r} is not available here: use one of {mp.get_all_start_methods()}, or None to let pwattr choose")
+    if method == 'fork' and torch.cuda.is_initialized():
+        raise ValueError("start_method='fork': CUDA is already initialised in this process and a forked worker cannot use it; "
+                         "use 'spawn' (or None, which chooses it)")
+    if method == 'fork' and threads > 1:
+        warnings.warn(f"start_method='fork' with threads={threads}: a forked worker's OpenMP threads hang if this process has "
+                      "already run torch on several threads; use 'spawn' (or None, which chooses it) unless it has not")
+    return method
+
+# %% ../nbs/08b_groundtruth.ipynb #19a84b82
+def _worker_main(conn, init:tuple):
+    "A worker's loop: set up once (`_init_worker`), then train each job it is handed and send back the result, until None"
+    signal.signal(signal.SIGINT, signal.SIG_IGN)      # Ctrl-C is for the parent, which stops the workers
+    _init_worker(*init)
+    conn.send(('ready', os.getpid()))
+    while True:
+        try: job = conn.recv()
+        except (EOFError, OSError): return            # the parent closed the pipe: nothing more to do
+        if job is None: return
+        try: conn.send(('ok', _run_job(job)))
+        except Exception as e:
+            tb = traceback.format_exc()
+            try: pickle.loads(pickle.dumps(e)); err = e  # the exception itself where it survives the pipe
+            except Exception: err = RuntimeError(f"{type(e).__name__}: {e}")
+            conn.send(('error', err, tb))
+
+def _died(p, job, workdir, resumable:bool, started:bool=True)->str:
+    "What to tell the user when worker `p` ended while training `job`"
+    j, r, _, seed = job; code = p.exitcode
+    how = (f"was killed by {signal.Signals(-code).name}" if code is not None and code < 0 else f"exited with code {code}")
+    if not started:
+        return (f"worker process {p.pid} {how} before it could start (its error is printed above): spawned workers must "
+                "unpickle train_fn / output_fn, so define them in an importable module, not in __main__ or a notebook")
+    why = ' (often the out-of-memory killer: try fewer workers)' if code == -signal.SIGKILL else ''
+    then = (f"the models finished so far are kept in {workdir}: run the same call again to resume" if resumable
+            else "pass out_path to keep the finished models and resume")
+    return f"worker process {p.pid} {how}{why} while training subset {j} (replicate {r}, seed {seed}); {then}"
+
+# modules a model's first training step imports lazily: torch's optimisers import torch._dynamo when the first one is
+# built (1.3 CPU-s, twice a 0.6 s fmnist-mlp model). Imported once here before forking, so that no worker imports them again
+_FORK_PRELOAD = ('torch._dynamo',)
+
+class _Pool:
+    "`n` worker processes started once with the job context; jobs handed out one at a time, in order, to whichever is free"
+    def __init__(self, n:int, init:tuple, method:str, resumable:bool=True):
+        ctx = mp.get_context(method)
+        if method == 'fork':
+            for mod in _FORK_PRELOAD: importlib.import_module(mod)
+        self.workers, self.workdir, self.resumable = [], init[3], resumable
+        try:
+            for i in range(n):
+                here, there = ctx.Pipe()
+                p = ctx.Process(target=_worker_main, args=(there, init), name=f'pwattr-groundtruth-{i}')
+                p.start(); there.close(); self.workers.append((p, here))
+        except BaseException: self.close(wait=False); raise
+
+    def run(self, jobs:list, report):
+        "Train `jobs` (subset order); `report(result)` as each finishes; raise a worker's error, or `WorkerDied`"
+        jobs, busy, started = iter(jobs), {}, set()    # worker index -> the job it is training; workers set up
+        def hand(i):
+            job = next(jobs, None)
+            if job is None: return
+            busy[i] = job
+            try: self.workers[i][1].send(job)
+            except OSError: pass                        # the worker is gone: its sentinel says so below
+        for i in range(len(self.workers)): hand(i)
+        while busy:
+            waits = {w: i for i in busy for w in (self.workers[i][1], self.workers[i][0].sentinel)}
+            for i in sorted({waits[w] for w in mp.connection.wait(list(waits))}):
+                p, conn = self.workers[i]
+                try: msg = conn.recv() if conn.poll() else None
+                except (EOFError, OSError): msg = None
+                if msg is None:                         # the process ended without an answer
+                    p.join(1); raise WorkerDied(_died(p, busy[i], self.workdir, self.resumable, i in started))
+                if msg[0] == 'ready': started.add(i); continue
+                job = busy.pop(i)
+                if msg[0] == 'error':
+                    err = msg[1]
+                    err.add_note(f"raised in worker process {p.pid} while training subset {job[0]} (replicate {job[1]}, "
+                                 f"seed {job[3]}); its traceback:\n{msg[2]}")
+                    raise err
+                report(msg[1]); hand(i)
+
+    def close(self, wait:bool=True):
+        "Stop the workers: tell them to finish (`wait`), or terminate them at once (after an error)"
+        for p, conn in self.workers:
+            if wait:
+                try: conn.send(None)
+                except OSError: pass
+        for p, conn in self.workers:
+            if wait: p.join(10)
+            if p.is_alive(): p.terminate(); p.join(5)
+            if p.is_alive(): p.kill(); p.join()
+            conn.close()
+
+    def __enter__(self): return self
+    def __exit__(self, typ, *a): self.close(wait=typ is None)
+
 # %% ../nbs/08b_groundtruth.ipynb #65fb831c
 def run_groundtruth(train_fn, # (idx: LongTensor of training indices, seed: int) -> trained model
                     output_fn, # (model, queries) -> [Q] outputs (margin or loss)
@@ -210,7 +320,7 @@ def run_groundtruth(train_fn, # (idx: LongTensor of training indices, seed: int)
                     alpha:float=0.5, # subset fraction
                     seeds=1, # training seeds per subset: R, or a list of R base seeds
                     out_path=None, # where to save (`.npz` + `.json`); None: keep in memory (work files in a temp dir)
-                    workers:int=1, # processes on this machine (spawned, `threads` torch threads each)
+                    workers:int=1, # processes on this machine, started once (`threads` torch threads each)
                     seed:int=0, # subset sampling seed
                     stratify=None, # optional [N] labels for stratified subsets
                     kind:str='margin', # 'margin' or 'loss' (LDS negates scores for a loss)
@@ -222,6 +332,7 @@ def run_groundtruth(train_fn, # (idx: LongTensor of training indices, seed: int)
                     keep_work:bool=False, # keep the per-model files after merging
                     wait_s:float=24*3600, # torchrun rank 0: how long to wait for the other ranks' models
                     randomness:str='random', # 'random': every model its own seed; 'controlled': replicate r of every subset shares one seed
+                    start_method:str|None=None, # how workers start: None = forked where safe (`choose_start_method`), else 'spawn' / 'fork' / 'forkserver'
                    )->GroundTruth|None: # None on torchrun ranks other than 0
     "Retrain on `m` seeded subsets x R seeds, record every model's outputs on the queries; resumable and parallel"
     t_start = time.time()
@@ -254,27 +365,29 @@ def run_groundtruth(train_fn, # (idx: LongTensor of training indices, seed: int)
                                                "delete it or choose another out_path")
     else: _write_json(spec_file, {'spec_hash': spec_hash, 'spec': spec, 'meta': _jsonable(meta or {}),
                                   'stratify': None if stratify is None else _jsonable(np.asarray(stratify))})
-    todo = [(j, r, torch.from_numpy(np.flatnonzero(masks[j])), int(mseeds[j, r]))
+    todo = [(j, r, np.flatnonzero(masks[j]), int(mseeds[j, r]))
             for j in range(rank, m, world) for r in range(R) if not _job_file(workdir, j, r).exists()]
+    parallel = workers > 1 and len(todo) > 1
+    method = choose_start_method(start_method, threads) if parallel else None
     if progress: print(f"[groundtruth] rank {rank}/{world}: {len(todo)} of {len(range(rank, m, world)) * R} models to train"
-                       f" ({workers} worker{'s' * (workers > 1)}), work dir {workdir}", flush=True)
+                       f" ({workers} worker{'s' * (workers > 1)}{f', {method}' if parallel else ''}), work dir {workdir}", flush=True)
     from tqdm.auto import tqdm
-    bar = tqdm(total=len(todo), desc='groundtruth', unit='model', disable=not progress or not todo)
-    def report(res):
-        bar.update(1); bar.set_postfix_str(f"model {res[0]}/{res[1]}: {res[2]:.2f} s")
-    if workers <= 1 or len(todo) <= 1:
-        prev = torch.get_num_threads()
-        _init_worker(train_fn, output_fn, queries, workdir, None)
+    # the workers start before the progress bar, whose monitor thread a fork should not copy; spawned workers need
+    # train_fn / output_fn to pickle (define them in an importable module, not in __main__)
+    with (_Pool(min(workers, len(todo)), (train_fn, output_fn, queries, workdir, threads, os.getpid()), method,
+                resumable=out_path is not None) if parallel else contextlib.nullcontext()) as pool:
+        bar = tqdm(total=len(todo), desc='groundtruth', unit='model', disable=not progress or not todo)
+        def report(res):
+            bar.update(1); bar.set_postfix_str(f"model {res[0]}/{res[1]}: {res[2]:.2f} s")
         try:
-            for job in todo: report(_run_job(job))
-        finally: _W.clear(); torch.set_num_threads(prev)
-    else:
-        # spawn: a clean interpreter per worker (fork + torch threads is unsafe); the executor raises if a worker
-        # dies or cannot unpickle train_fn / output_fn (define them in an importable module, not in __main__)
-        with ProcessPoolExecutor(min(workers, len(todo)), mp_context=mp.get_context('spawn'), initializer=_init_worker,
-                                 initargs=(train_fn, output_fn, queries, workdir, threads, os.getpid())) as ex:
-            for fut in as_completed([ex.submit(_run_job, job) for job in todo]): report(fut.result())
-    bar.close()
+            if pool is not None: pool.run(todo, report)
+            else:
+                prev = torch.get_num_threads()
+                _init_worker(train_fn, output_fn, queries, workdir, None)
+                try:
+                    for job in todo: report(_run_job(job))
+                finally: _W.clear(); torch.set_num_threads(prev)
+        finally: bar.close()
     if rank != 0: return None
     files = [[_job_file(workdir, j, r) for r in range(R)] for j in range(m)]
     deadline = time.time() + wait_s

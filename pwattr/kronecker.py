@@ -13,6 +13,7 @@ import torch, torch.nn as nn, torch.nn.functional as F
 from torch import Tensor
 from .methods import Method, Contributions
 from .store import read_rows, row_spans
+from .features import _layer_rows, _out_rows   # a layer's input rows and output-gradient rows, shared with `KronProjector`
 from .models import reduce_tokens
 
 # %% auto #0
@@ -103,20 +104,13 @@ def kron_layers(model:nn.Module, # the model whose layers are captured
 # %% ../nbs/05_kronecker.ipynb #93f933f2
 def layer_input(m:nn.Module, x:Tensor)->Tensor:
     "Layer input as `a` [B, T, n_in]: tokens / unfolded patches on T, a column of ones appended when the layer has a bias"
-    if layer_kind(m) == 'conv2d':
-        pad = m.padding
-        if isinstance(pad, str) or m.padding_mode != 'zeros':
-            mode = 'constant' if m.padding_mode == 'zeros' else m.padding_mode
-            x, pad = F.pad(x, m._reversed_padding_repeated_twice, mode=mode), 0
-        a = F.unfold(x, m.kernel_size, dilation=m.dilation, padding=pad, stride=m.stride).transpose(1, 2)
-    else: a = x.reshape(x.shape[0], -1, x.shape[-1])
+    a = _layer_rows(m, x)   # shared with `KronProjector` (03_features)
     if getattr(m, 'bias', None) is not None: a = torch.cat([a, a.new_ones(a.shape[:-1] + (1,))], -1)
     return a
 
 def output_grad(m:nn.Module, g:Tensor)->Tensor:
     "Gradient w.r.t. the layer output as `d` [B, T, n_out]"
-    if layer_kind(m) == 'conv2d': return g.reshape(g.shape[0], g.shape[1], -1).transpose(1, 2)
-    return g.reshape(g.shape[0], -1, g.shape[-1])
+    return _out_rows(m, g)
 
 def to_param_grads(m:nn.Module, G:Tensor)->dict:
     "Per-example gradient matrices G [B, n_out, n_in] back to the layer's parameter shapes {'weight', 'bias'}"

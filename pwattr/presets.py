@@ -54,8 +54,13 @@ class Preset:
         _check_compatible(self, train)
         return train, test
 
-    def make_model(self, seed:int=0)->nn.Module:
-        "A freshly initialised model; the init is drawn from the seed's 'init' stream"
+    def make_model(self, seed:int=0, # init seed (a preset with a `pretrain` section ignores it: every model starts from its one pretrained base)
+                   pretrained:bool=True, # False: the bare architecture, freshly initialised (no pretraining; e.g. to count parameters)
+                  )->nn.Module:
+        "A fresh model: initialised from the seed's 'init' stream, or a copy of the preset's pretrained base"
+        if pretrained and 'pretrain' in self.config:
+            c = self.config
+            return copy.deepcopy(_pretrained(json.dumps({k: c[k] for k in ('data', 'model', 'pretrain')}, sort_keys=True)))
         with seeded(seed, 'init'): return _build_model(dict(self.config['model']))
 
     def scheduler(self):
@@ -89,7 +94,7 @@ class Preset:
         "One row for a table of presets (loads the data, cached)"
         r = self.config['recipe']
         return {'preset': self.name, 'domain': self.domain, 'output': self.output, 'model': self.config['model']['arch'],
-                'params': n_params(self.make_model(0)), 'n_train': len(self.load()[0]), 'n_test': len(self.load()[1]),
+                'params': n_params(self.make_model(0, pretrained=False)), 'n_train': len(self.load()[0]), 'n_test': len(self.load()[1]),
                 'epochs': r.get('epochs'), 'steps': r.get('steps'), 'batch': r.get('batch_size'), 'hash': self.config_hash}
 
     def __repr__(self): return f"Preset({self.name!r}, {self.domain}, output={self.output!r}, hash={self.config_hash})"
@@ -114,6 +119,24 @@ def _check_compatible(p:Preset, train):
             raise ValueError(f"preset {p.name!r}: data rows have {info['ctx_len']} tokens but the model's n_ctx is {m['n_ctx']}")
     if m['arch'] == 'cond-unet' and 'n_labels' in info and dict(m['n_values']) != dict(info['n_labels']):
         raise ValueError(f"preset {p.name!r}: model n_values={m['n_values']} but the data has {info['n_labels']}")
+
+def _pretrain_data(d:dict, # the preset's data config (source 'kjv')
+                   n:int, # verses to pretrain on
+                  ):
+    "`n` verses of the training split that are not in the preset's training set (and never held-out ones): the pretraining corpus"
+    from pwattr import data
+    if d.get('source') != 'kjv': raise ValueError(f"pretraining reads KJV verses; this preset's data source is {d.get('source')!r}")
+    own = set(_load_data(json.dumps(d, sort_keys=True))[0].ids)
+    big = data.load_kjv('train', n=d['n_train'] + n, ctx_len=d.get('ctx_len', 128), seed=d.get('seed', 0))   # nested: holds the training set
+    return big[torch.tensor([i not in own for i in big.ids])]
+
+@lru_cache(maxsize=2)
+def _pretrained(key:str)->nn.Module:
+    "The pretrained base model of a preset (JSON of its data / model / pretrain config): trained once per process, then cached"
+    k = json.loads(key); pre = k['pretrain']
+    with seeded(pre.get('init_seed', 0), 'init'): model = _build_model(dict(k['model']))
+    return train_lm(model, _pretrain_data(k['data'], pre['n_verses']), seed=pre['seed'], progress=False, desc='pretrain',
+                    **pre['recipe']).model.eval()
 
 # %% ../nbs/01c_presets.ipynb #df564936
 def _pick_subjects(info:dict, per_subcategory:int, seed:int)->list:
@@ -188,6 +211,16 @@ PRESETS = {p.name: p for p in [
         'recipe': {'epochs': 2, 'batch_size': 32, 'lr': 3e-3, 'weight_decay': 0.01, 'optimizer': 'adamw',
                    'schedule': 'cosine', 'warmup': 0.05, 'grad_clip': 1.0}},
         description='byte-level GPT-2 (2 layers, width 64) on 1.5k KJV verses'),
+    Preset('kjv-gpt2-ft', 'language', {
+        'data': {'source': 'kjv', 'n_train': 1500, 'n_test': 200, 'ctx_len': 128, 'seed': 0},
+        'model': {'arch': 'gpt2', 'vocab_size': 259, 'n_layer': 2, 'n_embd': 64, 'n_head': 4, 'n_ctx': 128,
+                  'bos_id': 257, 'eos_id': 258, 'pad_id': 256, 'dropout': 0.0},
+        'pretrain': {'n_verses': 6000, 'init_seed': 0, 'seed': 12345,
+                     'recipe': {'epochs': 1, 'batch_size': 32, 'lr': 3e-3, 'weight_decay': 0.01, 'optimizer': 'adamw',
+                                'schedule': 'cosine', 'warmup': 0.05, 'grad_clip': 1.0}},
+        'recipe': {'epochs': 2, 'batch_size': 32, 'lr': 1e-3, 'weight_decay': 0.01, 'optimizer': 'adamw',
+                   'schedule': 'cosine', 'warmup': 0.05, 'grad_clip': 1.0}},
+        description='the kjv-gpt2 model pretrained once on 6k other KJV verses, then fine-tuned on the 1.5k (2 epochs, lr 1e-3)'),
     Preset('emoji-unet', 'diffusion', {
         'data': {**_SBEMOJI, 'labels': False},
         'model': {'arch': 'unet', 'sample_size': 16, 'channels': [16, 32], 'layers_per_block': 1, 'attention': True,

@@ -39,6 +39,7 @@ class Recipe:
     norm:bool|None=False # 'diffusion' features: per-timestep gradient normalisation (DAS); None: the output's own
     timesteps:str='uniform' # 'diffusion' features: the timestep choice ('uniform' | 'random')
     refit:bool=False # a global ridge kernel that `pwattr.safe` can refit under group weights
+    curvature:bool=True # corrects the gradients for curvature; False for first-order methods (TracIn, Grad-Dot), whose safe weights may learn the per-group scale a curvature correction supplies
 
     def output_name(self, p)->str:
         "The output the features of preset `p` differentiate"
@@ -77,12 +78,12 @@ def checkpoint_side(model, fn, data, o): # o: the options of `diffusion_features
     cks = o.checkpoints if o.checkpoints is not None else [(0, 1.0, {k: v.detach().clone() for k, v in model.state_dict().items()})]
     return featurize(model, fn, data, checkpoints=cks, progress=o.progress, **o.common)
 
-# %% ../nbs/06b_recipes.ipynb #ce7e1371
+# %% ../nbs/06b_recipes.ipynb #c4989ec2
 def timestep_side(model, fn, data, o):
     "Features averaged over K (timestep, noise) draws"
     return timestep_features(model, fn, data, **({} if o.norm is None else {'normalize': o.norm}), progress=o.progress, **o.common)
 
-# %% ../nbs/06b_recipes.ipynb #41d35145
+# %% ../nbs/06b_recipes.ipynb #9419b1bc
 def journey_side(model, fn, data, o):
     "Features along each query's sampling trajectory (JourneyTRAK)"
     return journey_features(model, data, steps=o.journey_steps, seed=o.seed + 1, scheduler=o.scheduler, **o.common)
@@ -91,16 +92,16 @@ def journey_side(model, fn, data, o):
 def _trak_output(p)->str: return 'margin' if p.domain == 'classification' else LOSS[p.domain]
 _CL = ('classification', 'language')
 for _r in (
-    Recipe('tracin', 'TracInCP', lambda run, **kw: TracInCP(**kw), 'ckpt', domains=_CL),
-    Recipe('graddot', 'GradDot', lambda run, **kw: GradDot(**kw)),
-    Recipe('gradcos', 'GradCos', lambda run, **kw: GradCos(**kw)),
+    Recipe('tracin', 'TracInCP', lambda run, **kw: TracInCP(**kw), 'ckpt', domains=_CL, curvature=False),
+    Recipe('graddot', 'GradDot', lambda run, **kw: GradDot(**kw), curvature=False),
+    Recipe('gradcos', 'GradCos', lambda run, **kw: GradCos(**kw), curvature=False),
     Recipe('trak', 'TRAK', lambda run, **kw: TRAK(kernel='global', use_q=run.p.domain == 'classification', **kw), output=_trak_output,
            domains=_CL, refit=True),
     Recipe('trak-block', 'TRAK', lambda run, **kw: TRAK(kernel='block', use_q=run.p.domain == 'classification', **kw), output=_trak_output),
     Recipe('ekfac', 'EKFAC', lambda run, damping_scale=0.1: EKFAC(run.factors(), damping_scale=damping_scale), 'kron'),
     Recipe('logra', 'LoGRA', lambda run, **kw: LoGRA(**kw), 'kron-proj'),
     # diffusion models: the denoising loss over K draws that every example shares
-    Recipe('tracin', 'TracIn', lambda run, **kw: TracInCP(**kw), 'diffusion', 'diffusion_loss', ('diffusion',), checkpoint_side),
+    Recipe('tracin', 'TracIn', lambda run, **kw: TracInCP(**kw), 'diffusion', 'diffusion_loss', ('diffusion',), checkpoint_side, curvature=False),
     Recipe('trak', 'TRAK', lambda run, **kw: TRAK(use_q=False, **kw), 'diffusion', 'diffusion_loss', ('diffusion',), timestep_side, refit=True),
     Recipe('dtrak', 'D-TRAK', lambda run, **kw: DTRAK(**kw), 'diffusion', 'dtrak', ('diffusion',), timestep_side, refit=True),
     Recipe('das', 'DAS', lambda run, **kw: DAS(**kw), 'diffusion', 'das', ('diffusion',), timestep_side, norm=True, refit=True),
@@ -113,7 +114,7 @@ def _hint(bad:list, choices:list)->str:
     close = {m: difflib.get_close_matches(m, choices, 1, 0.5) for m in bad}
     return ''.join(f" ({m!r}: did you mean {c[0]!r}?)" for m, c in close.items() if c)
 
-# %% ../nbs/06b_recipes.ipynb #4307928e
+# %% ../nbs/06b_recipes.ipynb #421f9f99
 def recipe(name:str, # a key of `RECIPES`
            domain:str|None=None, # the preset's domain (None: the first recipe of `name`)
           )->Recipe:
@@ -127,7 +128,7 @@ def recipe(name:str, # a key of `RECIPES`
                          f"Use one of {', '.join(names(domain))}.")
     return rs[0]
 
-# %% ../nbs/06b_recipes.ipynb #ea296c3a
+# %% ../nbs/06b_recipes.ipynb #3b55412a
 def names(domain:str|None=None, # only methods with a recipe for this domain
           features:tuple|None=None, # only recipes with these feature kinds
          )->list:
@@ -135,12 +136,12 @@ def names(domain:str|None=None, # only methods with a recipe for this domain
     return [n for n, rs in RECIPES.items()
             if any((domain is None or domain in r.domains) and (features is None or r.features in features) for r in rs)]
 
-# %% ../nbs/06b_recipes.ipynb #82fc7d90
+# %% ../nbs/06b_recipes.ipynb #d12b8370
 def display_names(domain:str|None=None)->dict:
     "name -> display name of every method with a recipe for `domain`"
     return {n: recipe(n, domain).display for n in names(domain)}
 
-# %% ../nbs/06b_recipes.ipynb #a3326f96
+# %% ../nbs/06b_recipes.ipynb #5d6ae50a
 def display_name(name:str, # a method name
                  domain:str|None=None, # the preset's domain
                 )->str:

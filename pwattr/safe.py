@@ -13,7 +13,8 @@ from .methods import Contributions
 
 # %% auto #0
 __all__ = ['RIDGE_GRID', 'KernelRefit', 'refit_from', 'query_matrix', 'learn_refit_weights', 'row_pearson', 'GateResult',
-           'agreement_gate', 'safe_weights', 'ridge_by_agreement', 'chosen_ridge']
+           'gate_halves', 'agreement_gate', 'learn_agreement_weights', 'safe_weights', 'ridge_by_agreement',
+           'chosen_ridge']
 
 # %% ../nbs/07b_safe.ipynb #ad3a7cdd
 def _ram_bytes(default:int=8 * 2**30)->int:
@@ -215,6 +216,14 @@ class GateResult:
     def __repr__(self): return f"GateResult({self.verdict})"
     def _repr_html_(self): return f"<b>gate</b>: {self.verdict}" + self.table.round(4).to_html(index=False)
 
+# %% ../nbs/07b_safe.ipynb #cc8a762e
+def gate_halves(Q:int, # learning queries
+                seed=0, # an int, or a numpy Generator (then its first draw is used and it goes on from there)
+               )->tuple: # (selection half, verification half): query positions
+    "The gate's seeded split of the learning queries: candidates are chosen on the first half, tested on the second"
+    perm = np.random.default_rng(seed).permutation(Q)
+    return perm[:Q // 2], perm[Q // 2:]
+
 # %% ../nbs/07b_safe.ipynb #ded8298f
 def agreement_gate(candidates:dict, # name -> (weights [M], scores function w -> [Q, N] on the learning queries)
                    base:Tensor, # [Q, N] the method's unweighted scores on the learning queries
@@ -235,7 +244,7 @@ def agreement_gate(candidates:dict, # name -> (weights [M], scores function w ->
     if not refs or not candidates or Q < 4:
         return GateResult(ones, False, 'uniform', 0., float('nan'), float('nan'), pd.DataFrame(columns=['candidate', 'shrink', 'G select', 'G', 'lower']))
     rng = np.random.default_rng(seed)
-    perm = rng.permutation(Q); sel, ver = perm[:Q // 2], perm[Q // 2:]
+    sel, ver = gate_halves(Q, rng)
     idx = rng.integers(0, len(ver), (n_boot, len(ver)))
     r0 = {r: row_pearson(base, v) for r, v in refs.items()}
     rows, ws = [], []
@@ -256,6 +265,47 @@ def agreement_gate(candidates:dict, # name -> (weights [M], scores function w ->
     if not use: return GateResult(ones, False, 'uniform', 0., float(best['G']), float(best['lower']), table, level=level, min_gain=min_gain)
     return GateResult(ws[b].float(), True, best['candidate'], float(best['shrink']), float(best['G']), float(best['lower']), table, level=level, min_gain=min_gain)
 
+# %% ../nbs/07b_safe.ipynb #818ef6f5
+def learn_agreement_weights(S, # [Q, N, M] contributions of a first-order method (Tensor or `Contributions`)
+                            references:dict, # name -> [Q, N] scores of methods with a curvature correction, same queries
+                            groups:list|None=None, # group names (default: `S.groups`, else '0', '1', ...)
+                            lr:float=0.05, # Adam learning rate on the logits of w = M softmax(theta)
+                            steps:int=300, patience:int=20, tol:float=1e-6, # stop after `patience` steps without a gain > tol
+                            query_ids:list|None=None, # ids of these queries (refused at evaluation)
+                           )->GroupWeights:
+    "Group weights that most raise the smallest mean agreement (Pearson over training examples) with every reference"
+    t0 = time.perf_counter()
+    groups = list(groups if groups is not None else getattr(S, 'groups', None) or map(str, range(S.shape[-1])))
+    query_ids = query_ids if query_ids is not None else getattr(S, 'query_ids', None)
+    S = torch.as_tensor(getattr(S, 'S', S)).double(); Q, N, M = S.shape
+    if not references: raise ValueError("learn_agreement_weights needs at least one reference method's scores")
+    mu = S.mean(1)                                                          # [Q, M]
+    C = torch.einsum('qnj,qnk->qjk', S, S) - N * mu[:, :, None] * mu[:, None, :]   # centred Gram per query [Q, M, M]
+    A = []
+    for r, v in references.items():
+        v = torch.as_tensor(v).double()
+        if v.shape != (Q, N): raise ValueError(f"reference {r!r} has shape {tuple(v.shape)}, the contributions {(Q, N)}: score the same queries and training set")
+        v = v - v.mean(1, keepdim=True)
+        A.append(torch.einsum('qnj,qn->qj', S, v / v.norm(dim=1, keepdim=True).clamp_min(1e-300)))
+    A = torch.stack(A)                                                      # [R, Q, M]
+    agreement = lambda w: ((A @ w) / torch.einsum('j,qjk,k->q', w, C, w).clamp_min(1e-300).sqrt()).mean(1)   # [R]
+    g0 = agreement(torch.ones(M, dtype=torch.float64))
+    theta = torch.zeros(M, dtype=torch.float64, requires_grad=True)
+    opt = torch.optim.Adam([theta], lr=lr)
+    hist, best, best_w, since = [], -math.inf, torch.ones(M, dtype=torch.float64), 0
+    for _ in range(steps):
+        w = M * torch.softmax(theta, 0)
+        G = (agreement(w) - g0).min()
+        hist.append(float(G.detach()))
+        if hist[-1] > best + tol: best, best_w, since = hist[-1], w.detach().clone(), 0
+        else: since += 1
+        if since >= patience: break
+        opt.zero_grad(); (-G).backward(); opt.step()
+    settings = dict(learner='agreement', lr=lr, steps=steps, references=list(references), n_queries=Q, n_train=N,
+                    query_ids=None if query_ids is None else list(query_ids))
+    info = dict(n_steps=len(hist), converged=since >= patience, gain=best, improved=best > 0)
+    return GroupWeights(best_w.float(), groups, hist, settings, time.perf_counter() - t0, info)
+
 # %% ../nbs/07b_safe.ipynb #1f96f9dd
 def safe_weights(c_learn, # Contributions [Q, N, M] of the learning queries
                  references:dict, # name -> [Q, N] other methods' unweighted scores on the same learning queries
@@ -264,6 +314,7 @@ def safe_weights(c_learn, # Contributions [Q, N, M] of the learning queries
                  k:int=20, # the paper's top-k
                  lam:float=1e-4, # the paper's penalty
                  paper:GroupWeights|None=None, # the paper's weights if already learned (else learned here)
+                 curvature_refs:dict|None=None, # a first-order method's references that correct for curvature: name -> [Q, N]; adds the 'agreement' candidate
                  shrink=(0.25, 0.5, 0.75, 1.0), level:float=0.95, n_boot:int=1000, seed:int=0, min_gain:float=1e-3, # see `agreement_gate`
                  progress:bool=False, # a progress bar over the refit learner's steps (the slow candidate)
                 )->GroupWeights:
@@ -275,6 +326,11 @@ def safe_weights(c_learn, # Contributions [Q, N, M] of the learning queries
     cands = {'paper': paper if paper is not None else learn_weights(c_learn, k=k, lam=lam, query_ids=qids),
              'paper-norm': learn_weights(c_learn, k=k, lam=1e-2, normalize=True, query_ids=qids)}
     fns = {'paper': lin, 'paper-norm': lin}
+    if curvature_refs:   # fitted to the gate's own criterion, so on its selection half only
+        sel, _ = gate_halves(len(qids), seed)
+        cands['agreement'] = learn_agreement_weights(S[sel], {r: torch.as_tensor(v)[sel] for r, v in curvature_refs.items()},
+                                                     list(c_learn.groups), query_ids=[qids[i] for i in sel])
+        fns['agreement'] = lin
     if refit is not None:
         if query_x is None: raise ValueError("a refit candidate needs the learning queries' features: pass query_x")
         cands['refit'] = learn_refit_weights(refit, query_x, k=k, lam=lam, query_ids=qids, progress=progress)
@@ -282,7 +338,8 @@ def safe_weights(c_learn, # Contributions [Q, N, M] of the learning queries
     gate = agreement_gate({n: (c.w, fns[n]) for n, c in cands.items()}, S.sum(-1), references, shrink, level, n_boot, seed, min_gain)
     apply = 'refit' if gate.use and gate.chosen == 'refit' else 'linear'
     settings = dict(mode='safe', apply=apply, k=k, lam=lam, query_ids=qids, n_queries=len(qids), references=list(references),
-                    shrink=list(shrink), level=level, n_boot=n_boot, seed=seed, min_gain=min_gain)
+                    shrink=list(shrink), level=level, n_boot=n_boot, seed=seed, min_gain=min_gain,
+                    curvature_refs=list(curvature_refs or ()))
     info = dict(gate=dict(verdict=gate.verdict, use=gate.use, chosen=gate.chosen, shrink=gate.shrink, gain=gate.gain,
                           lower=gate.lower, table=gate.table.to_dict(orient='records')),
                 candidates={n: c.w.tolist() for n, c in cands.items()})

@@ -213,3 +213,68 @@ def test_das_normalized_featurize():
         ref = ref + g / g.norm(dim=1, keepdim=True)
     torch.testing.assert_close(f.x, ref / das.K, rtol=1e-3, atol=1e-5 * (ref / das.K).abs().max().item())
     assert f.meta['output_fn']['normalize'] is True
+
+# --- KronProjector: the Kronecker-structured projection made from layer inputs and output gradients (issue 19) ---------------
+def check_kron(model, out_fn, batch, groups, k=24, seed=0, tol=1e-5):
+    "KronProjector's blocks == independent per-example gradients (one backward per example) times the projection's matrix"
+    from pwattr.features import KronProjector
+    kp = KronProjector(k, seed=seed)
+    blocks, out = kp.project_batch(model, out_fn, batch, groups)
+    ref = reference(model, out_fn, batch, groups.params)
+    c0 = 0
+    for j, ps in enumerate(groups.groups.values()):
+        n = sum(groups.param_sizes[p] for p in ps)
+        want = ref[:, c0:c0 + n] @ kp.matrix(model, groups, j); c0 += n
+        assert blocks[j].shape == (len(out), k)
+        scale = want.abs().max()
+        assert (blocks[j] - want).abs().max() <= tol * max(scale, 1e-6), (groups.names[j], (blocks[j] - want).abs().max(), scale)
+    with torch.no_grad(): o = out_fn(model, batch)
+    torch.testing.assert_close(out, o, rtol=1e-4, atol=1e-5 * o.abs().max().item())
+
+def test_kron_projector_on_the_project_models():
+    torch.manual_seed(0); m = models.MLP(in_shape=(1, 6, 6), hidden=(16,)).eval()
+    b = {'x': torch.randn(5, 1, 6, 6), 'y': torch.randint(0, 10, (5,))}
+    check_kron(m, Margin(), b, GroupSpec.preset(m)); check_kron(m, CrossEntropy(), b, GroupSpec.by_tensor(m), k=7)
+    torch.manual_seed(0); r = models.ResNet9(width=4).eval()       # Conv2d + GroupNorm + Linear
+    check_kron(r, Margin(), {'x': torch.randn(4, 1, 16, 16), 'y': torch.randint(0, 10, (4,))}, GroupSpec.preset(r))
+    torch.manual_seed(0); v = models.ViT(dim=16, depth=1, heads=2).eval()   # cls / pos: raw parameters, by vmap
+    check_kron(v, Margin(), {'x': torch.randn(3, 1, 28, 28), 'y': torch.randint(0, 10, (3,))}, GroupSpec.preset(v, 'block'))
+    torch.manual_seed(0); g = models.gpt2_lm(n_layer=2, n_embd=32, n_head=2, n_ctx=16, pad_id=0).eval()
+    ids = torch.randint(1, 256, (4, 12)); am = torch.ones_like(ids); am[2, 7:] = 0; ids[2, 7:] = 0
+    check_kron(g, LMLoss(), {'input_ids': ids, 'attention_mask': am}, GroupSpec.preset(g), k=40, seed=2)
+
+def test_kron_projector_diffusion():
+    torch.manual_seed(0)
+    m = models.AttributeUNet({'subject': 3, 'style': 2, 'background': 2}, sample_size=8, channels=(8, 16), cond_dim=16,
+                             norm_groups=4).eval()
+    x = torch.rand(3, 3, 8, 8) * 2 - 1
+    lab = {'subject': torch.tensor([0, 2, 1]), 'style': torch.tensor([1, 0, 1]), 'background': torch.tensor([0, 0, 1])}
+    dl = DiffusionLoss(K=2, seed=0, timesteps='random')                  # 2 rows per example in every layer
+    check_kron(m, dl, dl.prepare({'x': x, **lab}, ['a', 'b', 'c']), GroupSpec.preset(m), k=16, tol=1e-4)
+
+def test_kron_projector_featurize_store_and_refusals(tmp_path):
+    from pwattr.features import KronProjector
+    torch.manual_seed(0); m = models.MLP(in_shape=(1, 4, 4), hidden=(8,), n_classes=3).eval()
+    d = {'x': torch.randn(10, 1, 4, 4), 'y': torch.randint(0, 3, (10,))}
+    gs = GroupSpec.preset(m)
+    mem = featurize(m, 'margin', d, gs, projector=KronProjector(12, seed=4), batch_size=4, progress=False)
+    st = featurize(m, 'margin', d, gs, projector=KronProjector(12, seed=4), batch_size=4, progress=False, store=str(tmp_path / 's'))
+    assert torch.equal(mem.x, torch.as_tensor(np.asarray(st.x))) and mem.meta['projection']['kind'] == 'kronecker'
+    other = featurize(m, 'margin', d, gs, projector=KronProjector(12, seed=5), batch_size=4, progress=False)
+    assert not torch.allclose(mem.x, other.x)                              # the seed draws the factors
+    with pytest.raises(ValueError, match='DAS'):
+        u = models.unet2d(sample_size=8, channels=(8, 16), norm_groups=4).eval()
+        featurize(u, DASOutput(K=2), {'x': torch.rand(2, 3, 8, 8)}, GroupSpec.preset(u), projector=KronProjector(8), progress=False)
+
+def test_kron_projector_oversampled():
+    from pwattr.features import KronProjector
+    torch.manual_seed(0); r = models.ResNet9(width=4).eval()
+    b = {'x': torch.randn(3, 1, 16, 16), 'y': torch.randint(0, 10, (3,))}
+    kp1, kp3 = KronProjector(10, seed=0), KronProjector(10, seed=0, oversample=3)
+    assert kp3.config()['oversample'] == 3 and 'oversample' not in kp1.config()      # stores written before keep their key
+    g = GroupSpec.preset(r)
+    assert not torch.allclose(kp1.matrix(r, g, 0), kp3.matrix(r, g, 0))
+    ref = reference(r, Margin(), b, g.params)
+    blocks, _ = kp3.project_batch(r, Margin(), b, g)
+    want = ref @ torch.block_diag(*[kp3.matrix(r, g, j) for j in range(len(g))])
+    assert (torch.cat(blocks, 1) - want).abs().max() <= 1e-5 * want.abs().max()

@@ -1,5 +1,5 @@
 "Ground-truth harness: subsets, save/load, kill + resume, worker processes, torchrun ranks"
-import json, os, shutil, signal, subprocess, sys, textwrap, time
+import json, multiprocessing, os, shutil, signal, subprocess, sys, textwrap, time
 from pathlib import Path
 import numpy as np, pytest, torch
 from pwattr.groundtruth import GroundTruth, RidgeTask, make_subsets, merge_work, model_seeds, run_groundtruth
@@ -71,16 +71,37 @@ def test_validation_errors():
     with pytest.raises(ValueError, match='query ids'): GroundTruth(np.ones((2, 3), bool), [[0], [1]], np.zeros((2, 1, 4)), [0, 1])
     with pytest.raises(ValueError, match='kind'): GroundTruth(np.ones((2, 3), bool), [[0], [1]], np.zeros((2, 1, 1)), [0], 'prob')
 
-def test_killed_run_resumes_to_identical_file(tmp_path):
+def _children(pid):
+    "pids of the live processes whose parent is `pid` (Linux /proc)"
+    out = []
+    for st in Path('/proc').glob('[0-9]*/stat'):
+        try: f = st.read_text().rsplit(')', 1)[1].split()
+        except OSError: continue
+        if int(f[1]) == pid and f[0] != 'Z': out.append(int(st.parent.name))
+    return out
+
+def _gone(pid):
+    try: return Path(f'/proc/{pid}/stat').read_text().rsplit(')', 1)[1].split()[0] == 'Z'
+    except OSError: return True
+
+@pytest.mark.parametrize('workers', [1, 2])
+def test_killed_run_resumes_to_identical_file(tmp_path, workers):
+    "A run killed mid-way (its workers die with it) resumes to the bytes of an uninterrupted run, retraining nothing finished"
     m, R = 16, 2
-    _run_script(tmp_path, tmp_path / 'ref.npz', m)                   # uninterrupted reference
+    _run_script(tmp_path, tmp_path / 'ref.npz', m)                   # uninterrupted reference (1 worker)
     out = tmp_path / 'killed.npz'; work = tmp_path / 'killed.work'
-    p = _run_script(tmp_path, out, m, 1, 0.25, wait=False)
+    p = _run_script(tmp_path, out, m, workers, 0.25, wait=False)
     t0 = time.time()
     while len(list(work.glob('model_*.json'))) < 6:
         assert p.poll() is None and time.time() - t0 < 300, 'run ended or stalled before it could be killed'
         time.sleep(0.05)
+    kids = _children(p.pid) if sys.platform.startswith('linux') else []
+    if workers > 1 and sys.platform.startswith('linux'): assert len(kids) == workers, kids
     p.send_signal(signal.SIGKILL); p.wait()
+    t0 = time.time()
+    while not all(_gone(k) for k in kids):                            # the workers die with the run (PR_SET_PDEATHSIG)
+        assert time.time() - t0 < 10, f'worker processes {kids} outlived the killed run'
+        time.sleep(0.05)
     assert not out.exists()
     before = {f.name: f.stat().st_mtime_ns for f in work.glob('model_*.json')}
     assert 6 <= len(before) < m * R
@@ -96,10 +117,13 @@ def test_killed_run_resumes_to_identical_file(tmp_path):
     assert out.read_bytes() == (tmp_path / 'ref.npz').read_bytes()
     assert _json_wo_timing(out.with_suffix('.json')) == _json_wo_timing(tmp_path / 'ref.json')
 
-def test_workers_give_same_bytes(tmp_path):
+@pytest.mark.parametrize('method', ['fork', 'spawn'])
+def test_workers_give_same_bytes(tmp_path, method):
+    if method not in multiprocessing.get_all_start_methods(): pytest.skip(f'no {method} here')
     t = RidgeTask(n=30, d=4, q=6, noise=0.05, seed=1)
     a = run_groundtruth(t.train_fn, t.output_fn, 30, t.queries, m=6, seeds=2, out_path=tmp_path / 'a', progress=False)
-    b = run_groundtruth(t.train_fn, t.output_fn, 30, t.queries, m=6, seeds=2, out_path=tmp_path / 'b', workers=2, progress=False)
+    b = run_groundtruth(t.train_fn, t.output_fn, 30, t.queries, m=6, seeds=2, out_path=tmp_path / 'b', workers=2, progress=False,
+                        start_method=method)
     assert (tmp_path / 'a.npz').read_bytes() == (tmp_path / 'b.npz').read_bytes()
     assert b.meta['workers'] == 2 and b.times.shape == (6, 2) and (b.times > 0).all()
     assert not (tmp_path / 'a.work').exists() and not (tmp_path / 'b.work').exists()
@@ -110,11 +134,49 @@ def test_work_dir_of_other_config_is_refused(tmp_path):
     with pytest.raises(ValueError, match='another configuration'):
         run_groundtruth(t.train_fn, t.output_fn, 30, t.queries, m=3, alpha=0.3, out_path=tmp_path / 'x', progress=False)
 
-def test_worker_errors_surface(tmp_path):
+@pytest.mark.parametrize('workers', [1, 2])
+def test_worker_errors_surface(tmp_path, workers):
+    "An error raised while training a model reaches the caller with its own type, from this process or a worker"
     t = RidgeTask(n=30, d=4, q=6, seed=1)
-    def bad_output(model, queries): return torch.full((6,), float('nan'))
+    def bad_output(model, queries): return torch.full((6,), float('nan'))   # a local function: forked workers need no pickle
     with pytest.raises(FloatingPointError, match='non-finite'):
-        run_groundtruth(t.train_fn, bad_output, 30, t.queries, m=2, progress=False)
+        run_groundtruth(t.train_fn, bad_output, 30, t.queries, m=2, progress=False, workers=workers)
+    assert multiprocessing.active_children() == []                   # no worker left behind
+
+@pytest.mark.skipif('fork' not in multiprocessing.get_all_start_methods(), reason='a local train_fn needs forked workers')
+def test_dead_worker_names_its_subset_and_run_resumes(tmp_path):
+    "A worker killed mid-model stops the run with WorkerDied naming that model; the finished models are kept and a rerun completes the file"
+    from pwattr.groundtruth import WorkerDied
+    t = RidgeTask(n=30, d=4, q=6, noise=0.05, seed=1)
+    ref = run_groundtruth(t.train_fn, t.output_fn, 30, t.queries, m=8, out_path=tmp_path / 'ref', progress=False)
+    def dies_on_5(idx, seed):                                         # model seeds are 0..7 here: subset 5's worker is killed
+        if seed == 5: time.sleep(0.3); os.kill(os.getpid(), signal.SIGKILL)
+        return t.train_fn(idx, seed)
+    with pytest.raises(WorkerDied, match=r'killed by SIGKILL.*while training subset 5 \(replicate 0, seed 5\).*run the same call again'):
+        run_groundtruth(dies_on_5, t.output_fn, 30, t.queries, m=8, out_path=tmp_path / 'x', workers=2, progress=False)
+    assert multiprocessing.active_children() == []                   # the other worker was stopped as well
+    kept = {int(f.name[6:11]) for f in (tmp_path / 'x.work').glob('model_*.json')}
+    assert 5 not in kept and len(kept & {0, 1, 2, 3, 4}) >= 4, kept     # subset 5 was handed out after 4 of 0..4 had finished
+    again = run_groundtruth(t.train_fn, t.output_fn, 30, t.queries, m=8, out_path=tmp_path / 'x', workers=2, progress=False)
+    assert (tmp_path / 'x.npz').read_bytes() == (tmp_path / 'ref.npz').read_bytes()
+    with pytest.raises(WorkerDied, match='pass out_path'):            # in memory: nothing to resume from, and it says so
+        run_groundtruth(dies_on_5, t.output_fn, 30, t.queries, m=8, workers=2, progress=False)
+
+def test_preset_workers_bit_identical(tmp_path):
+    "fmnist-mlp, its real recipe: 2 forked workers give exactly the outputs of 1 process (and of retraining by hand)"
+    from pwattr.groundtruth import PresetTask
+    task = PresetTask('fmnist-mlp', n_queries=20)
+    n, batch, qids, kind, out, chash, _ = task.setup()
+    prev = torch.get_num_threads(); torch.set_num_threads(1)          # 1 process trains on the caller's threads, a worker on 1
+    try:
+        one = run_groundtruth(task.train_fn, task.output_fn, n, batch, m=4, query_ids=qids, progress=False)
+        two = run_groundtruth(task.train_fn, task.output_fn, n, batch, m=4, query_ids=qids, progress=False, workers=2)
+        model = task.train_fn(torch.from_numpy(np.flatnonzero(one.masks[3])), int(one.seeds[3, 0]))   # independent: by hand
+        with torch.no_grad(): by_hand = task.output_fn(model, batch).numpy()
+    finally: torch.set_num_threads(prev)
+    np.testing.assert_array_equal(two.outputs, one.outputs)
+    assert one.data_hash() == two.data_hash() and len({o.tobytes() for o in one.outputs}) == 4    # 4 different models
+    np.testing.assert_array_equal(by_hand, one.outputs[3, 0])
 
 @pytest.mark.skipif(shutil.which('torchrun', path=str(Path(sys.executable).parent)) is None, reason='torchrun not installed')
 def test_torchrun_ranks_share_subsets(tmp_path):

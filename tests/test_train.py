@@ -15,6 +15,7 @@ def tiny(name, **recipe):
     over = {'recipe': {'batch_size': 16, 'steps': 4, **recipe}}
     if data: over['data'] = data
     if p.domain == 'language': over['model'] = {'n_ctx': 32}
+    if 'pretrain' in p.config: over['pretrain'] = {'n_verses': 32, 'recipe': {'batch_size': 16, 'steps': 2}}
     return p.with_config(**over)
 
 def same(a, b): return all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
