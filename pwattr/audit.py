@@ -7,7 +7,7 @@ from __future__ import annotations
 import base64, hashlib, html, json, os, time, warnings
 from collections import Counter
 from functools import cached_property
-from dataclasses import dataclass, field, asdict
+from dataclasses import dataclass, field, asdict, is_dataclass
 from pathlib import Path
 import numpy as np, pandas as pd, torch
 import matplotlib.pyplot as plt
@@ -25,12 +25,13 @@ from .weights import learn_weights, check_disjoint
 from .safe import safe_weights, refit_from, query_matrix
 from .evaluate import lds, per_group_lds, ResultsTable
 from .groundtruth import GroundTruth, GT_DIR, PresetTask
+from .store import config_hash, atomic_write
 from .plots import plot_lds_table, plot_group_lds, plot_block_function, plot_weights, plot_topk_gallery, figure_png
 
 # %% auto #0
-__all__ = ['CACHE_FORMAT', 'GROUPINGS', 'LEARN_FROM', 'cached', 'make_groups', 'generation_seeds', 'learn_source', 'RunSettings',
-           'model_file', 'TrainedModel', 'AuditRun', 'AuditResult', 'audit', 'reproduce_command', 'write_report',
-           'load_callable', 'CustomPreset', 'CustomTask', 'check_custom']
+__all__ = ['CACHE_FORMAT', 'GROUPINGS', 'LEARN_FROM', 'cached', 'settings_file', 'save_settings', 'make_groups',
+           'generation_seeds', 'learn_source', 'RunSettings', 'model_file', 'TrainedModel', 'AuditRun', 'AuditResult',
+           'audit', 'reproduce_command', 'write_report', 'load_callable', 'CustomPreset', 'CustomTask', 'check_custom']
 
 # %% ../nbs/10_audit.ipynb #679ed5b8
 CACHE_FORMAT = 'pwattr.cache/1'
@@ -63,6 +64,7 @@ def _encode(o):
     raise TypeError(f"a {cls.__module__}.{cls.__qualname__} cannot be cached safely (tensors, arrays, numbers, strings, "
                     "containers, DataFrames and pwattr's own result objects can)")
 
+# %% ../nbs/10_audit.ipynb #a5698967
 def _decode(o):
     "Inverse of `_encode`; rebuilds only pwattr's own classes (by name, without running any code of the file)"
     if isinstance(o, list): return [_decode(x) for x in o]
@@ -91,6 +93,7 @@ def _decode(o):
         obj = object.__new__(cls); obj.__dict__.update({k: _decode(v) for k, v in o['v'].items()}); return obj
     raise ValueError(f"unknown cache entry type {t!r}")
 
+# %% ../nbs/10_audit.ipynb #13b64db1
 def _save_cache(obj, path:Path):
     "Write `obj` atomically in the safe cache format (raises TypeError for what it cannot hold)"
     tree = {'format': CACHE_FORMAT, 'data': _encode(obj)}
@@ -98,6 +101,7 @@ def _save_cache(obj, path:Path):
     try: torch.save(tree, tmp); os.replace(tmp, path)
     finally: tmp.unlink(missing_ok=True)
 
+# %% ../nbs/10_audit.ipynb #2b0ccfc2
 def _load_cache(path:Path):
     "Read a file `_save_cache` wrote; never unpickles code (`weights_only=True`); ValueError if it is not such a file"
     try: tree = torch.load(path, weights_only=True, map_location='cpu')
@@ -106,12 +110,14 @@ def _load_cache(path:Path):
     try: return _decode(tree['data'])
     except (ValueError, TypeError, KeyError, AttributeError, ImportError) as e: raise ValueError(f"damaged cache entry: {e}") from None
 
+# %% ../nbs/10_audit.ipynb #c72c0bcd
 def cached(path:Path, # file holding the stage's result
            compute, # () -> result, run when the file is missing
            desc:str='', # stage name for the log
            log=print, # where to report (None: silent)
+           settings=None, # what the result depends on (dict or dataclass): saved as JSON beside a computed result (`settings_file`)
           ):
-    "Load the stage's result from `path` (safely: no pickled code runs), or compute it and save it atomically"
+    "Load the stage's result from `path` (safely: no pickled code runs), or compute it and save it atomically with its settings beside it"
     path = Path(path)
     if path.exists():
         try:
@@ -124,8 +130,23 @@ def cached(path:Path, # file holding the stage's result
     path.parent.mkdir(parents=True, exist_ok=True)
     try: _save_cache(res, path)
     except TypeError as e: warnings.warn(f"{desc or path.name} is not cached: {e}")
+    if settings is not None: save_settings(settings, path)
     if log: log(f"[done {time.time() - t0:6.1f}s] {desc or path.name}")
     return res
+
+# %% ../nbs/10_audit.ipynb #9d753ea7
+def settings_file(path:Path)->Path:
+    "The settings JSON beside a cached result: `model-s0.pt` -> `model-s0.json`"
+    return Path(path).with_suffix('.json')
+
+# %% ../nbs/10_audit.ipynb #29220cf9
+def save_settings(settings, # dict or dataclass of JSON-able values (others are written with str())
+                  path:Path, # the cached result they describe
+                 )->Path: # the JSON file written
+    "Write the settings a cached result depends on beside it, atomically (as kronfluence keeps its arguments beside factors and scores)"
+    d = asdict(settings) if is_dataclass(settings) else dict(settings)
+    atomic_write(settings_file(path), json.dumps(d, indent=1, default=str))
+    return settings_file(path)
 
 # %% ../nbs/10_audit.ipynb #a7e80364
 GROUPINGS = ('preset', 'tensor', 'module', 'block', 'function')
@@ -150,6 +171,7 @@ def generation_seeds(n:int, # samples
     if n > 50_000: raise ValueError(f"n={n}: at most 50,000 generated queries per purpose.")
     return [100_000 * seed + base[purpose] + i for i in range(n)]
 
+# %% ../nbs/10_audit.ipynb #2dd5e497
 LEARN_FROM = ('auto', 'test', 'generated')
 
 def learn_source(domain:str, # the preset's domain
@@ -174,9 +196,7 @@ class RunSettings:
 
     def save(self, path:Path):
         "Write the settings as JSON (atomically)"
-        path = Path(path); tmp = path.with_name(path.name + f'.tmp{os.getpid()}')
-        try: tmp.write_text(json.dumps(asdict(self), indent=1)); os.replace(tmp, path)
-        finally: tmp.unlink(missing_ok=True)
+        atomic_write(path, json.dumps(asdict(self), indent=1))
 
     @classmethod
     def load(cls, path:Path)->RunSettings: return cls(**json.loads(Path(path).read_text()))
@@ -211,9 +231,8 @@ class TrainedModel:
     def state(self)->dict:
         "The final model's state, its checkpoints (step, lr, state) and the training history (cached)"
         if self._state is None:
-            self._state = cached(self.path, self._fit, self.desc, self.log)
-            js = self.path.with_suffix('.json')
-            if not js.exists(): self.settings.save(js)
+            self._state = cached(self.path, self._fit, self.desc, self.log, settings=self.settings)
+            if not settings_file(self.path).exists(): save_settings(self.settings, self.path)   # a model cached before settings were kept
         return self._state
 
     def model(self)->nn.Module:
@@ -231,10 +250,7 @@ def _learn_queries(test, exclude_ids, n:int, seed:int):
     g = np.random.default_rng(seed)
     return np.sort(g.choice(pool, min(n, len(pool)), replace=False))
 
-def _digest(*parts)->str:
-    "Short stable hash of JSON-able parts (settings, ids): part of a cache file's name"
-    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:12]
-
+# %% ../nbs/10_audit.ipynb #05e3bba8
 def _ids_of(x)->list|None:
     "Query / example ids of a cached stage (Features, a list of them, or Contributions)"
     if isinstance(x, (list, tuple)): x = x[0] if len(x) else None
@@ -242,10 +258,12 @@ def _ids_of(x)->list|None:
     ids = getattr(x, 'ids', None)
     return None if ids is None else list(ids)
 
+# %% ../nbs/10_audit.ipynb #685b571c
 def _default_proj_dim(p:Preset)->int:
     "512 dims per group; 128 for a diffusion UNet (72 groups: a global TRAK kernel of 72 x 512 dims would not fit)"
     return 128 if p.domain == 'diffusion' else 512
 
+# %% ../nbs/10_audit.ipynb #129aa258
 class AuditRun:
     "The shared state of one audit: preset, data, model, groups, query splits and the cache directory"
     def __init__(self, preset:str|Preset, gt:GroundTruth, out:Path, grouping='preset', proj_dim=None, n_learn=100,
@@ -267,6 +285,14 @@ class AuditRun:
                                           device, progress, log)
         self._refits = {}
         if self.learn_from == 'test': self.learn_q   # an exhausted test split fails here, before any work
+
+    def stage_settings(self, stage:str, # the cached stage ('features', 'contributions', ...)
+                       **parts, # what else that stage depends on (method, split, ...)
+                      )->dict:
+        "What a cached stage depends on: the model's `RunSettings`, this run's settings and the stage's own parts (saved beside it)"
+        return dict(stage=stage, **asdict(self.trained_model.settings), grouping=self.grouping, proj_dim=self.proj_dim,
+                    kron_rank=self.kron_rank, learn_from=self.learn_from, n_learn=self.n_learn, gen_steps=self.gen_steps,
+                    K=self.K, journey_steps=self.journey_steps, n_eval=len(self.eval_q), **parts)
 
     def _sfx(self, ckpt:bool=False)->str:
         "File-name suffix for non-default seed / checkpoint count (the defaults keep the original names)"
@@ -294,7 +320,8 @@ class AuditRun:
         f = lambda: generate_queries(self.model(), seeds, scheduler=self.p.scheduler(), steps=self.gen_steps,
                                      vocab=self.train.info, name=f'generated-{purpose}')
         return cached(self.cache / f'generated-{purpose}-n{n}-s{self.seed}-steps{self.gen_steps}.pt', f,
-                      f'generate {n} {purpose} queries ({self.gen_steps} DDIM steps)', self.log)
+                      f'generate {n} {purpose} queries ({self.gen_steps} DDIM steps)', self.log,
+                      self.stage_settings('generated', purpose=purpose, n=n))
 
     @cached_property
     def learn_q(self):
@@ -321,12 +348,12 @@ class AuditRun:
         d = self.split(split)
         return f'-gen{self.gen_steps}' if (getattr(d, 'info', None) or {}).get('generated') else ''
 
-    def _checked(self, path:Path, compute, desc:str, ids:list):
+    def _checked(self, path:Path, compute, desc:str, ids:list, settings=None):
         "`cached`, recomputing a file made for other examples (e.g. another n_learn or ground truth)"
-        res = cached(path, compute, desc, self.log)
+        res = cached(path, compute, desc, self.log, settings)
         if _ids_of(res) is not None and _ids_of(res) != list(ids):
             if self.log: self.log(f"stale cache {path.name} (other examples): recomputing")
-            path.unlink(); res = cached(path, compute, desc, self.log)
+            path.unlink(); res = cached(path, compute, desc, self.log, settings)
         return res
 
     def _projector(self): return Projector(self.proj_dim, kind='sparse', seed=self.seed) if self.proj_dim else None
@@ -344,15 +371,16 @@ class AuditRun:
             return featurize(model, fn, data, self.groups, self._projector(), batch_size=64, checkpoints=ckpts,
                              device=self.device, progress=self.progress)
         if kind == 'kron': return compute()  # full per-layer query gradients: quick to make, too big to keep
-        return self._checked(self.cache / f'features-{key}-{split}.pt', compute, f'features {kind} {out_name} {split}', data.ids)
+        return self._checked(self.cache / f'features-{key}-{split}.pt', compute, f'features {kind} {out_name} {split}', data.ids,
+                             self.stage_settings('features', kind=kind, output=out_name, split=split, n=len(data)))
 
     def diffusion_key(self, name:str, split:str)->str:
         "Everything a diffusion method's features of `split` depend on, hashed"
         side = 'train' if split == 'train' else 'query'
-        return _digest(name, side, self.grouping, self.proj_dim, self.K, self.seed, 'shared',
+        return config_hash([name, side, self.grouping, self.proj_dim, self.K, self.seed, 'shared',
                        self.n_checkpoints if name == 'tracin' else None,
                        self.journey_steps if name == 'journeytrak' and side == 'query' else None,
-                       self._gen_tag(split), self.split(split).ids)
+                       self._gen_tag(split), self.split(split).ids], n=12, compact=False)
 
     def diffusion_features(self, name:str, split:str):
         "Features of one split for diffusion method `name`, as `pwattr.recipes.diffusion_attribution` makes them (cached)"
@@ -364,7 +392,7 @@ class AuditRun:
                                       checkpoints=ckpts, journey_steps=self.journey_steps, device=self.device,
                                       progress=self.progress)
         return cached(self.cache / f'features-diffusion-{name}-{split}-{self.diffusion_key(name, split)}.pt', compute,
-                      f'features {name} {split}', self.log)
+                      f'features {name} {split}', self.log, self.stage_settings('features', method=name, split=split, n=len(data)))
 
     def contributions(self, name:str, # a method of `pwattr.recipes.RECIPES`
                       splits=('eval', 'learn'), # query splits to attribute
@@ -373,11 +401,12 @@ class AuditRun:
         "Fit method `name` on the training side and attribute the query splits (default: evaluation, learning)"
         r = recipe(name, self.p.domain); kind, oname = r.features, r.output_name(self.p)
         if kind == 'diffusion':
-            key = _digest([self.diffusion_key(name, s) for s in ('train', *splits)])
+            key = config_hash([[self.diffusion_key(name, s) for s in ('train', *splits)]], n=12, compact=False)
             def compute():
                 m = r.make(self).fit(self.diffusion_features(name, 'train'))
                 return tuple(m.contributions(self.diffusion_features(name, s)) for s in splits)
-            return cached(self.cache / f'contrib-diffusion-{name}-{key}.pt', compute, f'{name}: fit and attribute', self.log)
+            return cached(self.cache / f'contrib-diffusion-{name}-{key}.pt', compute, f'{name}: fit and attribute', self.log,
+                          self.stage_settings('contributions', method=name, splits=list(splits)))
         qs = [self.features(kind, oname, s) for s in splits]
         if damping_scale is not None and name != 'ekfac': raise ValueError(f"damping_scale applies to 'ekfac' only, not {name!r}")
         meth = r.make(self) if damping_scale is None else r.make(self, damping_scale=damping_scale)
@@ -386,15 +415,17 @@ class AuditRun:
             tag = ('' if tuple(splits) == ('eval', 'learn') else '-' + '-'.join(splits)) + ('' if damping_scale is None else f'-d{damping_scale:g}')
             c = self._checked(self.cache / f'contrib-{name}-{self.grouping}{self._sfx()}{self._gen_tag("learn")}{tag}.pt',
                               lambda: meth.contributions_streamed(self.model(), self.train, output_fn(oname), Features.cat(qs),
-                                                                  progress=self.progress), f'{name} (streamed)', ids)
+                                                                  progress=self.progress), f'{name} (streamed)', ids,
+                              self.stage_settings('contributions', method=name, output=oname, splits=list(splits), damping_scale=damping_scale))
             ends = np.cumsum([0] + [len(self.split(s)) for s in splits])
             return tuple(c[a:b] for a, b in zip(ends[:-1], ends[1:]))
-        key = _digest(name, oname, self.grouping, self.proj_dim, self.kron_rank, self.seed,
-                      self.n_checkpoints if kind == 'ckpt' else None, [self.split(s).ids for s in ('train', *splits)])
+        key = config_hash([name, oname, self.grouping, self.proj_dim, self.kron_rank, self.seed,
+                      self.n_checkpoints if kind == 'ckpt' else None, [self.split(s).ids for s in ('train', *splits)]], n=12, compact=False)
         def compute():  # the fit (e.g. a 10k x 10k kernel) is the slow part: keep its result
             meth.fit(self.features(kind, oname, 'train'), progress=self.progress)
             return tuple(meth.contributions(q, progress=self.progress) for q in qs)
-        return cached(self.cache / f'contrib-{name}-{key}.pt', compute, f'{name}: fit and attribute', self.log)
+        return cached(self.cache / f'contrib-{name}-{key}.pt', compute, f'{name}: fit and attribute', self.log,
+                      self.stage_settings('contributions', method=name, output=oname, splits=list(splits)))
 
     def refit(self, name:str):
         "(`KernelRefit`, split -> query features [Q, D]) of a global ridge-kernel method (TRAK, D-TRAK, DAS, JourneyTRAK); None for others"
@@ -432,7 +463,7 @@ class AuditRun:
             model = self.model()
             return fit_kron_factors(model, self.train, fisher_output_for(output_fn(LOSS[self.p.domain])), seed=self.seed,
                                     device=self.device, progress=self.progress)
-        return cached(self.cache / f'ekfac-factors{self._sfx()}.pt', compute, 'EK-FAC factors', self.log)
+        return cached(self.cache / f'ekfac-factors{self._sfx()}.pt', compute, 'EK-FAC factors', self.log, self.stage_settings('ekfac factors'))
 
 # %% ../nbs/10_audit.ipynb #5bdf45c6
 from .grouping import group_views   # block and function views of groups live with the groups (`pwattr.grouping`)
@@ -571,6 +602,7 @@ def _img(key:str, title:str, fig, out:Path, caption:str='', problems:dict|None=N
     return (f"<figure id='fig-{html.escape(key)}' style='width:{w}px'><img alt='{html.escape(title)}' width='{w}' "
             f"src='data:image/png;base64,{base64.b64encode(png).decode()}'>{cap}</figure>")
 
+# %% ../nbs/10_audit.ipynb #61e4414a
 def _cell(v, col:str)->str:
     "One table cell: numbers to 4 decimals, a negative gain marked"
     if isinstance(v, (float, np.floating, int, np.integer)) and not isinstance(v, bool):
@@ -579,6 +611,7 @@ def _cell(v, col:str)->str:
         return f"<td class='neg' title='negative gain: the learned weights do worse'>{txt} &#9660;</td>" if neg else f'<td>{txt}</td>'
     return f"<td class='l'>{html.escape(str(v))}</td>"
 
+# %% ../nbs/10_audit.ipynb #ad0013ba
 def _html_table(df:pd.DataFrame, index_name:str|None=None)->str:
     "A tidy HTML table: one header row (MultiIndex columns joined), the index as the first column"
     cols = [' '.join(str(x) for x in c if str(x)) if isinstance(c, tuple) else str(c) for c in df.columns]
@@ -587,6 +620,7 @@ def _html_table(df:pd.DataFrame, index_name:str|None=None)->str:
                    for i, r in zip(df.index, df.itertuples(index=False)))
     return f'<table><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>'
 
+# %% ../nbs/10_audit.ipynb #369f7385
 def reproduce_command(r:AuditResult)->str:
     "The console command that reruns this audit with its settings"
     st = r.settings
@@ -600,6 +634,7 @@ def reproduce_command(r:AuditResult)->str:
             ('journey_steps', st.get('journey_steps')), ('out', str(r.out))]
     return 'pwattr audit ' + ' '.join(f'--{k} {v}' for k, v in args if v is not None)
 
+# %% ../nbs/10_audit.ipynb #c13460ed
 def _gallery(c, q:int, train, qset, weighted, title:str, k:int=6):
     "Proponents without and with the weights applied, and opponents with them, of query q (captions: rank, score, id, class)"
     from pwattr.plots import topk_under, items_of, ids_of, item_labels, plot_gallery
@@ -617,6 +652,7 @@ def _gallery(c, q:int, train, qset, weighted, title:str, k:int=6):
     qitems = items_of(qset); ql = item_labels(qset, len(qitems))
     return plot_gallery(qitems[q], rows, caps, query_caption=f'query {qset.ids[q]}' + (f'\n{ql[q]}' if ql else ''), title=title)
 
+# %% ../nbs/10_audit.ipynb #f1d8fc24
 def write_report(r:AuditResult, run:AuditRun, n_gallery:int=3)->Path:
     "Write report.html, plots/*.png, results.json and weights/*.json into `r.out`"
     import datetime, pwattr
@@ -731,6 +767,7 @@ def _what(o)->str:
     if isinstance(o, (tuple, list)): return f"a {type(o).__name__} of {len(o)}: ({', '.join(type(x).__name__ for x in o[:4])})"
     return f"a {type(o).__name__}"
 
+# %% ../nbs/10_audit.ipynb #96779828
 def _accepts(f, names)->set:
     "Which of `names` `f` takes as keyword arguments (all of them if it has **kwargs)"
     import inspect
@@ -739,6 +776,7 @@ def _accepts(f, names)->set:
     if any(p.kind == p.VAR_KEYWORD for p in ps.values()): return set(names)
     return {n for n in names if n in ps and ps[n].kind in (ps[n].POSITIONAL_OR_KEYWORD, ps[n].KEYWORD_ONLY)}
 
+# %% ../nbs/10_audit.ipynb #0f8d8aeb
 def _source_hash(*fns)->str:
     "Hash of the source files that define `fns`: a cache made by an older version of your module is not reused"
     import inspect
@@ -748,6 +786,7 @@ def _source_hash(*fns)->str:
         except (TypeError, OSError): h.update(getattr(f, '__qualname__', repr(f)).encode())
     return h.hexdigest()[:16]
 
+# %% ../nbs/10_audit.ipynb #3f480dbe
 class CustomPreset(Preset):
     "A `Preset` made of your own functions: `make_model(seed)`, `make_data() -> (train, test)` and `train_fn(model, train, ...)`"
     def __init__(self, model:str, # 'module:function': seed -> a freshly initialised nn.Module
@@ -817,10 +856,12 @@ class CustomPreset(Preset):
         return run_groundtruth(task.train_fn, task.output_fn, n, batch, m, 0.5, 1, out_path, workers, seed,
                                None, kind, qids, chash, meta, **kw)
 
+# %% ../nbs/10_audit.ipynb #d63773db
 class CustomTask(PresetTask):
     "`PresetTask` of a `CustomPreset`: picklable (worker processes import your module by name)"
     def _get(self): return self.preset
 
+# %% ../nbs/10_audit.ipynb #ea955af0
 def check_custom(p:CustomPreset, seed:int=0)->None:
     "Call each of your functions once on a small input: a one-line ValueError naming the option whose function misbehaves"
     train, test = p.load(); model = p.make_model(seed).eval(); b = test[torch.arange(2)].batch()

@@ -9,12 +9,12 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 import numpy as np, pandas as pd, torch
 from scipy.stats import rankdata
-from .grouping import group_labels
+from .grouping import group_labels, align_weights
 
 # %% auto #0
 __all__ = ['spearman_rows', 'subset_predictions', 'bootstrap_ci', 'LDSResult', 'check_disjoint', 'lds', 'seed_agreement',
-           'group_predictions', 'PerGroupLDS', 'per_group_lds', 'roc_auc', 'flip_labels', 'mislabel_auc', 'recall_at_k',
-           'TailPatchResult', 'tail_patch_deltas', 'tail_patch', 'ResultsTable']
+           'group_predictions', 'lds_from_preds', 'PerGroupLDS', 'per_group_lds', 'roc_auc', 'flip_labels',
+           'mislabel_auc', 'recall_at_k', 'TailPatchResult', 'tail_patch_deltas', 'tail_patch', 'ResultsTable']
 
 # %% ../nbs/08_evaluate.ipynb #51e01029
 def spearman_rows(a, # [Q, S] predictions
@@ -29,6 +29,7 @@ def spearman_rows(a, # [Q, S] predictions
     with np.errstate(invalid='ignore', divide='ignore'):
         return np.where(den > 0, (ra * rb).sum(1) / np.where(den > 0, den, 1), np.nan)
 
+# %% ../nbs/08_evaluate.ipynb #02a749ce
 def _np(x) -> np.ndarray:
     "Tensor / array / list -> float64 numpy"
     if isinstance(x, torch.Tensor): x = x.detach().cpu().double().numpy()
@@ -44,6 +45,7 @@ def subset_predictions(scores, # [Q, N] attribution scores
         raise ValueError(f"scores must be [Q, N={m.shape[1]}] to match the ground truth's masks; got {tuple(s.shape)}")
     return s @ m.T
 
+# %% ../nbs/08_evaluate.ipynb #cba1fde0
 def bootstrap_ci(values, # [Q] per-query values (nan ignored)
                  n_boot:int=2000, # bootstrap resamples
                  level:float=0.95, # interval coverage
@@ -83,12 +85,14 @@ class LDSResult:
         ax.set_xlabel('Spearman per query'); ax.set_ylabel('queries'); ax.legend(fontsize=8)
         return ax
 
+# %% ../nbs/08_evaluate.ipynb #636fee6e
 def _scores_of(scores, w=None):
     "[Q, N] scores from a tensor / array or a `Contributions` (`.scores(w)`)"
     if hasattr(scores, 'scores') and callable(scores.scores): return scores.scores(w)
     if w is not None: raise ValueError("weights `w` apply to a Contributions object; for a plain [Q, N] score matrix pass w=None")
     return scores
 
+# %% ../nbs/08_evaluate.ipynb #31bfae1e
 def _check_queries(obj, gt, q):
     qids = getattr(obj, 'query_ids', None)
     if q != gt.n_queries: raise ValueError(f"{q} queries scored but the ground truth has {gt.n_queries}: score its queries (gt.query_ids)")
@@ -121,6 +125,7 @@ def lds(scores, # [Q, N] scores (Tensor / array) or a `Contributions`
     _check_queries(scores, gt, s.shape[0]); _check_finite(s)
     return _lds_from_preds(subset_predictions(s, gt.masks), gt, n_boot, level, seed)
 
+# %% ../nbs/08_evaluate.ipynb #226293c4
 def _check_weights(w, gt):
     "Refuse weights that are not finite, negative (they flip a group's sign) or learned on the evaluation queries"
     if w is None: return
@@ -133,6 +138,7 @@ def _check_weights(w, gt):
                          "those groups' contributions. Clamp them at 0 or learn them again.")
     check_disjoint((getattr(w, 'settings', None) or {}).get('query_ids'), gt.query_ids)
 
+# %% ../nbs/08_evaluate.ipynb #af682042
 def _check_finite(s:np.ndarray):
     "Refuse scores with NaN / inf: their queries would silently drop out of the LDS"
     bad = ~np.isfinite(s).all(tuple(range(1, s.ndim)))
@@ -140,6 +146,7 @@ def _check_finite(s:np.ndarray):
         raise ValueError(f"the scores of {int(bad.sum())} queries hold NaN or inf (query positions {np.flatnonzero(bad)[:5].tolist()}): "
                          "they would drop out of the LDS. Check the method's features (e.g. float16 overflow) or score those queries again.")
 
+# %% ../nbs/08_evaluate.ipynb #b2f7ec2d
 def _lds_from_preds(preds, gt, n_boot=2000, level=0.95, seed=0) -> LDSResult:
     if gt.kind == 'loss': preds = -preds
     rho = spearman_rows(preds, gt.actual())
@@ -159,20 +166,41 @@ def seed_agreement(gt:GroundTruth, # a ground truth with R >= 2 training seeds
     return LDSResult(float(rho[ok].mean()), bootstrap_ci(rho, n_boot, 0.95, seed), rho, int(ok.sum()), gt.n_subsets)
 
 # %% ../nbs/08_evaluate.ipynb #f08b6661
-def group_predictions(S, # [Q, N, M] per-group contributions (Tensor / array)
+def group_predictions(S, # [Q, N, M] per-group contributions (Tensor / array), or an iterable of blocks (q0, n0, X) tiling it: X = S[q0:q0+q, n0:n0+n]
                       masks, # bool [S, N]
-                      chunk:int=4096, # training examples per chunk
+                      chunk:int=4096, # training examples per block when S is a Tensor / array
                      )->np.ndarray: # float64 [Q, S, M]
-    "Subset predictions of every group's contribution alone, without materialising S in float64"
-    is_t = isinstance(S, torch.Tensor)
-    Q, N, M = S.shape
+    "Subset predictions of every group's contribution alone, P[q, s, j] = sum of S[q, n, j] over n in subset s, block by block in float64"
     m = torch.as_tensor(np.asarray(masks), dtype=torch.float64)
-    if m.shape[1] != N: raise ValueError(f"contributions have N={N} training examples, the ground truth {m.shape[1]}")
-    out = torch.zeros(Q, m.shape[0], M, dtype=torch.float64)
-    for s in range(0, N, chunk):
-        blk = S[:, s:s + chunk] if is_t else torch.from_numpy(np.asarray(S[:, s:s + chunk]))
-        out += torch.einsum('qnm,sn->qsm', blk.detach().cpu().double(), m[:, s:s + chunk])
-    return out.numpy()
+    if m.ndim != 2: raise ValueError(f"masks must be [n_subsets, N]; got shape {tuple(m.shape)}")
+    N = m.shape[1]
+    if isinstance(S, (torch.Tensor, np.ndarray)) or hasattr(S, 'shape') and hasattr(S, '__getitem__'):
+        if len(S.shape) != 3: raise ValueError(f"contributions must be [Q, N, M]; got shape {tuple(S.shape)}")
+        if S.shape[1] != N: raise ValueError(f"contributions have N={S.shape[1]} training examples, the ground truth {N}")
+        blocks = ((0, s, S[:, s:s + chunk]) for s in range(0, N, chunk))
+    else: blocks = S
+    acc, seen = {}, {}                                                   # query start -> [q, S, M] sum, training examples summed
+    for q0, n0, X in blocks:
+        X = (X if isinstance(X, torch.Tensor) else torch.from_numpy(np.asarray(X))).detach().double()
+        if n0 + X.shape[1] > N: raise ValueError(f"a block covers training examples {n0}:{n0 + X.shape[1]} but the masks have N={N}")
+        mb = m if (n0, X.shape[1]) == (0, N) else m[:, n0:n0 + X.shape[1]]
+        P = torch.einsum('qnm,sn->qsm', X, mb.to(X.device)).cpu()
+        acc[q0] = acc[q0] + P if q0 in acc else P
+        seen[q0] = seen.get(q0, 0) + X.shape[1]
+    if not acc: raise ValueError("no contributions given (an empty block iterator)")
+    short = {q0: n for q0, n in seen.items() if n != N}
+    if short: raise ValueError(f"the blocks of queries from {next(iter(short))} sum {next(iter(short.values()))} training examples, the masks {N}: give blocks that tile S")
+    return torch.cat([acc[q0] for q0 in sorted(acc)], 0).numpy()
+
+# %% ../nbs/08_evaluate.ipynb #2e57e76f
+def lds_from_preds(preds, # [Q, n_subsets, M] per-group predicted outputs (`group_predictions`)
+                   actual, # [Q, n_subsets] actual outputs (negated first when they are losses)
+                   w=None, # weights [M] (None: ones = the base method)
+                  )->torch.Tensor: # [Q] float64 Spearman correlation per query (nan where a row is constant)
+    "LDS per query of the weighted prediction preds @ w against the actual outputs"
+    preds = torch.as_tensor(preds).double()
+    w = torch.ones(preds.shape[-1], dtype=torch.float64) if w is None else align_weights(w, M=preds.shape[-1]).double()
+    return torch.from_numpy(spearman_rows(preds @ w, actual))
 
 # %% ../nbs/08_evaluate.ipynb #bac4402c
 @dataclass
@@ -255,6 +283,7 @@ def roc_auc(scores, # [N] higher = more likely positive
     r = rankdata(s)
     return float((r[p].sum() - n1 * (n1 + 1) / 2) / (n1 * n0))
 
+# %% ../nbs/08_evaluate.ipynb #c586ed2b
 def flip_labels(labels, # long [N] class labels
                 frac:float=0.1, # fraction of the training set to flip
                 n_classes:int|None=None, # number of classes (default max + 1)
@@ -269,6 +298,7 @@ def flip_labels(labels, # long [N] class labels
     flipped = torch.zeros(n, dtype=torch.bool); flipped[idx] = True
     return y2, flipped
 
+# %% ../nbs/08_evaluate.ipynb #e3fed2e4
 def mislabel_auc(self_influence, # [N] self-influence, or [N, M] per-group self-influence
                  flipped, # bool [N]: the training labels that were flipped
                  w=None, # [M] group weights for a per-group input (None: ones = the base method)
@@ -314,12 +344,15 @@ class TailPatchResult:
     lr: float # step size used
     def __repr__(self): return f"tail-patch {self.mean:.4g} [{self.ci[0]:.4g}, {self.ci[1]:.4g}] (Q={len(self.deltas)}, k={self.deltas.shape[1]}, lr={self.lr})"
 
+# %% ../nbs/08_evaluate.ipynb #2ae144fb
 def _take(batch:dict, idx) -> dict:
     idx = torch.as_tensor(np.asarray(idx), dtype=torch.long)
     return {k: v[idx.to(v.device)] for k, v in batch.items()}
 
+# %% ../nbs/08_evaluate.ipynb #ff8568ea
 def _n_rows(batch:dict)->int: return len(next(iter(batch.values())))
 
+# %% ../nbs/08_evaluate.ipynb #b3067192
 def _check_proponents(proponents, Q:int, N:int, k:int)->dict:
     "label -> long [Q, k], checked for shape and range"
     props = {}
@@ -333,6 +366,7 @@ def _check_proponents(proponents, Q:int, N:int, k:int)->dict:
         props[lab] = p
     return props
 
+# %% ../nbs/08_evaluate.ipynb #c2d58fdc
 def tail_patch_deltas(model:torch.nn.Module, # the final trained model (its weights are restored afterwards)
                       lm_output, # per-example loss: (model, batch) -> [B], e.g. `output_fn('lm_loss')`
                       query:dict, # batch of Q queries
@@ -381,6 +415,7 @@ def tail_patch_deltas(model:torch.nn.Module, # the final trained model (its weig
     return {lab: np.array([[delta[q, t] for t in row] for q, row in enumerate(p.tolist())], dtype=np.float64).reshape(Q, k)
             for lab, p in props.items()}
 
+# %% ../nbs/08_evaluate.ipynb #bb21aea5
 def tail_patch(model:torch.nn.Module, # the final trained model
                lm_output, # per-example loss: (model, batch) -> [B] (e.g. `features.output_fn('lm_loss')`)
                query:dict, # batch of Q queries

@@ -26,6 +26,7 @@ def module_of(name:str, # a parameter name, e.g. 'transformer.h.0.attn.c_attn.we
     head, _, leaf = name.rpartition('.')
     return head if head else name
 
+# %% ../nbs/02_grouping.ipynb #94eb687f
 def _levels(path):
     "Split a dotted path into levels: a name with the indices that follow it ('up_blocks.1', 'h.0')"
     out = []
@@ -34,6 +35,7 @@ def _levels(path):
         else: out.append(p)
     return out
 
+# %% ../nbs/02_grouping.ipynb #4d275ee3
 _ADAPTER = re.compile(r'\.(lora_(?:A|B|embedding_A|embedding_B|magnitude_vector)|base_layer)(\.[^.]+)?$')
 def adapted_module(path:str, # a module path, e.g. 'base_model.model.model.layers.0.self_attn.q_proj.lora_A.default'
                   )->str: # the module a peft adapter adapts ('model.layers.0.self_attn.q_proj'); other paths unchanged
@@ -41,6 +43,7 @@ def adapted_module(path:str, # a module path, e.g. 'base_model.model.model.layer
     p = _ADAPTER.sub('', path)
     return p[len('base_model.model.'):] if p.startswith('base_model.model.') else p
 
+# %% ../nbs/02_grouping.ipynb #f2cd27bb
 _HF_BASES = {'model', 'base_model', 'bert', 'distilbert', 'roberta', 'electra', 'albert', 'deberta'}
 def _strip_bases(levels:list)->list:
     "Drop the leading wrapper levels of transformers / peft models ('model.layers.3' -> 'layers.3', 'bert.encoder.layer.0' -> 'layer.0')"
@@ -50,12 +53,14 @@ def _strip_bases(levels:list)->list:
         i += 1
     return levels[i:]
 
+# %% ../nbs/02_grouping.ipynb #feb46e1a
 def block_of(name:str, # a parameter name
              depth:int=1, # number of levels kept; a level is a name plus the indices after it
             )->str: # e.g. 'up_blocks.1' (depth 1), 'transformer.h.0' (depth 2), 'layers.3' (a Llama's 'model.layers.3...')
     "Block of parameter `name`: its first `depth` levels, a level being a name with its indices ('up_blocks.1'); transformers' wrapper levels skipped"
     return '.'.join(_strip_bases(_levels(adapted_module(module_of(name))))[:depth])
 
+# %% ../nbs/02_grouping.ipynb #892fc474
 def function_of(name:str, # a parameter name
                )->str: # e.g. 'attn1.to_out', 'attn.c_attn', 'resnets.conv1', 'time_embedding', 'conv_in'
     "What the layer owning `name` does, wherever it sits: the index-free module path, at most its last two parts"
@@ -74,6 +79,7 @@ def _close(name, options, n=3):
     m = difflib.get_close_matches(name, list(options), n=n, cutoff=0.5)
     return f" Close matches: {', '.join(m)}." if m else ''
 
+# %% ../nbs/02_grouping.ipynb #551fc373
 class GroupSpec:
     "Named, disjoint groups of parameter names of one model; parameters in no group are frozen"
     def __init__(self,
@@ -287,11 +293,13 @@ class GroupSpec:
         if len(df) > max_rows: rows.append(f"| ... {len(df) - max_rows} more | | | | | |")
         return head + '\n'.join(rows)
 
+# %% ../nbs/02_grouping.ipynb #e99951a2
 def _common(labels):
     "The shared label of a group's parameters, or 'mixed' when they differ"
     s = list(OrderedDict.fromkeys(labels))
     return s[0] if len(s) == 1 else 'mixed'
 
+# %% ../nbs/02_grouping.ipynb #c6077f1f
 _ENCODER = re.compile(r'^(Bert|DistilBert|Roberta|XLMRoberta|Camembert|Electra|Albert|Deberta\w*)Model$')
 def model_kind(model:nn.Module)->str:
     "'peft' | 'gpt2' | 'unet' | 'vit' | 'bert' (BERT-style encoders) | 'hf' (any other transformers model: Llama...) | 'torch'"
@@ -304,6 +312,7 @@ def model_kind(model:nn.Module)->str:
     if any(c.__name__ == 'PreTrainedModel' for c in type(model).__mro__): return 'hf'
     return 'torch'
 
+# %% ../nbs/02_grouping.ipynb #1fb14367
 def hf_layer_list(model:nn.Module, # a transformers model (or a peft model around one)
                  )->str|None: # qualified name of its list of layers, e.g. 'model.layers', 'bert.encoder.layer'; None if not found
     "The `nn.ModuleList` holding a transformers model's `config.num_hidden_layers` layers"
@@ -311,6 +320,7 @@ def hf_layer_list(model:nn.Module, # a transformers model (or a peft model aroun
     if not n: return None
     return next((name for name, m in model.named_modules() if isinstance(m, nn.ModuleList) and len(m) == n), None)
 
+# %% ../nbs/02_grouping.ipynb #983d32f3
 def _hf_block(name:str, layers:str|None)->str:
     "'layers.N' (the last part of the layer list's name, with the index) inside the layer list; else the first level after the wrappers"
     if layers and name.startswith(layers + '.'): return f"{layers.rpartition('.')[2]}.{name[len(layers) + 1:].split('.')[0]}"
@@ -345,6 +355,7 @@ def _typed_function(p:str, types:dict)->str|None:
     if not parts[-1].isdigit() or function_of(p) != '.'.join(q for q in parts if not q.isdigit()): return None
     return types.get(path)
 
+# %% ../nbs/02_grouping.ipynb #0cd69246
 def group_views(groups:list, # group names of a Contributions (GroupSpec names or layer names)
                 spec:GroupSpec|None=None, # the spec the names come from (None: names are module paths)
                 model:torch.nn.Module|None=None, # names layers by class (Conv2d, GroupNorm) where paths are only indices
@@ -368,6 +379,7 @@ def group_views(groups:list, # group names of a Contributions (GroupSpec names o
 # %% ../nbs/02_grouping.ipynb #0ae9507b
 def _is_named(w)->bool: return isinstance(w, Mapping) or (hasattr(w, 'items') and hasattr(w, 'index') and not torch.is_tensor(w))
 
+# %% ../nbs/02_grouping.ipynb #d07f2cf4
 def align_weights(w, # None (ones: the base method), [M] tensor / array / list, dict or Series name -> weight (groups it omits keep 1), or GroupWeights (aligned by name)
                   groups:list|None=None, # the contributions' M group names (None: weights taken by position)
                   M:int|None=None, # number of groups (default: len(groups))

@@ -24,6 +24,7 @@ def _close(name, options, n=3):
     "Close matches of `name` among `options`, for error messages"
     return difflib.get_close_matches(str(name), [str(o) for o in options], n=n, cutoff=0.3)
 
+# %% ../nbs/04_methods.ipynb #04364bc2
 def _group_index(groups:list, j)->int:
     "Position of group `j` (an index or a name) in `groups`, with a helpful error"
     if isinstance(j, str):
@@ -34,10 +35,12 @@ def _group_index(groups:list, j)->int:
     if not -M <= j < M: raise IndexError(f"Group index {j} is out of range for {M} groups {groups[:8]}.")
     return j % M
 
+# %% ../nbs/04_methods.ipynb #254a5a24
 def _up(x:Tensor)->Tensor:
     "Half-precision features are stored small but computed with in float32"
     return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
 
+# %% ../nbs/04_methods.ipynb #674f6328
 def _bar(spans:list, progress:bool, desc:str):
     "`spans` under a tqdm bar when `progress` and there is more than one block (off by default: notebooks and tests stay quiet)"
     if not progress or len(spans) < 2: return spans
@@ -75,6 +78,7 @@ class TopK:
         return (f"<b>TopK</b>: {k} {'proponents' if self.largest else 'opponents'} for each of {Q} queries "
                 f"(top 5 of the first queries shown)" + df.to_html(index=False, float_format='{:.4g}'.format))
 
+# %% ../nbs/04_methods.ipynb #ccab865b
 def _merge_topk(best, vals:Tensor, idx:Tensor, k:int, largest:bool):
     "Merge a new block of candidate (values, indices) [Q, n] into the running best (values, indices) [Q, <=k]"
     if best is not None: vals, idx = torch.cat([best[0], vals], 1), torch.cat([best[1], idx], 1)
@@ -83,6 +87,7 @@ def _merge_topk(best, vals:Tensor, idx:Tensor, k:int, largest:bool):
     v, o = vals.topk(k, 1, largest=largest, sorted=True)
     return v, idx.gather(1, o)
 
+# %% ../nbs/04_methods.ipynb #ffd84f80
 def stream_topk(blocks:Iterator, k:int, largest:bool=True):
     "Top-k over training examples from an iterator of (train_slice, scores [Q, n]) without holding [Q, N]"
     best = None
@@ -218,6 +223,7 @@ def _merge_map(groups:list, mapping)->list:
                                    f"Close matches: {_close(unknown[0], groups)}.")
     return [str(mapping.get(g, g)) for g in groups]
 
+# %% ../nbs/04_methods.ipynb #c13b3414
 def _merge_groups(self, mapping:dict, # group name -> new name (groups not named keep theirs), or a function name -> new name
                  )->Contributions: # one column per new name, in order of first appearance; summed contributions
     "Sum the contributions of groups that map to one new name: layers into blocks, a LoRA layer's A and B into one group"
@@ -230,6 +236,7 @@ Contributions.merge_groups = _merge_groups
 # %% ../nbs/04_methods.ipynb #18b62e9a
 def _json_ids(ids): return [i.item() if hasattr(i, 'item') else i for i in ids]
 
+# %% ../nbs/04_methods.ipynb #26587d77
 class StreamedContributions(_ContribOps):
     "Contributions S[q, n, j] on disk (a folder with S.npy [Q, N, M] + contributions.json), read back in chunks"
     def __init__(self, path:str|Path):
@@ -304,6 +311,7 @@ def feature_list(feats, # Features or a list of them (checkpoints / ensemble mod
                              "featurize the same examples at every checkpoint / model.")
     return fl
 
+# %% ../nbs/04_methods.ipynb #67c561ba
 class Method:
     "Base of attribution methods: `fit` the training side K g(n) once, then per-group `contributions` for any queries"
     name = 'method'
@@ -466,6 +474,7 @@ class GradDot(Method):
     name, lazy, n_comp = 'GradDot', True, 1
     def _psi(self, comps, a, b): return [read_rows(comps[0].x, a, b)]
 
+# %% ../nbs/04_methods.ipynb #b65943e5
 class GradCos(Method):
     "Grad-Cos: S[q, n, j] = g_j(q)^T g_j(n) / (|g(q)| |g(n)|), normalised by the full-gradient norms so groups sum to the cosine"
     name, lazy, n_comp = 'GradCos', True, 1
@@ -474,6 +483,7 @@ class GradCos(Method):
     def _psi(self, comps, a, b): return [self._unit(read_rows(comps[0].x, a, b))]
     def _phi(self, comps, a, b): return [self._unit(read_rows(comps[0].x, a, b))]
 
+# %% ../nbs/04_methods.ipynb #1a2bb34e
 class TracInCP(Method):
     "TracInCP: S[q, n, j] = sum_c eta_c g_j(q; theta_c)^T g_j(n; theta_c) over checkpoints c with learning rates eta_c"
     name, lazy = 'TracInCP', True
@@ -510,6 +520,7 @@ def feature_gram(x, # [N, D] features: tensor, array / memmap or `NpyFile`
         G = X.T @ X if G is None else G.addmm_(X.T, X)
     return G
 
+# %% ../nbs/04_methods.ipynb #1e125c7c
 def _chol(A:Tensor, what:str)->Tensor:
     L, info = torch.linalg.cholesky_ex(A)
     if info.item() != 0:
@@ -517,6 +528,7 @@ def _chol(A:Tensor, what:str)->Tensor:
                          "e.g. projection dims >= training examples with lam = 0. Use a ridge lam > 0 (see TRAK(lam_rel=...)).")
     return L
 
+# %% ../nbs/04_methods.ipynb #e0569cc8
 class TRAK(Method):
     "TRAK: S[q, n, j] = phi_j(q)^T (K phi(n))_j · Q_n with K = (Phi^T Phi + lam I)^-1 ('global') or one ridge kernel per group ('block')"
     name = 'TRAK'

@@ -5,7 +5,7 @@
 # %% ../nbs/12a_mislabel.ipynb #cd77be14
 from __future__ import annotations
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, asdict
 from pathlib import Path
 import numpy as np, pandas as pd, torch
 from .data import ExampleSet
@@ -156,7 +156,9 @@ class MislabelRun:
 
     def method(self, name:str)->dict:
         "Per-group self-influence [N, M] of the training set and contributions of the learning queries for method `name` (cached)"
-        return cached(self.cache / f'{name}.pt', lambda: self._compute(name), f'{name}: self-influence + learning-query contributions', self.log)
+        st = dict(stage='self-influence', method=name, **asdict(self.trained_model.settings), frac=self.frac, grouping=self.grouping,
+                  proj_dim=self.proj_dim, n_learn=len(self.learn_q))
+        return cached(self.cache / f'{name}.pt', lambda: self._compute(name), f'{name}: self-influence + learning-query contributions', self.log, st)
 
 # %% ../nbs/12a_mislabel.ipynb #ceead8be
 def mislabel_run(preset:str|Preset='fmnist-mlp', # a classification preset

@@ -78,10 +78,12 @@ def checkpoint_side(model, fn, data, o): # o: the options of `diffusion_features
     cks = o.checkpoints if o.checkpoints is not None else [(0, 1.0, {k: v.detach().clone() for k, v in model.state_dict().items()})]
     return featurize(model, fn, data, checkpoints=cks, progress=o.progress, **o.common)
 
+# %% ../nbs/06b_recipes.ipynb #c4989ec2
 def timestep_side(model, fn, data, o):
     "Features averaged over K (timestep, noise) draws"
     return timestep_features(model, fn, data, **({} if o.norm is None else {'normalize': o.norm}), progress=o.progress, **o.common)
 
+# %% ../nbs/06b_recipes.ipynb #9419b1bc
 def journey_side(model, fn, data, o):
     "Features along each query's sampling trajectory (JourneyTRAK)"
     return journey_features(model, data, steps=o.journey_steps, seed=o.seed + 1, scheduler=o.scheduler, **o.common)
@@ -112,6 +114,7 @@ def _hint(bad:list, choices:list)->str:
     close = {m: difflib.get_close_matches(m, choices, 1, 0.5) for m in bad}
     return ''.join(f" ({m!r}: did you mean {c[0]!r}?)" for m, c in close.items() if c)
 
+# %% ../nbs/06b_recipes.ipynb #421f9f99
 def recipe(name:str, # a key of `RECIPES`
            domain:str|None=None, # the preset's domain (None: the first recipe of `name`)
           )->Recipe:
@@ -125,6 +128,7 @@ def recipe(name:str, # a key of `RECIPES`
                          f"Use one of {', '.join(names(domain))}.")
     return rs[0]
 
+# %% ../nbs/06b_recipes.ipynb #3b55412a
 def names(domain:str|None=None, # only methods with a recipe for this domain
           features:tuple|None=None, # only recipes with these feature kinds
          )->list:
@@ -132,10 +136,12 @@ def names(domain:str|None=None, # only methods with a recipe for this domain
     return [n for n, rs in RECIPES.items()
             if any((domain is None or domain in r.domains) and (features is None or r.features in features) for r in rs)]
 
+# %% ../nbs/06b_recipes.ipynb #d12b8370
 def display_names(domain:str|None=None)->dict:
     "name -> display name of every method with a recipe for `domain`"
     return {n: recipe(n, domain).display for n in names(domain)}
 
+# %% ../nbs/06b_recipes.ipynb #5d6ae50a
 def display_name(name:str, # a method name
                  domain:str|None=None, # the preset's domain
                 )->str:

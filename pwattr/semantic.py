@@ -14,7 +14,9 @@ from .grouping import GroupSpec
 from .features import Projector
 from .methods import Contributions
 from .models import AttributeUNet, ATTRIBUTES
-from .weights import GroupWeights, learn_semantic_weights, check_disjoint, weights_table
+from .weights import GroupWeights, learn_semantic_weights, check_disjoint
+from .plots import weight_table
+from .store import config_hash
 from .evaluate import ResultsTable, bootstrap_ci
 from .diffusion import generate_queries
 from .recipes import diffusion_attribution, parse_methods, display_name
@@ -311,8 +313,6 @@ def tune_weight_sets(S, # contributions [Q, N, M] of all plan queries (Tensor or
     return out, sweep
 
 # %% ../nbs/15_semantic.ipynb #b50fe53c
-def _hash(d)->str: return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:12]
-
 @dataclass
 class SemanticStudy:
     "Recall@k per attribute without, with general and with attribute-specific weights"
@@ -366,7 +366,7 @@ class SemanticStudy:
     def weight_kinds(self, method:str|None=None)->pd.DataFrame:
         "Mean weight per kind of group (embedding, cross-attention, shallow conv, ...) for each weight set; 1 = uniform"
         ws = self.all_weights[method] if method else self.weights
-        t = weights_table(ws)
+        t = weight_table(ws)
         return t.T.groupby([group_kind(g, self.settings.get('levels', 2)) for g in t.columns]).mean().T
 
     def gallery(self, attribute:str='style', # whose evaluation queries, and whose weights
@@ -448,7 +448,7 @@ def semantic_study(preset:str|Preset='sbemoji-cond', # a conditional diffusion p
         return ExampleSet('semantic-queries', {n: torch.cat([q.tensors[n] for q in parts]) for n in parts[0].tensors},
                           pd.concat([q.meta for q in parts], ignore_index=True), parts[0].info)
     t = time.perf_counter()
-    queries = cached(sem / f'queries-{_hash(gkey)}.pt', gen, f'generate {len(plan)} queries', log)
+    queries = cached(sem / f'queries-{config_hash(gkey, n=12, compact=False)}.pt', gen, f'generate {len(plan)} queries', log, gkey)
     T['queries'] = time.perf_counter() - t
     qids = list(queries.ids)
     check_disjoint([i for i, s in zip(qids, plan.split) if s == 'learn'], [i for i, s in zip(qids, plan.split) if s == 'eval'])
@@ -458,10 +458,10 @@ def semantic_study(preset:str|Preset='sbemoji-cond', # a conditional diffusion p
     for m in tqdm(methods, desc='methods', disable=not progress or len(methods) < 2):
         ckey = dict(g=gkey, method=m, K=K, proj=proj_dim, groups=groups.fingerprint(), seed=seed)
         t = time.perf_counter()
-        c = cached(sem / f'contrib-{m}-{_hash(ckey)}.pt',
+        c = cached(sem / f'contrib-{m}-{config_hash(ckey, n=12, compact=False)}.pt',
                    lambda: diffusion_attribution(m, model, train, queries, groups, proj, K=K, seed=seed, scheduler=p.scheduler(),
                                                  checkpoints=trained['checkpoints'], device=device),
-                   f'{display_name(m, "diffusion")} contributions ({len(plan)} queries x {len(train)} training images)', log)
+                   f'{display_name(m, "diffusion")} contributions ({len(plan)} queries x {len(train)} training images)', log, ckey)
         T[f'contrib {m}'] = time.perf_counter() - t
         if exclude: c = c.select(keep); ckey = {**ckey, 'exclude': list(exclude)}
         # 4. weights (learning queries only), 5. recall on the evaluation queries
@@ -469,12 +469,14 @@ def semantic_study(preset:str|Preset='sbemoji-cond', # a conditional diffusion p
         kl = int(k_learn or k)
         if tune:
             g = {**GRID, **(grid or {})}
-            ws, sweeps[m] = cached(sem / f'tuned-{m}-{_hash(dict(c=ckey, grid=g, k=k, attrs=attributes))}.pt',
+            wkey = dict(c=ckey, grid=g, k=k, attrs=attributes)
+            ws, sweeps[m] = cached(sem / f'tuned-{m}-{config_hash(wkey, n=12, compact=False)}.pt',
                                    lambda: tune_weight_sets(c, plan, train.tensors, qids, g, k, progress=progress),
-                                   f'{display_name(m, "diffusion")} weights tuned on learning queries', log)
+                                   f'{display_name(m, "diffusion")} weights tuned on learning queries', log, wkey)
         else:
-            ws = cached(sem / f'weights-{m}-{_hash(dict(c=ckey, k=kl, lam=lam, attrs=attributes, **({"normalize": True} if normalize else {})))}.pt',
-                        lambda: learn_weight_sets(c, plan, qids, k=kl, lam=lam, normalize=normalize), f'{display_name(m, "diffusion")} weights', log)
+            wkey = dict(c=ckey, k=kl, lam=lam, attrs=attributes, **({"normalize": True} if normalize else {}))
+            ws = cached(sem / f'weights-{m}-{config_hash(wkey, n=12, compact=False)}.pt',
+                        lambda: learn_weight_sets(c, plan, qids, k=kl, lam=lam, normalize=normalize), f'{display_name(m, "diffusion")} weights', log, wkey)
         T[f'weights {m}'] = time.perf_counter() - t
         contribs[m], all_w[m] = c, ws
     # 6. the gate: an attribute's weights only where they raise agreement with every other method on its learning queries

@@ -13,6 +13,7 @@ from .weights import check_disjoint
 from .evaluate import bootstrap_ci, ResultsTable, tail_patch_deltas
 from .audit import audit, AuditResult, cached, _ground_truth
 from .recipes import parse_methods
+from .store import config_hash
 
 # %% auto #0
 __all__ = ['random_proponents', 'as_percent', 'tail_patch_proponents', 'tail_patch_study']
@@ -96,7 +97,7 @@ def tail_patch_study(preset='kjv-gpt2', # a language preset name (or Preset)
                     queries=[str(gt_ids[i]) for i in q_pos], k_learn=k_learn, lam=lam, proj_dim=proj_dim,
                     n_learn=n_learn, grouping=grouping, audit_seed=seed_a,
                     unit='% increase of the per-token probability (mean lm_loss, one SGD step)')
-    key = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
+    key = config_hash(settings, n=12, compact=False)
     def compute():
         t0 = time.time()
         r = result if result is not None else audit(p, names, grouping, k_learn, lam, proj_dim, n_learn, out, gt, seed=seed, device=device,
@@ -109,7 +110,7 @@ def tail_patch_study(preset='kjv-gpt2', # a language preset name (or Preset)
                     weights={m: r.paper[m] for m in names},
                     times=dict(audit_and_proponents=round(t1 - t0, 2), tail_patch=round(time.time() - t1, 2)))
     d = cached(out / 'cache' / p.config_hash / f'tailpatch-{key}.pt', compute,
-               f'tail-patch ({len(q_pos)} queries, k={k}, lr={lr})', log)
+               f'tail-patch ({len(q_pos)} queries, k={k}, lr={lr})', log, settings)
     res = ResultsTable()
     for (m, wn), dl in d['deltas'].items():
         v = as_percent(dl).mean(1)                                   # per query: mean over its k proponents

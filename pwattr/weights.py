@@ -5,8 +5,7 @@
 # %% auto #0
 __all__ = ['planted_contributions', 'precision_at_k', 'ContribSource', 'selfsup_loss', 'GroupWeights', 'topk_null_test',
            'learn_weights', 'planted_noise', 'apply_weights', 'KSensitivity', 'k_sensitivity', 'learn_semantic_weights',
-           'weights_table', 'cosine_table', 'plot_cosine', 'subset_preds', 'lds_from_preds', 'OracleResult',
-           'oracle_weights']
+           'subset_preds', 'OracleResult', 'oracle_weights']
 
 # %% ../nbs/07_weights.ipynb #e09370e6
 import json, math, time, warnings
@@ -14,9 +13,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 import numpy as np, pandas as pd, torch
 from torch import Tensor
-from .evaluate import check_disjoint
+from .evaluate import check_disjoint, group_predictions, lds_from_preds
 from .grouping import align_weights
 from .store import atomic_write
+from .plots import weight_table
 
 # %% ../nbs/07_weights.ipynb #5e1cb7e9
 def planted_contributions(Q:int=32, N:int=2000, M:int=16, # sizes
@@ -632,63 +632,18 @@ def learn_semantic_weights(S, # contributions [Q,N,M] holding all labelled queri
             src = _as_source(S)
             ids = [src.query_ids[i] for i in qs] if src.query_ids is not None else None
             ws[name] = learn_weights(S, query_idx=qs, query_ids=ids, **kwargs)
-    tab = weights_table(ws)
+    tab = weight_table(ws)
     return (tab, ws) if return_weights else tab
 
-def weights_table(ws:dict, # name -> GroupWeights | weights [M]
-                  groups=None, # group names (default: from the first GroupWeights)
-                 )->pd.DataFrame: # names x groups
-    "Stack weight vectors into a table (rows: attributes / methods / datasets; columns: groups in model order)"
-    gw = next((w for w in ws.values() if isinstance(w, GroupWeights)), None)
-    groups = groups or (gw.groups if gw is not None else None)
-    rows = {n: (w.w if isinstance(w, GroupWeights) else torch.as_tensor(w)).float().numpy() for n, w in ws.items()}
-    M = {len(r) for r in rows.values()}
-    if len(M) != 1: raise ValueError(f"weight vectors have different lengths {sorted(M)}: compare weights over the same groups")
-    return pd.DataFrame(rows, index=groups or [f'g{j}' for j in range(M.pop())]).T
-
-def cosine_table(ws, # weights table (rows = vectors) or dict name -> GroupWeights / weights
-                )->pd.DataFrame: # pairwise cosine similarity
-    "Cosine similarity between weight vectors (attribute vs attribute, method vs method, ...)"
-    tab = ws if isinstance(ws, pd.DataFrame) else weights_table(ws)
-    X = tab.to_numpy(float); X = X / np.linalg.norm(X, axis=1, keepdims=True).clip(1e-12)
-    return pd.DataFrame(X @ X.T, tab.index, tab.index)
-
-def plot_cosine(cos:pd.DataFrame, title='cosine similarity of group weights', ax=None):
-    "Seaborn heatmap of a cosine table"
-    import matplotlib.pyplot as plt, seaborn as sns
-    if ax is None: _, ax = plt.subplots(figsize=(1.1 * len(cos) + 2, 0.9 * len(cos) + 1.2))
-    sns.heatmap(cos, annot=True, fmt='.2f', vmin=min(0, float(cos.min().min())), vmax=1, cmap='viridis', square=True, ax=ax)
-    ax.set_title(title); return ax
-
 # %% ../nbs/07_weights.ipynb #4b63d26d
-def subset_preds(S, # contributions [Q,N,M]
+def subset_preds(S, # contributions [Q,N,M] (tensor / memmap / Contributions / chunk factory)
                  masks, # bool [n_subsets, N]: training examples in each LDS subset
-                 chunk_size:int=2**24,
-                )->Tensor: # [Q, n_subsets, M]
-    "Per-group predicted outputs of LDS subsets: preds[q,s,j] = sum over n in subset s of S[q,n,j]"
+                 chunk_size:int=2**24, # entries of S per chunk
+                )->Tensor: # float64 [Q, n_subsets, M]
+    "Per-group predicted outputs of LDS subsets, preds[q,s,j] = sum over n in subset s of S[q,n,j]: `evaluate.group_predictions` over the chunks of S wherever it lives"
     src = _as_source(S, chunk_size=chunk_size)
-    m = torch.as_tensor(masks).to(src.device)
-    if m.ndim != 2: raise ValueError(f"masks must be [n_subsets, N]; got shape {tuple(m.shape)}")
-    m = m.double()
-    if src.axis == 'query': return torch.cat([torch.einsum('qnm,sn->qsm', X.double(), m) for _, _, X in src.chunks()], 0)
-    out = 0
-    for a, b, X in src.chunks(): out = out + torch.einsum('qnm,sn->qsm', X.double(), m[:, a:b])
-    return out
-
-def _rank(x): # average ranks along the last dim
-    from scipy.stats import rankdata
-    return torch.from_numpy(rankdata(np.asarray(x, dtype=np.float64), axis=-1))
-
-def lds_from_preds(preds:Tensor, # [Q, n_subsets, M] per-group predicted outputs
-                   actual:Tensor, # [Q, n_subsets] actual outputs
-                   w=None, # weights [M] (None: ones = base method)
-                  )->Tensor: # [Q] Spearman correlation per query
-    "LDS per query of the weighted prediction preds @ w against the actual outputs"
-    preds = torch.as_tensor(preds).double()
-    w = torch.ones(preds.shape[-1], dtype=torch.float64) if w is None else _as_weights(w, preds.shape[-1]).double()
-    rp, ra = _rank(preds @ w), _rank(torch.as_tensor(actual))
-    rp, ra = rp - rp.mean(1, keepdim=True), ra - ra.mean(1, keepdim=True)
-    return (rp * ra).sum(1) / (rp.norm(dim=1) * ra.norm(dim=1)).clamp_min(1e-300)
+    blocks = ((a, 0, X) if src.axis == 'query' else (0, a, X) for a, _, X in src.chunks())
+    return torch.from_numpy(group_predictions(blocks, masks)).to(src.device)
 
 @dataclass
 class OracleResult:

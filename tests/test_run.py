@@ -31,3 +31,25 @@ def test_trained_model_settings_and_reload(tmp_path):
     again = TrainedModel(p, tr, tmp_path / model_file(3), seed=3, n_checkpoints=2, log=logs2.append)
     with torch.no_grad(): assert torch.equal(again.model()(x), ref(x))
     assert logs[0].startswith('[done') and logs2 == ['[cached] train fmnist-mlp']
+
+def test_settings_beside_each_cached_result(tmp_path):
+    "Every stage AuditRun caches has its settings beside it (`<name>.json`): the model's RunSettings plus the stage's own parts"
+    import numpy as np
+    p = get_preset('fmnist-mlp').with_config(data={'n_train': 120, 'n_test': 40}, recipe={'epochs': 1})
+    tr, te = p.load()
+    rng = np.random.default_rng(0)
+    gt = GroundTruth(rng.random((6, len(tr))) < 0.5, np.zeros((6, 1)), rng.normal(size=(6, 1, 4)), list(te.ids[:4]), 'margin')
+    run = AuditRun(p, gt, tmp_path, proj_dim=8, n_learn=5, log=None, progress=False)
+    ev, _ = run.contributions('trak')
+    js = sorted(f.name for f in run.cache.glob('*.json'))
+    pts = sorted(f.name for f in run.cache.glob('*.pt'))
+    assert [f[:-5] for f in js] == [f[:-3] for f in pts], (js, pts)                  # one settings file per cached result
+    c = next(f for f in run.cache.glob('contrib-trak-*.json'))
+    st = json.loads(c.read_text())
+    assert {k: st[k] for k in ('stage', 'method', 'preset', 'config_hash', 'seed', 'proj_dim', 'n_learn', 'n_eval', 'splits')} == dict(
+        stage='contributions', method='trak', preset='fmnist-mlp', config_hash=p.config_hash, seed=0, proj_dim=8, n_learn=5, n_eval=4,
+        splits=['eval', 'learn'])
+    f = json.loads(next(run.cache.glob('features-*-train.json')).read_text())
+    assert (f['stage'], f['split'], f['n']) == ('features', 'train', 120)
+    assert json.loads((run.cache / 'model-s0.json').read_text()) == dict(preset='fmnist-mlp', config_hash=p.config_hash, seed=0,
+                                                                          n_checkpoints=4, data=tr.name)

@@ -3,9 +3,11 @@ import os
 os.environ.setdefault('OMP_NUM_THREADS', '1')
 import numpy as np, pytest, torch
 from hypothesis import given, settings, strategies as st
-from pwattr.weights import (ContribSource, GroupWeights, apply_weights, check_disjoint, cosine_table, k_sensitivity,
-                            learn_semantic_weights, learn_weights, lds_from_preds, oracle_weights, planted_contributions,
+from pwattr.weights import (ContribSource, GroupWeights, apply_weights, check_disjoint, k_sensitivity,
+                            learn_semantic_weights, learn_weights, oracle_weights, planted_contributions,
                             precision_at_k, selfsup_loss, subset_preds, _Screen, _objective)
+from pwattr.evaluate import lds_from_preds
+from pwattr.plots import cosine_matrix
 
 torch.set_num_threads(1)
 
@@ -172,7 +174,7 @@ def test_semantic_and_cosine():
     parts = [planted_contributions(Q=12, N=1200, M=12, signal=sig, strength=3., seed=s)[0] for s, sig in enumerate([(0, 1, 2), (8, 9, 10)])]
     tab = learn_semantic_weights(torch.cat(parts), {'a': range(12), 'b': range(12, 24)}, k=10)
     assert tab.loc['a'].iloc[:3].sum() / tab.loc['a'].sum() > 0.7 and tab.loc['b'].iloc[8:11].sum() / tab.loc['b'].sum() > 0.7
-    cos = cosine_table(tab)
+    cos = cosine_matrix(tab)
     x, y = tab.loc['a'].to_numpy(float), tab.loc['b'].to_numpy(float)
     assert cos.loc['a', 'b'] == pytest.approx(x @ y / np.linalg.norm(x) / np.linalg.norm(y), rel=1e-9)
     assert cos.loc['a', 'b'] < 0.5
