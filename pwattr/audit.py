@@ -486,8 +486,14 @@ class AuditResult:
 
     @property
     def verdicts(self)->dict:
-        "method -> one sentence: whether the safe weights are applied, and why"
-        return {m: w.verdict for m, w in self.weights.items() if w.verdict}
+        "method -> whether the safe weights are applied, and why; a caution where the base top-k looks like noise (`topk_null_test`)"
+        out = {m: w.verdict for m, w in self.weights.items() if w.verdict}
+        for m, pw in self.paper.items():
+            t = (getattr(pw, "info", None) or {}).get("null_test") or {}
+            if t.get("noise"):
+                out[m] = (out.get(m, '') + f" Caution: the base method's top-{t['k']} is indistinguishable from a null where the groups "
+                          f"do not agree (p = {t['p']:.2f}): learned weights have little to start from.").strip()
+        return out
 
     def table(self)->pd.DataFrame:
         "LDS per method: uniform, the paper's weights, the safe weights (the default), and the gains over uniform"

@@ -154,3 +154,19 @@ def test_diffusion_methods_refused_on_a_classifier():
     with pytest.raises(ValueError, match='diffusion models only'): parse_methods('trak,das', domain='classification')
     r = run('audit', '--methods', 'trak,journeytrak', '--no_progress')
     assert r.returncode == 2 and 'diffusion models only' in r.stderr and 'Traceback' not in r.stderr
+
+def test_verdicts_caution_when_the_base_topk_looks_like_noise():
+    "A method whose base top-k fails `topk_null_test` (planted pure noise) gets a caution beside its gate verdict; one with signal does not"
+    import torch
+    from pwattr.audit import AuditResult
+    from pwattr.evaluate import ResultsTable
+    from pwattr.weights import learn_weights, planted_contributions
+    signal, _ = planted_contributions(Q=16, N=400, M=4, signal=(0, 1), strength=4., noise=1., seed=0)
+    noise = torch.randn(16, 400, 4, generator=torch.Generator().manual_seed(1))
+    with pytest.warns(UserWarning, match='indistinguishable'): pn = learn_weights(noise, k=10)
+    ps = learn_weights(signal, k=10)
+    assert pn.info['null_test']['noise'] and not ps.info['null_test']['noise']
+    r = AuditResult('x', ResultsTable(), {}, {'a': ps, 'b': pn}, {}, Path('.'), paper={'a': ps, 'b': pn})
+    v = r.verdicts
+    assert 'b' in v and v['b'].startswith('Caution') and f"p = {pn.info['null_test']['p']:.2f}" in v['b']
+    assert 'a' not in v
