@@ -76,12 +76,17 @@ def test_unet_diffusion_loss_matches_models_and_vmap():
     check(m, dl, b, GroupSpec.preset(m), tol=1e-4)
     check(m, DTRAKOutput(K=3, seed=5), DTRAKOutput(K=3, seed=5).prepare({'x': x}, [0, 1, 2]), GroupSpec.preset(m, 'block'), tol=1e-4)
 
-def test_conditional_unet():
+def _cond_unet():
+    "A tiny conditional UNet, three images in [-1, 1] and their attribute labels (seeded)"
     torch.manual_seed(0)
     m = models.AttributeUNet({'subject': 3, 'style': 2, 'background': 2}, sample_size=8, channels=(8, 16), cond_dim=16,
                              norm_groups=4).eval()
     x = torch.rand(3, 3, 8, 8) * 2 - 1
     lab = {'subject': torch.tensor([0, 2, 1]), 'style': torch.tensor([1, 0, 1]), 'background': torch.tensor([0, 0, 1])}
+    return m, x, lab
+
+def test_conditional_unet():
+    m, x, lab = _cond_unet()
     das = DASOutput(K=2, seed=0, timesteps='random')
     b = das.prepare({'x': x, **lab}, ['a', 'b', 'c'])
     with torch.no_grad():   # the labels reach the model: changing one changes the output
@@ -244,11 +249,7 @@ def test_kron_projector_on_the_project_models():
     check_kron(g, LMLoss(), {'input_ids': ids, 'attention_mask': am}, GroupSpec.preset(g), k=40, seed=2)
 
 def test_kron_projector_diffusion():
-    torch.manual_seed(0)
-    m = models.AttributeUNet({'subject': 3, 'style': 2, 'background': 2}, sample_size=8, channels=(8, 16), cond_dim=16,
-                             norm_groups=4).eval()
-    x = torch.rand(3, 3, 8, 8) * 2 - 1
-    lab = {'subject': torch.tensor([0, 2, 1]), 'style': torch.tensor([1, 0, 1]), 'background': torch.tensor([0, 0, 1])}
+    m, x, lab = _cond_unet()
     dl = DiffusionLoss(K=2, seed=0, timesteps='random')                  # 2 rows per example in every layer
     check_kron(m, dl, dl.prepare({'x': x, **lab}, ['a', 'b', 'c']), GroupSpec.preset(m), k=16, tol=1e-4)
 
