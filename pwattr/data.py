@@ -85,12 +85,14 @@ FMNIST_SYSTEM_DIR = Path('/usr/share/datasets/fashion-mnist')  # where Debian's 
 class MissingDataError(FileNotFoundError):
     "A data file is not where it should be; the message says how to get it"
 
+# %% ../nbs/00_data.ipynb #31f61b26
 def assets_dir()->Path:
     "The bundled data directory inside the installed package"
     if ASSETS is not None: return ASSETS
     import pwattr
     return Path(pwattr.__file__).resolve().parent/'assets'
 
+# %% ../nbs/00_data.ipynb #11c213b1
 def asset_path(fname:str, # file name inside the data directory
                root=None, # directory to look in; None: the bundled `assets_dir()`
               )->Path:
@@ -102,6 +104,7 @@ def asset_path(fname:str, # file name inside the data directory
                                f'or reinstall pwattr from a wheel/sdist that includes pwattr/assets/.')
     return p
 
+# %% ../nbs/00_data.ipynb #426d015c
 def manifest(root=None)->dict:
     "Upstream versions, input and output sha256 and settings recorded by `tools/build_data.py`"
     return json.loads(asset_path('manifest.json', root).read_text())
@@ -116,13 +119,16 @@ def _fmnist_set(x:np.ndarray, y:np.ndarray, src:np.ndarray, split:str, source:st
     return ExampleSet(f'fmnist-{split}', ts, meta, {'classes': list(FMNIST_CLASSES), 'n_classes': 10, 'split': split,
                                                    'source': source, 'task': 'classification'})
 
+# %% ../nbs/00_data.ipynb #caef86a0
 @functools.lru_cache(maxsize=4)
 def _read_npz(path:str)->dict:
     with np.load(path) as z: return {k: z[k] for k in z.files}
 
+# %% ../nbs/00_data.ipynb #78638d1f
 def _check_split(split, allowed):
     if split not in allowed: raise ValueError(f'unknown split {split!r}; use one of {list(allowed)}')
 
+# %% ../nbs/00_data.ipynb #bdcc073d
 def load_fmnist(split:str='train', # 'train' (10k) or 'test' (2k)
                 n_per_class:int|None=None, # keep the first n of each class (source order); None: all
                 root=None, # directory holding fmnist_subset.npz; None: the bundled assets
@@ -145,6 +151,7 @@ def read_idx(path)->np.ndarray:
     nd = raw[3]; shape = tuple(int.from_bytes(raw[4+4*i:8+4*i], 'big') for i in range(nd))
     return np.frombuffer(raw, dtype=np.uint8, offset=4 + 4*nd).reshape(shape)
 
+# %% ../nbs/00_data.ipynb #6342de69
 def load_fmnist_idx(root=None, # directory with {train,t10k}-{images-idx3,labels-idx1}-ubyte[.gz]; None: Debian's path
                     split:str='train', # 'train' (60k) or 'test' (10k)
                    )->ExampleSet:
@@ -186,6 +193,7 @@ def encode_bytes(texts:list, # strings to encode
     ids[r, c] = torch.from_numpy(flat[keep]); mask[r, c] = 1
     return ids, mask, torch.from_numpy(lens > T)
 
+# %% ../nbs/00_data.ipynb #a912b036
 def decode_bytes(ids)->str:
     "Text of one row of ids (specials and padding dropped)"
     return bytes(int(i) for i in ids if int(i) < 256).decode('utf-8', errors='replace')
@@ -201,6 +209,7 @@ def _kjv_rows(path:str)->pd.DataFrame:
     df['testament'] = np.where(df.book_idx < KJV_OT_BOOKS, 'OT', 'NT')
     return df.rename(columns={'citation': 'id'})[['id', 'book', 'book_idx', 'testament', 'chapter', 'verse', 'text']]
 
+# %% ../nbs/00_data.ipynb #cc3c700b
 @functools.lru_cache(maxsize=4)
 def _verse_rank(ids:tuple, seed:int)->np.ndarray:
     "Rank of each id when sorted by sha256(f'{seed}:{id}')"
@@ -208,10 +217,12 @@ def _verse_rank(ids:tuple, seed:int)->np.ndarray:
     rank = np.empty(len(ids), np.int64); rank[order] = np.arange(len(ids)); rank.flags.writeable = False
     return rank
 
+# %% ../nbs/00_data.ipynb #0b9ebdf3
 def kjv_verses(root=None)->pd.DataFrame:
     "All KJV verses in biblical order: id (citation), book, book_idx, testament, chapter, verse, text"
     return _kjv_rows(str(asset_path('kjv.jsonl.gz', root))).copy()
 
+# %% ../nbs/00_data.ipynb #2bc439f0
 def load_kjv(split:str='train', # 'train', 'heldout' or 'all'
              n:int|None=None, # keep n verses of the split (nested: smaller n is a subset); None: all
              ctx_len:int|None=256, # tokens per row (256 holds 97% of verses whole); None: the longest verse (+2)

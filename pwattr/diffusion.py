@@ -24,6 +24,7 @@ def _at_step(batch:dict, k:int)->dict:
     "The prepared batch restricted to its k-th (timestep, noise) draw (K becomes 1)"
     return {**batch, **{n: batch[n][:, k:k + 1] for n in ('t', 'noise', 'x_t')}}
 
+# %% ../nbs/06_diffusion.ipynb #c0ded6c2
 def _data(data):
     "(N, ids, get_batch(idx)) for an ExampleSet or a dict of tensors"
     if hasattr(data, 'batch') and hasattr(data, 'ids'): return len(data), list(data.ids), lambda idx: data.batch(idx)
@@ -31,6 +32,7 @@ def _data(data):
         N = len(next(iter(data.values()))); return N, list(range(N)), lambda idx: {k: v[idx] for k, v in data.items()}
     raise TypeError(f"Need an ExampleSet (with .batch and .ids) or a dict of tensors, got {type(data).__name__}.")
 
+# %% ../nbs/06_diffusion.ipynb #315e17a7
 def _cfg(v):
     "JSON-friendly copy of a config value"
     if torch.is_tensor(v): return v.tolist()
@@ -38,6 +40,7 @@ def _cfg(v):
     if isinstance(v, (list, tuple)): return [_cfg(x) for x in v]
     return v
 
+# %% ../nbs/06_diffusion.ipynb #bf29f368
 def timestep_features(model:nn.Module, # UNet2DModel, AttributeUNet (UNet2DConditionModel) or any eps-predictor
                       out_fn:OutputFn|str, # a diffusion output of `pwattr.features`: 'diffusion_loss' | 'dtrak' | 'das' (or an instance)
                       data, # ExampleSet (or dict of tensors) with 'x' in [-1, 1] (+ attribute labels)
@@ -105,6 +108,7 @@ def timestep_features(model:nn.Module, # UNet2DModel, AttributeUNet (UNet2DCondi
                     {**meta, 'step': k}) for k in range(K)]
     return feats, per
 
+# %% ../nbs/06_diffusion.ipynb #3d9ced90
 class SharedNoise(OutputFn):
     "A diffusion output whose seeded (timestep, noise) draws are the same for every example (common random numbers)"
     def __init__(self, base:OutputFn): # a diffusion output of `pwattr.features` (DiffusionLoss, DTRAKOutput, DASOutput)
@@ -132,6 +136,7 @@ def _resolve(a:str, v, vocab:dict|None):
         return names.index(v)
     return int(v)
 
+# %% ../nbs/06_diffusion.ipynb #f32803e7
 @torch.no_grad()
 def generate_queries(model:nn.Module, # UNet2DModel or AttributeUNet
                      seeds:list, # one seed per query (same seed as `models.sample(model, 1, seed=s, ...)`)
@@ -230,6 +235,7 @@ class DTRAK(TRAK):
     def __init__(self, kernel:str='global', lam:float=None, lam_rel:float=None, **kw): # lam_rel None: TRAK's default
         super().__init__(kernel=kernel, lam=lam, use_q=False, **({} if lam_rel is None else {'lam_rel': lam_rel}), **kw)
 
+# %% ../nbs/06_diffusion.ipynb #9357d2db
 class DAS(TRAK):
     "DAS: TRAK's kernel on per-timestep normalised `DASOutput` features, each training column scaled by its residual"
     name = 'DAS'
@@ -316,6 +322,7 @@ class DiffusionLDSLoss(DiffusionLoss):
             one = copy.copy(self); one.seed = s; parts.append(DiffusionLoss.prepare(one, batch, ids))
         return {**batch, **{k: torch.cat([p[k] for p in parts], 1) for k in ('t', 'noise', 'x_t')}}
 
+# %% ../nbs/06_diffusion.ipynb #ccb285b6
 @torch.no_grad()
 def diffusion_outputs(model:nn.Module, # trained UNet
                       data, # ExampleSet or dict of tensors
@@ -334,6 +341,7 @@ def diffusion_outputs(model:nn.Module, # trained UNet
     finally: model.train(was)
     return torch.cat(outs) if outs else torch.zeros(0)
 
+# %% ../nbs/06_diffusion.ipynb #13dc550c
 def lds_sign(kind:str)->int:
     "+1 for a margin output, -1 for a loss: LDS correlates sign * scores with the output (as `evaluate.lds` does)"
     if kind not in ('margin', 'loss'): raise ValueError(f"kind must be 'margin' or 'loss', got {kind!r}.")
@@ -344,6 +352,7 @@ def _img(x:Tensor):
     "[C,H,W] in [-1,1] -> HWC numpy in [0,1]"
     return ((x.detach().float().cpu().clamp(-1, 1) + 1) / 2).permute(1, 2, 0).numpy()
 
+# %% ../nbs/06_diffusion.ipynb #8389463d
 def plot_topk(queries, # query ExampleSet ('x')
               train, # training ExampleSet ('x')
               contribs:dict, # method name -> Contributions of these queries over this training set

@@ -22,6 +22,7 @@ def png_data_uri(img, # an image in any layout / range `display_image` reads
     matplotlib.image.imsave(buf, a, cmap='gray', vmin=0, vmax=1, format='png')
     return 'data:image/png;base64,' + base64.b64encode(buf.getvalue()).decode()
 
+# %% ../nbs/09b_explorer.ipynb #2d0ce7a4
 # Styles are inline (JupyterLab strips <style> blocks from an untrusted notebook's outputs). Colours are JupyterLab's
 # theme variables, so light and dark themes both work; a sanitiser (untrusted output) drops `var()` declarations, so
 # each comes after a plain value that reads on light and dark backgrounds alike, and text colour is never set:
@@ -39,6 +40,7 @@ def card_width(size:int, # image side in pixels
     "The fixed width of one card, wide enough for a caption line"
     return 3 * size + 8 if text else max(size, 92) + 8
 
+# %% ../nbs/09b_explorer.ipynb #d477b275
 def item_html(item, # an image or a string
               caption='', # text under the item: a string, or lines (each kept on one line, cut with '...' if too long)
               size:int=64, # image side in pixels (text boxes are 3x wider)
@@ -63,6 +65,7 @@ def item_html(item, # an image or a string
 def _n_rows(S)->tuple:
     X = getattr(S, 'S', S); return tuple(X.shape)
 
+# %% ../nbs/09b_explorer.ipynb #de9c133f
 _ROW = 'display:flex;align-items:flex-start;gap:8px;margin:6px 0'
 _GRID = 'display:flex;flex-wrap:wrap;gap:6px;align-items:flex-start;flex:1 1 0;min-width:0'
 _LABEL = 'flex:0 0 112px;width:112px;font-size:12px;font-weight:600;padding-top:4px;overflow-wrap:normal;word-break:keep-all'
@@ -195,6 +198,7 @@ class Explorer:
         wrap = W.Layout(flex_flow='row wrap', align_items='center', width='100%')
         return _widget_box()([W.HBox([prev, wq, nxt, wm, wk], layout=wrap), ww, self.view], explorer=self)
 
+# %% ../nbs/09b_explorer.ipynb #305394f1
 def _widget_box():
     "The widget's class (made on first use: ipywidgets is imported only when a widget is asked for)"
     global _Box

@@ -28,14 +28,17 @@ def _logits(out):
     "Logits from a model output: a tensor, or an object with `.logits` (transformers)"
     return out.logits if hasattr(out, 'logits') else out[0] if isinstance(out, (tuple, list)) else out
 
+# %% ../nbs/03_features.ipynb #8259855e
 def _sample(out):
     "Prediction from a diffusion model output: a tensor, or an object with `.sample` (diffusers)"
     return out.sample if hasattr(out, 'sample') else out[0] if isinstance(out, (tuple, list)) else out
 
+# %% ../nbs/03_features.ipynb #fea66450
 def _stable_int(*parts)->int:
     "A 63-bit integer from `parts`, identical in every process (unlike `hash`)"
     return int.from_bytes(hashlib.sha256(repr(parts).encode()).digest()[:8], 'little') >> 1
 
+# %% ../nbs/03_features.ipynb #0118c0b6
 class OutputFn:
     "Per-example scalar output of a model on a batch: the `f` whose gradient is the feature"
     name = 'output'
@@ -51,18 +54,21 @@ class OutputFn:
         return {'name': self.name, **{k: v for k, v in vars(self).items() if not k.startswith('_')}}
     def __repr__(self): return f"{type(self).__name__}({', '.join(f'{k}={v!r}' for k, v in self.config().items() if k != 'name')})"
 
+# %% ../nbs/03_features.ipynb #3007ce96
 def _forward_args(model)->set:
     "Names of the keyword arguments `model.forward` accepts"
     import inspect
     try: return set(inspect.signature(getattr(model, 'forward', model)).parameters)   # a module, or a plain callable
     except (TypeError, ValueError): return set()
 
+# %% ../nbs/03_features.ipynb #3d44dc5c
 _NOT_INPUTS = {'labels', 'label', 'return_dict', 'output_attentions', 'output_hidden_states', 'use_cache'}
 def _other_inputs(model, batch:dict, skip:tuple)->dict:
     "The batch's other tensors that `model.forward` takes by name (attention_mask, token_type_ids, position_ids...)"
     args = _forward_args(model)
     return {k: v for k, v in batch.items() if k in args and k not in skip and k not in _NOT_INPUTS and torch.is_tensor(v)}
 
+# %% ../nbs/03_features.ipynb #6fc1eedd
 class CrossEntropy(OutputFn):
     "Cross-entropy loss of the label: `-log p_y`; the batch's other inputs the model takes (attention_mask...) are passed on"
     name = 'cross_entropy'
@@ -71,6 +77,7 @@ class CrossEntropy(OutputFn):
     def __call__(self, model, batch):
         return F.cross_entropy(self._logits(model, batch), batch[self.y], reduction='none')
 
+# %% ../nbs/03_features.ipynb #0e04b684
 class Margin(OutputFn):
     "TRAK's margin `logit_y - logsumexp_{j != y} logit_j` (= log p/(1-p)), with `Q = 1 - p_y`"
     name = 'margin'
@@ -86,6 +93,7 @@ class Margin(OutputFn):
             p = torch.softmax(self._logits(model, batch).float(), 1).gather(1, batch[self.y][:, None])[:, 0]
         return 1 - p
 
+# %% ../nbs/03_features.ipynb #325b890c
 def _max_positions(model)->int|None:
     "The longest sequence a transformers model's position embeddings take (None: unknown or unbounded)"
     cfg = getattr(model, 'config', None)
@@ -93,6 +101,7 @@ def _max_positions(model)->int|None:
     if getattr(cfg, 'rope_theta', None) is not None or getattr(cfg, 'rope_parameters', None) is not None: return None
     return getattr(cfg, 'n_positions', None) or getattr(cfg, 'max_position_embeddings', None)
 
+# %% ../nbs/03_features.ipynb #302dfc23
 class LMLoss(OutputFn):
     "Next-token cross-entropy of a causal LM over the scored tokens (not padding, not `labels == -100`), mean or sum per sequence"
     name = 'lm_loss'
@@ -135,6 +144,7 @@ def ddpm_alphas_cumprod(T:int=1000, beta_start:float=1e-4, beta_end:float=0.02)-
     "abar_t of the DDPM linear beta schedule (float64)"
     return torch.cumprod(1 - torch.linspace(beta_start, beta_end, T, dtype=torch.float64), 0)
 
+# %% ../nbs/03_features.ipynb #1ef5eb46
 class _DiffusionOutput(OutputFn):
     def __init__(self, K:int=10, # timesteps per example
                  seed:int=0, # noise / timestep seed (combined with the example id)
@@ -189,17 +199,20 @@ class _DiffusionOutput(OutputFn):
                                               if k not in ('x_t', 't', 'noise') and torch.is_tensor(v)})
         return eps.reshape(B, K, *eps.shape[1:])
 
+# %% ../nbs/03_features.ipynb #913ff920
 class DiffusionLoss(_DiffusionOutput):
     "Denoising loss `mean_k mean_pixels (eps_theta(x_t, t) - eps)^2` over K seeded (timestep, noise) draws"
     name = 'diffusion_loss'
     def __call__(self, model, batch):
         return (self.predict(model, batch) - self._noise(batch)).pow(2).flatten(1).mean(1)
 
+# %% ../nbs/03_features.ipynb #b7a2f148
 class DTRAKOutput(_DiffusionOutput):
     "D-TRAK's output: `mean_k mean_pixels eps_theta(x_t, t)^2`"
     name = 'dtrak'
     def __call__(self, model, batch): return self.predict(model, batch).pow(2).flatten(1).mean(1)
 
+# %% ../nbs/03_features.ipynb #0b09a56e
 class DASOutput(_DiffusionOutput):
     "DAS's output: the mean of the predicted noise; with `normalize`, featurize L2-normalises each timestep's gradient before averaging"
     name = 'das'
@@ -230,6 +243,7 @@ class _Functional:
     def __call__(self, *args, **kwargs): return functional_call(self._module, self._params, args, kwargs)
     def __getattr__(self, k): return getattr(self._module, k)
 
+# %% ../nbs/03_features.ipynb #8a5d6605
 @contextmanager
 def vmap_friendly(model:nn.Module):
     "Temporarily switch transformers SDPA attention to eager attention (SDPA mask code is not vmap-able)"
@@ -243,6 +257,7 @@ def vmap_friendly(model:nn.Module):
     finally:
         for m, _ in changed: m.set_attn_implementation('sdpa')
 
+# %% ../nbs/03_features.ipynb #31158e00
 _warned, _warned_train = set(), weakref.WeakKeyDictionary()   # model -> entry points that warned about train mode
 @contextmanager
 def attribution_mode(model:nn.Module, # the model to attribute
@@ -261,6 +276,7 @@ def attribution_mode(model:nn.Module, # the model to attribute
     finally:
         for m, t in modes: m.training = t
 
+# %% ../nbs/03_features.ipynb #ab84067e
 def per_example_grads(model:nn.Module, # the model (attributed in eval mode, see `attribution_mode`)
                       out_fn:OutputFn, # per-example scalar output
                       batch:dict, # tensors with leading dim B (already `prepare`d)
@@ -272,6 +288,7 @@ def per_example_grads(model:nn.Module, # the model (attributed in eval mode, see
     with attribution_mode(model, 'per_example_grads'):
         return _per_example_grads(model, out_fn, batch, groups, chunk_size, method)
 
+# %% ../nbs/03_features.ipynb #cb70b1f1
 def _model_inputs(model, out_fn, batch:dict)->list:
     "Batch keys whose tensors reach the model: the output function's input keys and the arguments its forward takes by name"
     keys = [getattr(out_fn, a) for a in ('x', 'input_ids') if isinstance(getattr(out_fn, a, None), str)]
@@ -280,6 +297,7 @@ def _model_inputs(model, out_fn, batch:dict)->list:
     keys += [k for k in _forward_args(model) if k not in _NOT_INPUTS]
     return [k for k in dict.fromkeys(keys) if torch.is_tensor(batch.get(k))]
 
+# %% ../nbs/03_features.ipynb #1c09716a
 def _dtype_problem(model, out_fn, batch:dict)->str|None:
     "A message naming the first input whose dtype the model cannot take (float of another precision, integer images), or None"
     pdt = next((p.dtype for p in model.parameters() if p.is_floating_point()), None)
@@ -299,11 +317,13 @@ def _dtype_problem(model, out_fn, batch:dict)->str|None:
                     f"data['{k}'] = data['{k}'].to(torch.{want}) / 255.")
     return None
 
+# %% ../nbs/03_features.ipynb #58911a2c
 def _raise_dtype(model, out_fn, batch, err):
     "Re-raise a failure caused by an input dtype as a TypeError that names the input, its dtype and the fix"
     msg = _dtype_problem(model, out_fn, batch)
     if msg is not None: raise TypeError(msg) from err
 
+# %% ../nbs/03_features.ipynb #5ab3fc64
 def _per_example_grads(model, out_fn, batch, groups, chunk_size, method):
     groups = groups if groups is not None else GroupSpec.by_tensor(model)
     attr = groups.parameters(model)
@@ -325,6 +345,7 @@ def _per_example_grads(model, out_fn, batch, groups, chunk_size, method):
     try: return _loop_grads(model, out_fn, batch, p0, rest, B)
     except Exception as e: _raise_dtype(model, out_fn, batch, e); raise
 
+# %% ../nbs/03_features.ipynb #30c0607a
 def _vmap_grads(model, out_fn, batch, p0, rest, B, chunk):
     def f(p, ex):
         out = out_fn(_Functional(model, {**rest, **p}), {k: v.unsqueeze(0) for k, v in ex.items()})
@@ -340,6 +361,7 @@ def _vmap_grads(model, out_fn, batch, p0, rest, B, chunk):
             outs.append(o)
     return {n: v[0] if len(v) == 1 else torch.cat(v) for n, v in grads.items()}, torch.cat(outs)  # one chunk: no copy
 
+# %% ../nbs/03_features.ipynb #c37375f2
 _ENCODERS = re.compile(r'(Bert|Roberta|Electra|Albert|Camembert|XLMRoberta|Deberta\w*)Model$')
 def _additive_mask(model, batch, key='attention_mask'):
     "For a bidirectional transformers encoder (BERT, DistilBERT...), the 2-D padding mask as the 4-D additive mask it builds itself (its own mask code is not vmap-able)"
@@ -349,6 +371,7 @@ def _additive_mask(model, batch, key='attention_mask'):
     dt = next(model.parameters()).dtype
     return {**batch, key: (1 - m[:, None, None, :].to(dt)) * torch.finfo(dt).min}
 
+# %% ../nbs/03_features.ipynb #bbe8bcc0
 def _loop_grads(model, out_fn, batch, p0, rest, B):
     grads, outs = {n: [] for n in p0}, []
     for i in range(B):
@@ -359,6 +382,7 @@ def _loop_grads(model, out_fn, batch, p0, rest, B):
         outs.append(out.detach().reshape(1))
     return {n: v[0] if len(v) == 1 else torch.cat(v) for n, v in grads.items()}, torch.cat(outs)  # one chunk: no copy
 
+# %% ../nbs/03_features.ipynb #f635e028
 def timestep_normalized_grads(model, out_fn, batch, groups=None, chunk_size=None, method='auto')->tuple:
     "DAS-style gradients: per timestep slot k, the gradient of `out_fn.slot(k)` L2-normalised over all attributed parameters, averaged over the K slots"
     acc, outs = None, []
@@ -369,6 +393,7 @@ def timestep_normalized_grads(model, out_fn, batch, groups=None, chunk_size=None
         outs.append(o)
     return {p: v / out_fn.K for p, v in acc.items()}, torch.stack(outs).mean(0)
 
+# %% ../nbs/03_features.ipynb #8985fd2d
 def group_grads(grads:dict, # {param name: [B, numel]} from `per_example_grads`
                 groups:GroupSpec)->list: # one [B, size_j] tensor per group
     "Concatenate per-tensor gradients into per-group blocks, in group order"
@@ -571,6 +596,7 @@ def _to_batch(b, keys:tuple)->dict:
         return {k: v for k, v in zip(keys, b) if torch.is_tensor(v)}
     raise TypeError(f"Cannot make a batch dict from a {type(b).__name__}: items should be dicts, tuples or tensors.")
 
+# %% ../nbs/03_features.ipynb #433e193a
 class Examples:
     "Random access to a torch `Dataset`, a `DataLoader` (its dataset and collate_fn) or an HF `datasets.Dataset`, as `ExampleSet` offers it (`ids`, `batch(idx)`)"
     def __init__(self, data, # torch Dataset (map-style), DataLoader, or datasets.Dataset
@@ -616,6 +642,7 @@ def model_fingerprint(model:nn.Module)->str:
         h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b'')   # same bytes
     return h.hexdigest()[:16]
 
+# %% ../nbs/03_features.ipynb #87c8c208
 def _jsonable(v):
     if isinstance(v, (np.integer,)): return int(v)
     if isinstance(v, (np.floating,)): return float(v)
@@ -624,6 +651,7 @@ def _jsonable(v):
     if isinstance(v, (list, tuple)): return [_jsonable(x) for x in v]
     return v
 
+# %% ../nbs/03_features.ipynb #999e9187
 def _as_data(data, keys=('x', 'y')):
     "(N, ids, get_batch(idx)) for an ExampleSet-like object, a dict of tensors, or anything `Examples` takes"
     if hasattr(data, 'batch') and hasattr(data, 'ids'):
@@ -634,6 +662,7 @@ def _as_data(data, keys=('x', 'y')):
     ex = Examples(data, keys)
     return len(ex), ex.ids, ex.batch
 
+# %% ../nbs/03_features.ipynb #88147dcb
 def _data_hash(N:int, get, rows:int=4096)->str:
     "sha256 of every example's tensors (names, dtypes, shapes, bytes; labels included): the data part of a store's identity"
     h = hashlib.sha256()
@@ -648,14 +677,17 @@ def _data_hash(N:int, get, rows:int=4096)->str:
             else: h.update(f"{k}|{json.dumps(_jsonable(v), sort_keys=True, default=str)}".encode())
     return h.hexdigest()[:16]
 
+# %% ../nbs/03_features.ipynb #3c48722c
 def _dist():
     d = torch.distributed
     if d.is_available() and d.is_initialized(): return d.get_rank(), d.get_world_size()
     return 0, 1
 
+# %% ../nbs/03_features.ipynb #4d67a579
 def _barrier():
     if _dist()[1] > 1: torch.distributed.barrier()
 
+# %% ../nbs/03_features.ipynb #c884fe8a
 def _parse_ckpt(c):
     "(state_dict, info) from a state_dict, a (step, lr, state_dict) tuple or a dict with 'state_dict'"
     if isinstance(c, (tuple, list)) and len(c) == 3: return c[2], {'step': _jsonable(c[0]), 'lr': _jsonable(c[1])}
@@ -663,6 +695,7 @@ def _parse_ckpt(c):
         return c['state_dict'], {k: _jsonable(v) for k, v in c.items() if k != 'state_dict'}
     return c, {}
 
+# %% ../nbs/03_features.ipynb #47fe8d36
 def featurize(model:nn.Module, # the model (a template when `checkpoints` is given)
               out_fn:OutputFn|str, # output function or its name ('margin', 'lm_loss', 'diffusion_loss', ...)
               data, # ExampleSet, dict of tensors, torch Dataset, DataLoader or HF datasets.Dataset (see `Examples`)
@@ -701,6 +734,7 @@ def featurize(model:nn.Module, # the model (a template when `checkpoints` is giv
     return _featurize_one(model, out_fn, data, groups, projector, batch_size, chunk_size, device, progress,
                           method, store, dtype, extras, None, mmap)
 
+# %% ../nbs/03_features.ipynb #d73527e2
 def _featurize_one(model, out_fn, data, groups, projector, batch_size, chunk_size, device, progress, method,
                    store, dtype, extras, ckpt, mmap=True):
     from tqdm.auto import tqdm
@@ -711,6 +745,7 @@ def _featurize_one(model, out_fn, data, groups, projector, batch_size, chunk_siz
         return _featurize_eval(model, out_fn, data, groups, projector, batch_size, chunk_size, dev, progress, method,
                                store, dtype, extras, ckpt, mmap)
 
+# %% ../nbs/03_features.ipynb #6714f63e
 _heap_set = False
 def _retain_freed_buffers():
     "glibc: keep freed per-batch buffers in the heap for the next batch (not unmapped and page-faulted in again each batch)"
@@ -725,6 +760,7 @@ def _retain_freed_buffers():
         libc.mallopt(-3, 32 << 20); libc.mallopt(-1, 1 << 30); libc.mallopt(-2, 256 << 20)  # MMAP_THRESHOLD, TRIM_THRESHOLD, TOP_PAD
     except (OSError, AttributeError): pass
 
+# %% ../nbs/03_features.ipynb #fbf60839
 def _check_first(model, out_fn, get, ids, dev):
     "Before any compute or store: one forward on the first example, so that an input of the wrong dtype is a clear TypeError"
     b = out_fn.prepare({k: v.to(dev) for k, v in get(torch.arange(1)).items()}, ids[:1])
@@ -732,6 +768,7 @@ def _check_first(model, out_fn, get, ids, dev):
         with torch.no_grad(): out_fn(model, b)
     except Exception as e: _raise_dtype(model, out_fn, b, e)   # other failures surface, unchanged, in the first batch
 
+# %% ../nbs/03_features.ipynb #47cc49db
 def _featurize_eval(model, out_fn, data, groups, projector, batch_size, chunk_size, dev, progress, method,
                     store, dtype, extras, ckpt, mmap=True):
     from tqdm.auto import tqdm
@@ -816,6 +853,7 @@ def _layer_kind(m:nn.Module)->str|None:
     if type(m).__name__ == 'Conv1D' and hasattr(m, 'nf') and getattr(m, 'weight', None) is not None and m.weight.dim() == 2: return 'conv1d'
     return None
 
+# %% ../nbs/03_features.ipynb #54b11b12
 def _layer_rows(m:nn.Module, x:Tensor)->Tensor:
     "A Linear / Conv1D / Conv2d layer's input as [rows, T, n_in] (a Conv2d's unfolded patches; no bias column; `kronecker.layer_input` appends it)"
     if isinstance(m, nn.Conv2d):
@@ -825,17 +863,20 @@ def _layer_rows(m:nn.Module, x:Tensor)->Tensor:
         return F.unfold(x, m.kernel_size, dilation=m.dilation, padding=pad, stride=m.stride).transpose(1, 2)
     return x.reshape(x.shape[0], -1, x.shape[-1])
 
+# %% ../nbs/03_features.ipynb #12894878
 def _out_rows(m:nn.Module, g:Tensor)->Tensor:
     "The gradient of a layer's output as [rows, T, n_out] (also `kronecker.output_grad`)"
     if isinstance(m, nn.Conv2d): return g.reshape(g.shape[0], g.shape[1], -1).transpose(1, 2)
     return g.reshape(g.shape[0], -1, g.shape[-1])
 
+# %% ../nbs/03_features.ipynb #561b7a9a
 def _layer_dims(m:nn.Module, kind:str)->tuple:
     "(n_out, n_in) of the layer's weight in Linear layout (no bias column)"
     w = m.weight
     if kind == 'conv1d': return w.shape[1], w.shape[0]
     return w.shape[0], w[0].numel()
 
+# %% ../nbs/03_features.ipynb #9fee6bf1
 def _kron_ranks(n_out:int, n_in:int, k:int)->tuple:
     "(r_out, r_in) of a Kronecker projection of an [n_out, n_in] gradient to k dims: r_out * r_in >= k, near square, neither above its side"
     if n_out * n_in <= k: return n_out, n_in
@@ -844,6 +885,7 @@ def _kron_ranks(n_out:int, n_in:int, k:int)->tuple:
     if n_in < r: return min(n_out, -(-k // n_in)), n_in
     return r, -(-k // r)
 
+# %% ../nbs/03_features.ipynb #03d802ef
 def _rows_per_example(t:Tensor, # [rows, T, n]: a layer's rows, B examples x the calls' copies (diffusion: K timesteps each)
                       B:int)->Tensor: # [B, rows // B * T, n]
     "A layer's rows grouped per example: rows beyond B are consecutive copies of each example (as `repeat_interleave` makes them)"
@@ -852,6 +894,7 @@ def _rows_per_example(t:Tensor, # [rows, T, n]: a layer's rows, B examples x the
                                         "rows to be consecutive copies (repeat_interleave); use Projector for this model.")
     return t.reshape(B, -1, t.shape[-1])
 
+# %% ../nbs/03_features.ipynb #5bba4cea
 _NORMS = (nn.LayerNorm, nn.GroupNorm, nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 
 class KronProjector:

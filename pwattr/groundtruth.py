@@ -29,17 +29,20 @@ def _write_npz(path:Path, arrays:dict):
             zf.writestr(zi, buf.getvalue())
     os.replace(tmp, path)
 
+# %% ../nbs/08b_groundtruth.ipynb #d56336ad
 def _write_json(path:Path, obj):
     "Write `obj` as sorted, indented JSON atomically (temp file + rename)"
     path = Path(path); tmp = path.with_name(path.name + f'.tmp{os.getpid()}')
     tmp.write_text(json.dumps(obj, indent=1, sort_keys=True))
     os.replace(tmp, path)
 
+# %% ../nbs/08b_groundtruth.ipynb #b0418ad0
 def _stem(path) -> Path:
     "`x`, `x.npz` or `x.json` -> `x`"
     p = Path(path)
     return p.with_suffix('') if p.suffix in ('.npz', '.json') else p
 
+# %% ../nbs/08b_groundtruth.ipynb #d8583f23
 def _sha(b:bytes) -> str: return hashlib.sha256(b).hexdigest()
 
 # %% ../nbs/08b_groundtruth.ipynb #75a8c85a
@@ -120,6 +123,7 @@ class GroundTruth:
         return (f"GroundTruth({self.meta.get('name', '')!r}: {self.n_subsets} subsets x {self.n_seeds} seeds, "
                 f"N={self.n_train}, Q={self.n_queries}, kind={self.kind!r}{t})")
 
+# %% ../nbs/08b_groundtruth.ipynb #1ca81ef0
 def _jsonable(o):
     "numpy scalars / arrays / paths -> plain JSON types"
     if isinstance(o, dict): return {str(k): _jsonable(v) for k, v in o.items()}
@@ -177,13 +181,16 @@ def _die_with_parent(parent:int):
     if os.getppid() != parent: os._exit(1)            # died before we got here
     threading.Thread(target=watch, daemon=True, name='pwattr-parent-watchdog').start()
 
+# %% ../nbs/08b_groundtruth.ipynb #48a73775
 def _init_worker(train_fn, output_fn, queries, workdir, threads, parent=None):
     if parent is not None: _die_with_parent(parent)
     if threads: torch.set_num_threads(threads)
     _W.update(train_fn=train_fn, output_fn=output_fn, queries=queries, workdir=Path(workdir))
 
+# %% ../nbs/08b_groundtruth.ipynb #a61edf43
 def _job_file(workdir, j, r): return Path(workdir) / f'model_{j:05d}_{r:03d}.json'
 
+# %% ../nbs/08b_groundtruth.ipynb #24559d80
 def _run_job(job):
     "Train model (j, r) on its subset (`idx`: numpy or torch indices), measure the queries, write the result file atomically"
     j, r, idx, seed = job
@@ -196,6 +203,7 @@ def _run_job(job):
     _write_json(_job_file(_W['workdir'], j, r), {'j': j, 'r': r, 'seed': int(seed), 'seconds': dt, 'out': out})
     return j, r, dt
 
+# %% ../nbs/08b_groundtruth.ipynb #c9d59a91
 def _dist_info():
     "(rank, world size) from torchrun's environment, (0, 1) otherwise"
     return int(os.environ.get('RANK', 0)), int(os.environ.get('WORLD_SIZE', 1))
@@ -204,6 +212,7 @@ def _dist_info():
 class WorkerDied(RuntimeError):
     "A ground-truth worker process ended while it was training a model (killed, out of memory, crashed)"
 
+# %% ../nbs/08b_groundtruth.ipynb #cb1dd3ed
 def choose_start_method(method:str|None=None, # None: 'fork' where it is safe, else 'spawn'; or 'fork' / 'spawn' / 'forkserver'
                         threads:int=1, # torch threads per worker
                        )->str: # a `multiprocessing` start method
@@ -239,6 +248,7 @@ def _worker_main(conn, init:tuple):
             except Exception: err = RuntimeError(f"{type(e).__name__}: {e}")
             conn.send(('error', err, tb))
 
+# %% ../nbs/08b_groundtruth.ipynb #4c37c915
 def _died(p, job, workdir, resumable:bool, started:bool=True)->str:
     "What to tell the user when worker `p` ended while training `job`"
     j, r, _, seed = job; code = p.exitcode
@@ -251,6 +261,7 @@ def _died(p, job, workdir, resumable:bool, started:bool=True)->str:
             else "pass out_path to keep the finished models and resume")
     return f"worker process {p.pid} {how}{why} while training subset {j} (replicate {r}, seed {seed}); {then}"
 
+# %% ../nbs/08b_groundtruth.ipynb #94d8ce8a
 # modules a model's first training step imports lazily: torch's optimisers import torch._dynamo when the first one is
 # built (1.3 CPU-s, twice a 0.6 s fmnist-mlp model). Imported once here before forking, so that no worker imports them again
 _FORK_PRELOAD = ('torch._dynamo',)
@@ -405,6 +416,7 @@ def run_groundtruth(train_fn, # (idx: LongTensor of training indices, seed: int)
     if tmpdir is not None: tmpdir.cleanup()
     return gt
 
+# %% ../nbs/08b_groundtruth.ipynb #9bf397af
 def _finished(out_path, spec_hash:str, m:int)->GroundTruth|None:
     "The saved result at `out_path` if it is a complete run of spec `spec_hash` (else None: train / resume)"
     stem = _stem(out_path)
@@ -415,6 +427,7 @@ def _finished(out_path, spec_hash:str, m:int)->GroundTruth|None:
     if gt.meta.get('spec_hash') != spec_hash or 'partial' in gt.meta or gt.n_subsets != m: return None
     return gt
 
+# %% ../nbs/08b_groundtruth.ipynb #63e8a031
 def _remove_work(workdir:Path):
     "Delete a finished run's work dir: result files, spec, and temp files a killed worker left behind"
     for pat in ('model_*.json', '*.tmp*', 'spec.json'):
@@ -531,6 +544,7 @@ class PresetTask:
             outs.append(fn(model, b).detach().float().cpu())
         return torch.cat(outs)
 
+# %% ../nbs/08b_groundtruth.ipynb #c4ca62a7
 def preset_task(preset:str, # preset name
                 n_queries:int=100, query_seed:int=0, device:str='cpu', # as `PresetTask`
                 randomness:str='random', # 'random' or 'controlled'
@@ -544,6 +558,7 @@ def preset_task(preset:str, # preset name
     task.randomness = randomness
     return task, {k: list(v) if k == 'noise_seeds' else v for k, v in d.items()}
 
+# %% ../nbs/08b_groundtruth.ipynb #c5a9f6b0
 def groundtruth_for_preset(preset:str, # preset name
                            m:int=50, # subsets
                            seeds=1, # training seeds per subset
@@ -590,6 +605,8 @@ class DiffusionPresetTask(PresetTask):
         _, test = self._get().load(); pos = test.index_of(qids)
         qs = test[pos]; fn = self.out_fn()
         return n, fn.prepare(qs.batch(), qs.ids), qids, 'loss', fn.name, chash, labels
+
+# %% ../nbs/08b_groundtruth.ipynb #40802be6
     # output_fn is inherited: the prepared batch carries every (timestep, noise) draw, so the loss averages them all
 
 def diffusion_groundtruth(preset:str, # 'emoji-unet' | 'sbemoji-cond' (or another diffusion preset)
@@ -623,6 +640,7 @@ def check_device(device:str)->torch.device:
     elif d.type != 'cpu': raise ValueError(f"--device {device}: pwattr runs on cpu, cuda or mps.")
     return d
 
+# %% ../nbs/08b_groundtruth.ipynb #5a906756
 def check_writable(path, # an output file or directory
                    what:str='--out', # the option's name, for the message
                    is_dir:bool=False, # `path` is a directory (else a file, possibly with suffixes)
@@ -640,9 +658,11 @@ def check_writable(path, # an output file or directory
     except OSError: raise ValueError(f"{what} {p}: {q} is not writable (read-only); choose another location.") from None
     return p
 
+# %% ../nbs/08b_groundtruth.ipynb #954be7eb
 def _positive(name:str, v, lo=1):
     if v < lo: raise ValueError(f"{name} must be >= {lo}, got {v}.")
 
+# %% ../nbs/08b_groundtruth.ipynb #0ecc3e15
 def main(argv=None):
     "Command line: generate or resume a preset's LDS ground truth"
     ap = argparse.ArgumentParser(prog='python -m pwattr.groundtruth', description=main.__doc__,

@@ -31,6 +31,7 @@ def layer_kind(m:nn.Module)->str|None:
     if type(m).__name__ == 'Conv1D' and hasattr(m, 'nf') and getattr(m, 'weight', None) is not None and m.weight.dim() == 2: return 'conv1d'
     return None
 
+# %% ../nbs/05_kronecker.ipynb #ab47e79e
 def layer_shape(m:nn.Module)->tuple[int,int]:
     "(n_out, n_in) of the layer's gradient matrix in Linear layout: n_in counts the bias as an appended input 1"
     k, b = layer_kind(m), int(getattr(m, 'bias', None) is not None)
@@ -41,6 +42,7 @@ def layer_shape(m:nn.Module)->tuple[int,int]:
         return m.out_channels, m.in_channels * math.prod(m.kernel_size) + b
     raise TypeError(f"{type(m).__name__} is not a Linear, GPT-2 Conv1D or Conv2d layer")
 
+# %% ../nbs/05_kronecker.ipynb #639cf0db
 def layer_group_map(groups, # a GroupSpec over Linear / Conv1D / Conv2d parameters
                    )->dict: # layer name -> group name, for `Contributions.merge_groups`
     "The group of each captured layer, where every layer's parameters lie in one group (else a ValueError naming the split layers)"
@@ -53,6 +55,7 @@ def layer_group_map(groups, # a GroupSpec over Linear / Conv1D / Conv2d paramete
                                "layer, weight and bias together, so such groups cannot be rebuilt from it.")
     return out
 
+# %% ../nbs/05_kronecker.ipynb #10bf18af
 def _warn_layer_groups(groups, owners):
     "Say so when a GroupSpec's groups are not one per layer: Kronecker features always are"
     per_layer = len(groups) == len(owners) and all(len({p.rpartition('.')[0] for p in ps}) == 1 for ps in groups.groups.values())
@@ -64,6 +67,7 @@ def _warn_layer_groups(groups, owners):
                   f"GroupSpec given: the GroupSpec only chooses which layers are captured. To get your groups, {hint}.",
                   UserWarning, stacklevel=3)
 
+# %% ../nbs/05_kronecker.ipynb #d30e0d1d
 def kron_coverage(model:nn.Module, # the model
                   layers=None, # what `kron_layers` takes; None: every supported layer
                  )->dict: # {'covered': [...], 'partial': [...], 'not_covered': [...]} trainable parameter names
@@ -77,6 +81,7 @@ def kron_coverage(model:nn.Module, # the model
         if p.requires_grad: out['not_covered' if id(p) not in cap else 'partial' if id(p) in elsewhere else 'covered'].append(n)
     return out
 
+# %% ../nbs/05_kronecker.ipynb #beb65c54
 def kron_layers(model:nn.Module, # the model whose layers are captured
                 include=None, # None (every supported layer), a regex, or a list of module names
                )->dict: # module name -> module, in model order
@@ -108,10 +113,12 @@ def layer_input(m:nn.Module, x:Tensor)->Tensor:
     if getattr(m, 'bias', None) is not None: a = torch.cat([a, a.new_ones(a.shape[:-1] + (1,))], -1)
     return a
 
+# %% ../nbs/05_kronecker.ipynb #37db28c2
 def output_grad(m:nn.Module, g:Tensor)->Tensor:
     "Gradient w.r.t. the layer output as `d` [B, T, n_out]"
     return _out_rows(m, g)
 
+# %% ../nbs/05_kronecker.ipynb #52722a4e
 def to_param_grads(m:nn.Module, G:Tensor)->dict:
     "Per-example gradient matrices G [B, n_out, n_in] back to the layer's parameter shapes {'weight', 'bias'}"
     k, hasb = layer_kind(m), getattr(m, 'bias', None) is not None
@@ -149,6 +156,7 @@ class KronCapture:
         ds = [ds[i] for i in sorted(ds)]
         return torch.cat(ds, 1) if len(ds) > 1 else ds[0]
 
+# %% ../nbs/05_kronecker.ipynb #478d37c5
 def kron_grad(a:Tensor, # [B, T, n_in] layer inputs
               d:Tensor, # [B, T, n_out] output gradients
               P_in:Tensor=None, # [n_in, r_in] or None
@@ -164,12 +172,14 @@ def _call_out(fn, model, batch, generator=None):
     if generator is not None and getattr(fn, 'sampled', False): return fn(model, batch, generator=generator)
     return fn(model, batch)
 
+# %% ../nbs/05_kronecker.ipynb #41dbbe39
 def _backward(total, layers, retain_graph=False):
     "Backpropagate `total` far enough to fire the capture hooks, without touching any `.grad`"
     ps = [m.weight for m in layers.values() if m.weight.requires_grad]
     if not ps: raise RuntimeError("none of the captured layers' weights require grad: set requires_grad=True on the layers you attribute")
     torch.autograd.grad(total, ps, retain_graph=retain_graph, allow_unused=True)
 
+# %% ../nbs/05_kronecker.ipynb #fe70d1af
 def kron_grads(model:nn.Module, # the model (called by `output_fn`)
                output_fn, # (model, batch) -> per-example scalars [B]
                batch:dict, # one batch
@@ -187,6 +197,7 @@ def kron_grads(model:nn.Module, # the model (called by `output_fn`)
 # %% ../nbs/05_kronecker.ipynb #33744bdf
 def _seed(seed, name): return (int(seed) * 1_000_003 + zlib.crc32(name.encode())) % (2**63 - 1)
 
+# %% ../nbs/05_kronecker.ipynb #9a7e00bd
 def kron_projection(layers:dict, # name -> module (from `kron_layers`)
                     rank=None, # None / 'identity' (no projection), an int r for both sides, or (r_out, r_in)
                     seed:int=0, # projection seed; same seed -> same matrices on any device
@@ -203,6 +214,7 @@ def kron_projection(layers:dict, # name -> module (from `kron_layers`)
         out[name] = (P_out, P_in)
     return out
 
+# %% ../nbs/05_kronecker.ipynb #96762ab9
 def _proj_shape(m, P):
     n_out, n_in = layer_shape(m)
     return (n_out if P[0] is None else P[0].shape[1], n_in if P[1] is None else P[1].shape[1])
@@ -210,6 +222,7 @@ def _proj_shape(m, P):
 # %% ../nbs/05_kronecker.ipynb #516142ad
 def _to(batch, device): return {k: (v.to(device) if torch.is_tensor(v) else v) for k, v in batch.items()}
 
+# %% ../nbs/05_kronecker.ipynb #85cc1a3a
 def iter_batches(data, # an ExampleSet (has .batch(idx) and .ids), a dict of tensors, or an iterable of batch dicts
                  batch_size:int=64, # examples per batch (ExampleSet / dict)
                  device=None, # move tensors there (None: leave them)
@@ -240,6 +253,7 @@ def iter_batches(data, # an ExampleSet (has .batch(idx) and .ids), a dict of ten
         if output_fn is not None and hasattr(output_fn, 'prepare'): b = output_fn.prepare(b, ids)
         yield ids, b
 
+# %% ../nbs/05_kronecker.ipynb #b459d651
 def _model_device(model):
     p = next(model.parameters(), None)
     return p.device if p is not None else torch.device('cpu')
@@ -250,6 +264,7 @@ def _features_cls():
     except ImportError as e: raise ImportError("pwattr.features (the Features type) is needed to build features") from e
     return Features
 
+# %% ../nbs/05_kronecker.ipynb #a24ebece
 def _kron_batches(model, data, output_fn, layers, P, batch_size, device, dtype, bar=None, keys=('x', 'y')):
     "Yield (ids, x [B, D] per-layer gradients concatenated in layer order, out [B], q [B] | None), one batch at a time"
     for bid, b in iter_batches(data, batch_size, device, output_fn, keys):
@@ -263,6 +278,7 @@ def _kron_batches(model, data, output_fn, layers, P, batch_size, device, dtype, 
         q = output_fn.q(model, b) if hasattr(output_fn, 'q') else None
         yield list(bid), x, out.detach().float(), None if q is None else q.detach().float()
 
+# %% ../nbs/05_kronecker.ipynb #c8c81fba
 def _kron_setup(model, layers, rank, seed, device):
     "Resolved layers, the device, projections moved there, and each layer's (projected) gradient shape"
     layers = layers if isinstance(layers, dict) else kron_layers(model, layers)
@@ -270,6 +286,7 @@ def _kron_setup(model, layers, rank, seed, device):
     P = {n: tuple(None if p is None else p.to(device) for p in v) for n, v in kron_projection(layers, rank, seed).items()}
     return layers, device, P, {n: _proj_shape(m, P[n]) for n, m in layers.items()}
 
+# %% ../nbs/05_kronecker.ipynb #97838bf7
 def _n_examples(data):
     "Number of examples when known up front (ExampleSet, dict of tensors, Dataset, DataLoader), else None (an iterable of batches)"
     if hasattr(data, 'batch') and hasattr(data, 'ids'): return len(data)
@@ -278,6 +295,7 @@ def _n_examples(data):
     if hasattr(data, '__getitem__') and hasattr(data, '__len__') and not isinstance(data, (list, tuple)): return len(data)
     return None
 
+# %% ../nbs/05_kronecker.ipynb #12c5df97
 def kron_features(model:nn.Module, # the model (captured in eval mode, see `attribution_mode`)
                   out_fn, # OutputFn: (model, batch) -> per-example scalar [B] (the same order as `featurize`)
                   data, # ExampleSet, dict of tensors, torch Dataset, DataLoader, HF datasets.Dataset, or iterable of batch dicts
@@ -334,12 +352,14 @@ def default_logits(model, batch):
         return _logits_of(model(batch['input_ids']) if m is None else model(batch['input_ids'], attention_mask=m))
     return _logits_of(model(batch['x']))
 
+# %% ../nbs/05_kronecker.ipynb #61bc05a7
 def _sample(logits, generator, k=1):
     "k labels per row drawn from softmax(logits) with a CPU generator: [..., k] (k=1: [...])"
     p = torch.softmax(logits.detach().double(), -1).reshape(-1, logits.shape[-1])
     y = torch.multinomial(p.cpu(), k, replacement=True, generator=generator).to(logits.device)
     return y.reshape(logits.shape[:-1]) if k == 1 else y.reshape(logits.shape[:-1] + (k,))
 
+# %% ../nbs/05_kronecker.ipynb #c4baee4e
 class SampledCrossEntropy:
     "Fisher output for classification: cross-entropy against labels drawn from the model's own softmax (true Fisher)"
     sampled = True
@@ -353,6 +373,7 @@ class SampledCrossEntropy:
         return F.cross_entropy(z[..., None].expand(-1, -1, K), y, reduction='none') / math.sqrt(K)
     def __repr__(self): return f'SampledCrossEntropy(n_samples={self.n_samples})'
 
+# %% ../nbs/05_kronecker.ipynb #47f13a9e
 class SampledLMLoss:
     "Fisher output for causal LMs: next-token cross-entropy against tokens drawn from the model (true Fisher), over unmasked positions"
     sampled = True
@@ -372,6 +393,7 @@ class SampledLMLoss:
         return l if K == 1 else l / math.sqrt(K)
     def __repr__(self): return f'SampledLMLoss({self.reduction!r}, n_samples={self.n_samples})'
 
+# %% ../nbs/05_kronecker.ipynb #427a3545
 class ExactFisherCrossEntropy:
     "Exact true Fisher for classification, no sampling: C pseudo-outputs sqrt(p_c) * CE(z, c) (C backward passes)"
     def __init__(self, logits=default_logits): self.logits = logits
@@ -380,6 +402,7 @@ class ExactFisherCrossEntropy:
         return -lp * lp.detach().exp().sqrt()
     def __repr__(self): return 'ExactFisherCrossEntropy()'
 
+# %% ../nbs/05_kronecker.ipynb #2d37ae3a
 class GaussNewtonOutputs:
     "Gauss-Newton of a squared error 0.5||f(x) - y||^2 (= Fisher of a unit Gaussian output): the K model outputs as K pseudo-outputs"
     def __init__(self, outputs=None): self.outputs = outputs or (lambda model, batch: _logits_of(model(batch['x'])))
@@ -388,6 +411,7 @@ class GaussNewtonOutputs:
         return o.reshape(o.shape[0], -1)
     def __repr__(self): return 'GaussNewtonOutputs()'
 
+# %% ../nbs/05_kronecker.ipynb #ae95e8a5
 def fisher_output_for(output_fn, # a loss OutputFn: CrossEntropy, Margin or LMLoss (pwattr.features)
                      )->object: # its sampled-label Fisher output
     "The true-Fisher output matching a classification / LM output function: labels (tokens) drawn from the model"
@@ -430,6 +454,7 @@ class KronFactors:
         return (f"KronFactors({len(self.shapes)} layers, n={self.n}, "
                 + ', '.join(f"{k}:{o}x{i}" for k, (o, i) in list(self.shapes.items())[:6]) + (' ...' if len(self.shapes) > 6 else '') + ')')
 
+# %% ../nbs/05_kronecker.ipynb #e66cbaec
 def _fisher_passes(model, data, fisher_output, layers, batch_size, device, generator, fn, bar=None):
     "Run `fisher_output` over `data`; for each batch and pseudo-output k call fn(name, a, d, k, batch); `bar` counts the examples"
     for ids, b in iter_batches(data, batch_size, device):
@@ -442,6 +467,7 @@ def _fisher_passes(model, data, fisher_output, layers, batch_size, device, gener
                 _backward(out[:, k].sum(), layers, retain_graph=k < out.shape[1] - 1)
                 for n in layers: fn(n, cap.inputs(n), cap.grads(n), k, b)
 
+# %% ../nbs/05_kronecker.ipynb #a09bf2bf
 def fit_kron_factors(model:nn.Module, # the model
                      data, # training data: ExampleSet, dict of tensors or iterable of batches
                      fisher_output, # (model, batch[, generator]) -> [B] or [B, K]; see `fisher_output_for`
@@ -486,6 +512,7 @@ def fit_kron_factors(model:nn.Module, # the model
     N = count[1]
     return KronFactors(shapes, QA, eA, QS, eS, lam, N, meta=dict(fisher_output=repr(fisher_output), seed=seed))
 
+# %% ../nbs/05_kronecker.ipynb #33cccb91
 def ekfac_precondition(G:Tensor, # [N, n_out, n_in] per-example layer gradients
                        QS:Tensor, QA:Tensor, # eigenbases (float64)
                        lam:Tensor, # [n_out, n_in] corrected eigenvalues
@@ -510,6 +537,8 @@ class KronStreamed:
 
 # %% ../nbs/05_kronecker.ipynb #66e8ed98
 def _coverage_of(f)->dict|None: return (getattr(f, 'meta', None) or {}).get('coverage')
+
+# %% ../nbs/05_kronecker.ipynb #a1da27d9
 def _covered(method, kind:str)->list:
     "Parameter names of one coverage kind, from the features the method was fitted on"
     cov = getattr(method, 'coverage', None)
@@ -517,6 +546,7 @@ def _covered(method, kind:str)->list:
                                        "(features made before this version have none: make them again).")
     return list(cov[kind])
 
+# %% ../nbs/05_kronecker.ipynb #0fa07a44
 def _check_kron(f, what):
     meta = getattr(f, 'meta', None) or {}
     if meta.get('layout') != 'kron':
@@ -524,6 +554,7 @@ def _check_kron(f, what):
                          f"got meta keys {list(meta)[:6]}. Build them with kron_features(model, out_fn, data, layers=...).")
     return meta
 
+# %% ../nbs/05_kronecker.ipynb #22a0360e
 class EKFAC(KronStreamed, Method):
     "EK-FAC influence per layer: S[q, n, l] = g_l(q)^T (F_l + damping_l)^-1 g_l(n), F_l the eigenvalue-corrected Kronecker Fisher"
     name, lazy, n_comp = 'EKFAC', True, 1
@@ -626,6 +657,7 @@ def _single(feats, what):
                                       "features were given; stream each checkpoint / model separately.")
     return fl[0]
 
+# %% ../nbs/05_kronecker.ipynb #d0219f31
 def _stream_spec(method, model, query=None)->tuple:
     "(layer names, rank, seed) of the training gradients to capture; readies `method`'s layout to score against them"
     if not getattr(method, 'lazy', False):
@@ -659,6 +691,7 @@ def _stream_spec(method, model, query=None)->tuple:
     proj = proj or {}
     return groups, proj.get('rank'), proj.get('seed', 0)
 
+# %% ../nbs/05_kronecker.ipynb #60eeaf77
 def _stream_batches(method, model, train_data, output_fn, groups, rank, seed, batch_size, device, dtype, progress):
     "Yield (ids, training Features of one batch) captured from the model, in the layout the method was readied for"
     Features = _features_cls()
@@ -679,6 +712,7 @@ def _stream_batches(method, model, train_data, output_fn, groups, rank, seed, ba
                 yield bid, Features(x, list(groups), dims, bid, {'out': out} | ({} if q is None else {'q': q}), meta)
         finally: bar.close()
 
+# %% ../nbs/05_kronecker.ipynb #132e61af
 def stream_contributions(method, # EKFAC (fitted or not), or a fitted lazy Method (LoGRA, GradDot, ...) on Kronecker features
                          model:nn.Module, # the model the query features were made with
                          train_data, # training examples: ExampleSet, dict of tensors or iterable of batch dicts
@@ -705,6 +739,7 @@ def stream_contributions(method, # EKFAC (fitted or not), or a fitted lazy Metho
     if S is None: S = torch.cat(blocks, 1) if blocks else phi.new_zeros(phi.shape[0], 0, len(groups))
     return Contributions(S, groups, list(q.ids), ids, method.name)
 
+# %% ../nbs/05_kronecker.ipynb #0854a10c
 def stream_self_influence(method, # EKFAC (fitted or not), or a fitted lazy Method on Kronecker features
                           model:nn.Module, train_data, output_fn, # as `stream_contributions`
                           batch_size:int=64, device=None, dtype=torch.float32, progress:bool=False,

@@ -46,6 +46,7 @@ def _boot_aucs(s:np.ndarray, p:np.ndarray, n_boot:int, seed:int)->np.ndarray:
     r = rankdata(s[idx], axis=1)
     return (r[:, :n1].sum(1) - n1 * (n1 + 1) / 2) / (n1 * n0)
 
+# %% ../nbs/12a_mislabel.ipynb #ec6b4502
 def auc_interval(scores, # [N] higher = more likely mislabelled
                  positive, # bool [N] the flipped labels
                  n_boot:int=1000, # bootstrap resamples of the training examples
@@ -193,6 +194,7 @@ def mislabel_run(preset:str|Preset='fmnist-mlp', # a classification preset
                     test_accuracy=round(run.accuracy(), 4))
     return MislabelResult(run.p.name, res, sis, ws, run.flipped, groups, settings, times)
 
+# %% ../nbs/12a_mislabel.ipynb #e180f480
 def mislabel_study(preset:str|Preset='fmnist-mlp', # a classification preset
                    methods='tracin,trak', # comma-separated method names
                    frac:float=0.1, # fraction of training labels flipped

@@ -20,6 +20,7 @@ def n_params(model:nn.Module, # any module
     "Number of parameters of `model`"
     return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable)
 
+# %% ../nbs/01_models.ipynb #1e7ee934
 def param_table(model:nn.Module, # any module
                 depth:int=1, # group parameter names by their first `depth` dotted parts
                )->'pd.DataFrame': # one row per group: tensors, parameters, share
@@ -51,6 +52,7 @@ class MLP(nn.Sequential):
 # %% ../nbs/01_models.ipynb #2c225e9c
 def _gn(c, groups): return nn.GroupNorm(math.gcd(groups, c), c)
 
+# %% ../nbs/01_models.ipynb #a72c4748
 class ConvBlock(nn.Sequential):
     "3x3 convolution, GroupNorm, ReLU, optional 2x2 max-pool"
     def __init__(self, c_in, c_out, groups=4, pool=False):
@@ -58,6 +60,7 @@ class ConvBlock(nn.Sequential):
         if pool: layers.append(nn.MaxPool2d(2))
         super().__init__(*layers)
 
+# %% ../nbs/01_models.ipynb #e48b2615
 class Residual(nn.Module):
     "x + f(x) with two conv blocks"
     def __init__(self, c, groups=4):
@@ -65,6 +68,7 @@ class Residual(nn.Module):
         self.res1, self.res2 = ConvBlock(c, c, groups), ConvBlock(c, c, groups)
     def forward(self, x): return x + self.res2(self.res1(x))
 
+# %% ../nbs/01_models.ipynb #f75cb2ac
 class ResNet9(nn.Module):
     "ResNet-9 with GroupNorm: prep, layer1 (+residual), layer2, layer3 (+residual), pooled linear head"
     def __init__(self,
@@ -102,6 +106,7 @@ class Attention(nn.Module):
         y = att.softmax(-1) @ v
         return self.out(y.transpose(1, 2).reshape(B, T, D))
 
+# %% ../nbs/01_models.ipynb #27c97e63
 class FeedForward(nn.Module):
     "Two-layer GELU MLP of a transformer block"
     def __init__(self, dim, hidden):
@@ -109,6 +114,7 @@ class FeedForward(nn.Module):
         self.fc1, self.fc2 = nn.Linear(dim, hidden), nn.Linear(hidden, dim)
     def forward(self, x): return self.fc2(F.gelu(self.fc1(x)))
 
+# %% ../nbs/01_models.ipynb #0a95ab72
 class Block(nn.Module):
     "Pre-norm transformer block: x + attn(ln1(x)), then x + mlp(ln2(x))"
     def __init__(self, dim, heads, mlp_ratio=2):
@@ -119,6 +125,7 @@ class Block(nn.Module):
         x = x + self.attn(self.ln1(x))
         return x + self.mlp(self.ln2(x))
 
+# %% ../nbs/01_models.ipynb #2e3ae0dc
 class PatchEmbed(nn.Module):
     "Cut `[B,C,H,W]` into non-overlapping `patch x patch` squares and embed each with one linear layer"
     def __init__(self, in_ch, patch, dim):
@@ -131,6 +138,7 @@ class PatchEmbed(nn.Module):
         x = x.reshape(B, C, H // p, p, W // p, p).permute(0, 2, 4, 1, 3, 5).reshape(B, (H // p) * (W // p), C * p * p)
         return self.proj(x)
 
+# %% ../nbs/01_models.ipynb #e8159b55
 class ViT(nn.Module):
     "A tiny vision transformer: patch embedding, class token, `depth` blocks, LayerNorm, linear head"
     def __init__(self,
@@ -164,6 +172,7 @@ def next_token_nll(logits:Tensor, # [B, T, V] predictions of the next T tokens
     "Cross-entropy of every predicted token"
     return F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), reduction='none').view(targets.shape[0], -1)
 
+# %% ../nbs/01_models.ipynb #e62b5be5
 def reduce_tokens(loss:Tensor, # [B, T, ...] per-token losses
                   mask:Tensor, # [B, T, ...] 1 where a token is scored, 0 elsewhere (loss's dtype)
                   reduction:str='mean', # 'mean' over each sequence's scored tokens, or 'sum'
@@ -192,6 +201,7 @@ def gpt2_lm(vocab_size:int=258, # byte vocabulary (256 bytes + specials, as the 
                      resid_pdrop=dropout, embd_pdrop=dropout, attn_pdrop=dropout)
     return GPT2LMHeadModel(cfg)
 
+# %% ../nbs/01_models.ipynb #38a2b9c5
 def lm_loss(model, # a causal LM returning `.logits` (or a tensor of logits)
             batch:dict, # {'input_ids': long [B,T], 'attention_mask': long [B,T]}
             reduction:str='mean', # 'mean' over each example's predicted tokens, or 'sum'
@@ -231,6 +241,7 @@ def _traced(t:Tensor)->bool:
     try: return torch._C._functorch.is_functorch_wrapped_tensor(t)
     except AttributeError: return False
 
+# %% ../nbs/01_models.ipynb #93299838
 class AttributeUNet(nn.Module):
     "`UNet2DConditionModel` conditioned on subject / style / background tokens (each may be left unspecified)"
     def __init__(self,
@@ -290,6 +301,7 @@ def predict_noise(model, # `UNet2DModel` or `AttributeUNet`
     out = model(x_t, t)
     return out.sample if hasattr(out, 'sample') else out
 
+# %% ../nbs/01_models.ipynb #7b68127e
 def ddpm_scheduler(num_train_timesteps:int=1000, # diffusion steps
                    beta_schedule:str='linear', # 'linear' (diffusers' default) or 'squaredcos_cap_v2'
                   ):
@@ -297,6 +309,7 @@ def ddpm_scheduler(num_train_timesteps:int=1000, # diffusion steps
     from diffusers import DDPMScheduler
     return DDPMScheduler(num_train_timesteps=num_train_timesteps, beta_schedule=beta_schedule, prediction_type='epsilon')
 
+# %% ../nbs/01_models.ipynb #28921eb4
 def diffusion_loss(model, # `UNet2DModel` or `AttributeUNet`
                    batch:dict, # {'x': [B,C,H,W] in [-1,1]} (+ attribute labels)
                    scheduler, # a `DDPMScheduler`

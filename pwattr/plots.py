@@ -26,6 +26,7 @@ def _np(x)->np.ndarray:
     if isinstance(x, Tensor): x = x.detach().cpu().double().numpy()
     return np.asarray(x, dtype=np.float64)
 
+# %% ../nbs/09_plots.ipynb #10a36765
 def group_values(values, # dict name -> value, pd.Series, DataFrame (name/lds/lo/hi), array [M], GroupWeights or PerGroupLDS
                  groups:list|None=None, # M group names when `values` is an array (default g0, g1, ...)
                  view:str='group', # the PerGroupLDS view to read ('group', 'block', 'function', ...)
@@ -71,6 +72,7 @@ def _layer_desc(m)->str:
     if hasattr(m, 'num_embeddings'): return f'{t} {m.num_embeddings}×{m.embedding_dim}'
     return t
 
+# %% ../nbs/09_plots.ipynb #bcf88ff5
 _ROLE = {'Linear': 'fc', 'Conv1d': 'conv', 'Conv2d': 'conv', 'Conv3d': 'conv', 'Embedding': 'emb', 'LayerNorm': 'norm',
          'BatchNorm1d': 'bn', 'BatchNorm2d': 'bn', 'GroupNorm': 'norm'}
 
@@ -96,6 +98,7 @@ def group_display_names(model, # the torch model the groups come from
         else: shown[g] = g
     return shown
 
+# %% ../nbs/09_plots.ipynb #bf675cb9
 _STAGES = (('down', re.compile(r'(^|\.)(down_blocks|down)(\.|$)')), ('mid', re.compile(r'(^|\.)(mid_block|mid)(\.|$)')),
            ('up', re.compile(r'(^|\.)(up_blocks|up)(\.|$)')))
 
@@ -108,6 +111,7 @@ def model_order(names:list, # group (or block) names in registration order
     key = [(0 if i < first else 4) if s is None else s + 1 for i, s in enumerate(stage)]
     return [n for _, _, n in sorted(zip(key, range(len(names)), names))]
 
+# %% ../nbs/09_plots.ipynb #a9c2f939
 def _shown(labels, names:Mapping|None)->list:
     "Labels to show: through the display-name mapping when given"
     return [str(names.get(l, l)) if names else str(l) for l in labels]
@@ -120,6 +124,7 @@ def figure_png(fig:Figure, # a figure
     "A figure as PNG bytes"
     buf = io.BytesIO(); fig.savefig(buf, format='png', dpi=dpi); return buf.getvalue()
 
+# %% ../nbs/09_plots.ipynb #b081fbe1
 def save_figure(fig:Figure, # a figure
                 path, # where to write; the suffix picks the format: .png, .svg or .pdf
                 dpi:int=DPI, # PNG resolution (SVG and PDF are vector)
@@ -130,18 +135,21 @@ def save_figure(fig:Figure, # a figure
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, format=fmt, dpi=dpi); return path
 
+# %% ../nbs/09_plots.ipynb #f7825242
 class PlotFigure(Figure):
     "A matplotlib Figure that shows itself as a PNG in a notebook (at `DPI`, shown at 100 px per inch), with no pyplot state"
     def _repr_png_(self):
         w, h = self.get_size_inches()
         return figure_png(self), {'width': int(round(w * 100)), 'height': int(round(h * 100))}
 
+# %% ../nbs/09_plots.ipynb #825959c2
 def _fig(w:float, h:float, ax=None):
     "A new pyplot-free Figure and Axes, or the given Axes and its Figure"
     if ax is not None: return ax.figure, ax
     fig = PlotFigure(figsize=(w, h), layout='constrained')
     return fig, fig.add_subplot()
 
+# %% ../nbs/09_plots.ipynb #2c13a323
 def img_tag(fig:Figure, # a figure (or PNG bytes)
             alt:str='', # alt text
             dpi:int=DPI, **attrs)->str: # an <img> with the PNG embedded as base64
@@ -151,6 +159,7 @@ def img_tag(fig:Figure, # a figure (or PNG bytes)
     extra = ''.join(f' {k.rstrip("_")}="{v}"' for k, v in attrs.items())
     return f'<img alt="{alt}" src="data:image/png;base64,{base64.b64encode(png).decode()}"{extra}>'
 
+# %% ../nbs/09_plots.ipynb #358b713d
 def _drawn_texts(fig:Figure)->list:
     "The non-empty text artists a draw of `fig` puts on the page (hidden axes and ticks outside the view left out)"
     from matplotlib.text import Text
@@ -169,6 +178,7 @@ def _drawn_texts(fig:Figure)->list:
                 if axis.offsetText.get_visible(): out.append(axis.offsetText)
     return [t for t in dict.fromkeys(out) if isinstance(t, Text) and t.get_visible() and t.get_text().strip()]
 
+# %% ../nbs/09_plots.ipynb #b9cc737f
 def overlapping_text(fig:Figure, # a figure
                      tol:float=1., # pixels (at 100 dpi) two boxes may share, or a box may stick out, before it counts
                     )->list: # one line per problem; empty when the figure reads cleanly
@@ -198,12 +208,14 @@ def overlapping_text(fig:Figure, # a figure
         return problems
     finally: fig.set_dpi(dpi0)
 
+# %% ../nbs/09_plots.ipynb #0cae828e
 def _fit_title(ax, text:str, fontsize:float=11, loc:str='center', width_in:float|None=None):
     "Set a title wrapped to the width it has (the axes' figure width by default), so it is never cut"
     w = width_in or ax.figure.get_figwidth() * ax.get_position().width
     chars = max(12, int(w * 72 / (0.55 * fontsize)))
     ax.set_title('\n'.join(textwrap.wrap(text, chars)) if text else text, fontsize=fontsize, loc=loc)
 
+# %% ../nbs/09_plots.ipynb #92958151
 def _legend_outside(ax, **kw):
     "The legend right of the axes: never over the data"
     return ax.legend(loc='upper left', bbox_to_anchor=(1.01, 1.0), borderaxespad=0., fontsize=8, **kw)
@@ -215,20 +227,24 @@ def _label_room(labels:list, width_in:float, fontsize:float=9)->tuple:
     long = max((len(l) for l in labels), default=0) * 0.6 * fs / 72
     return (fs, 0, 0.2) if long < 0.9 * width_in / M else (fs, 90, long)
 
+# %% ../nbs/09_plots.ipynb #11fda4f3
 def _tick_labels(ax, labels:list, width_in:float, fontsize:float=9):
     "Group names under bars: level when they fit, else vertical; smaller type for many groups"
     fs, rot, _ = _label_room(labels, width_in, fontsize)
     ax.set_xticks(range(len(labels)), labels, rotation=rot, ha='center', fontsize=fs)
 
+# %% ../nbs/09_plots.ipynb #0a34df4a
 def _grid_possible(values, names:list)->bool:
     "Whether per-group values can go on a block x function grid that says more than bars"
     if getattr(values, 'cross', None) is not None: return True
     nb, nf = len(set(group_labels(None, names, 'block'))), len(set(group_labels(None, names, 'function')))
     return 1 < nb < len(names) and 1 < nf < len(names)
 
+# %% ../nbs/09_plots.ipynb #f08b7bde
 def _in_model_order(d:pd.DataFrame, groups)->pd.DataFrame:
     return d if groups is not None else d.set_index('name').loc[model_order(list(d.name))].reset_index()
 
+# %% ../nbs/09_plots.ipynb #9cc83515
 def plot_group_lds(lds, # per-group LDS: dict / Series / DataFrame (name, lds, lo, hi) / array / PerGroupLDS
                    groups:list|None=None, # group names (model order) when `lds` is an array, or to reorder
                    total:float|None=None, # LDS of all groups together (default: PerGroupLDS's 'all' row), dashed
@@ -277,6 +293,7 @@ def block_function_table(values, # per-group values (anything `group_values` rea
     t = d.pivot_table(index='block', columns='function', values='value', aggfunc=agg, sort=False, dropna=False)
     return t.reindex(index=list(dict.fromkeys(d.block)), columns=list(dict.fromkeys(d.function)))
 
+# %% ../nbs/09_plots.ipynb #0047c9f3
 def plot_block_function(values, # per-group values, a PerGroupLDS (its cross table when present) or a ready table
                         groups:list|None=None, block=None, function=None, agg:str='mean',
                         title:str='per-group LDS by block x function', label:str='LDS (Spearman ρ)', # colour bar label
@@ -345,6 +362,7 @@ def weight_table(ws:Mapping, # name -> weights [M] (tensor / array / list / dict
         rows[name] = d.value.values
     return pd.DataFrame(rows, index=groups).T
 
+# %% ../nbs/09_plots.ipynb #ef8bde48
 def plot_weight_sets(ws, # name -> weights, or a weight_table
                      groups:list|None=None, # group names (model order)
                      kind:str='auto', # 'bars' (grouped), 'heatmap', or 'auto' (bars up to 60 bars in all)
@@ -387,6 +405,7 @@ def cosine_matrix(ws, # name -> weights, or a weight_table
     X = t.to_numpy(float); X = X / np.linalg.norm(X, axis=1, keepdims=True).clip(1e-300)
     return pd.DataFrame(X @ X.T, t.index, t.index)
 
+# %% ../nbs/09_plots.ipynb #e4569ccd
 def plot_weight_cosine(ws, # name -> weights, a weight_table, or a ready cosine matrix (square, same labels)
                        groups:list|None=None, title:str='cosine similarity of group weights', ax=None)->Figure:
     "Heatmap of the cosine similarity between weight vectors (methods, datasets, attributes)"
@@ -431,9 +450,11 @@ def items_of(data)->list|Tensor:
     if isinstance(data, np.ndarray) and data.dtype.kind in 'fiub': return torch.from_numpy(data)
     return data
 
+# %% ../nbs/09_plots.ipynb #b7de7d97
 def _first_words(s:str, n:int=6)->str:
     w = str(s).split(); return ' '.join(w[:n]) + (' ...' if len(w) > n else '')
 
+# %% ../nbs/09_plots.ipynb #2b873a5e
 def item_labels(data, # ExampleSet, list of strings, or anything else (no labels)
                 n:int, # number of items
                )->list|None: # one short description per item, or None
@@ -450,16 +471,19 @@ def item_labels(data, # ExampleSet, list of strings, or anything else (no labels
     if isinstance(data, (list, tuple)) and len(data) == n and all(isinstance(s, str) for s in data): return [_first_words(s) for s in data]
     return None
 
+# %% ../nbs/09_plots.ipynb #2dfd5d6c
 def ids_of(data, n:int)->list:
     "Example ids of an ExampleSet (its `ids`), else 0..n-1"
     return list(data.ids) if hasattr(data, 'ids') and not callable(data.ids) else list(range(n))
 
+# %% ../nbs/09_plots.ipynb #5bb19dbc
 def _contrib_rows(S, q:int)->Tensor:
     "Contributions [N, M] of query `q` from a tensor / array / memmap [Q, N, M] or an object with `.S`"
     S = getattr(S, 'S', S)
     r = S[q]
     return r.detach().double().cpu() if isinstance(r, Tensor) else torch.from_numpy(np.asarray(r, dtype=np.float64))
 
+# %% ../nbs/09_plots.ipynb #bc1c1133
 def topk_under(S, # contributions [Q, N, M] (tensor / array / memmap) or a Contributions
                q:int, # query position
                w=None, # weights (see `pwattr.grouping.align_weights`); None: the base method
@@ -479,6 +503,7 @@ def _fit_line(line:str, chars:int)->str:
     "One caption line cut to `chars` characters ('...' marks the cut), never wrapped"
     line = str(line); return line if len(line) <= chars else line[:max(1, chars - 3)] + '...'
 
+# %% ../nbs/09_plots.ipynb #4422b42a
 def _draw_item(ax, item, caption:str='', width:int=28, cmap='gray', max_lines:int=9):
     "One gallery cell: an image (any layout / range) or a wrapped text, with a caption cut to the cell's width"
     ax.set_xticks([]); ax.set_yticks([])
@@ -492,6 +517,7 @@ def _draw_item(ax, item, caption:str='', width:int=28, cmap='gray', max_lines:in
         ax.imshow(img, cmap=cmap if img.ndim == 2 else None, vmin=0, vmax=1, interpolation='nearest')
     ax.set_xlabel('\n'.join(_fit_line(l, width) for l in str(caption).split('\n')), fontsize=7)
 
+# %% ../nbs/09_plots.ipynb #3e653bdc
 def plot_gallery(query, # the query item: an image or a string
                  rows:Mapping, # row label -> list of items (images or strings)
                  captions:Mapping|None=None, # row label -> list of captions (lines split on '\n', each cut to the cell width)
@@ -519,6 +545,7 @@ def plot_gallery(query, # the query item: an image or a string
     if title: fig.suptitle('\n'.join(textwrap.wrap(title, int(fig.get_figwidth() * 72 / (0.55 * 10)))), fontsize=10)
     return fig
 
+# %% ../nbs/09_plots.ipynb #b9596d8a
 def topk_rows(S, # contributions [Q, N, M] or a Contributions
               q:int, # query position
               weights:Mapping, # row label -> weights (None: the base method)
@@ -533,6 +560,7 @@ def topk_rows(S, # contributions [Q, N, M] or a Contributions
         out[lab] = dict(indices=idx, ids=[train_ids[i] for i in idx], scores=sc)
     return out
 
+# %% ../nbs/09_plots.ipynb #81e1da00
 def plot_topk_gallery(S, # contributions [Q, N, M] (tensor / array) or a Contributions
                       q:int, # query position
                       train, # training items: ExampleSet, image tensor [N, ...] or list of N strings
@@ -585,6 +613,7 @@ def lds_long_table(results, # ResultsTable, DataFrame (method, weights, value/ld
             rows.append(dict(method=m, weights=wn, value=float(v), lo=float(lo), hi=float(hi)))
     return pd.DataFrame(rows, columns=['method', 'weights', 'value', 'lo', 'hi'])
 
+# %% ../nbs/09_plots.ipynb #35652425
 def plot_lds_table(results, # anything `lds_long_table` reads
                    metric:str|None='LDS', title:str|None=None, ax=None, annot:bool=True)->Figure:
     "LDS per method without and with weights: grouped bars with interval error bars and the values written on top"

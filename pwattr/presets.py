@@ -25,6 +25,7 @@ def _merge(a:dict, b:dict)->dict:
         out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else copy.deepcopy(v)
     return out
 
+# %% ../nbs/01c_presets.ipynb #198acc8b
 @dataclass
 class Preset:
     "A named data + model + training recipe"
@@ -108,6 +109,7 @@ def _build_model(m:dict)->nn.Module:
         if k in m: m[k] = tuple(m[k])
     return builders[arch](**m)
 
+# %% ../nbs/01c_presets.ipynb #fa96a510
 def _check_compatible(p:Preset, train):
     "The model config must agree with the data's conventions (vocabulary, special ids, label counts)"
     m, info = p.config['model'], train.info
@@ -120,6 +122,7 @@ def _check_compatible(p:Preset, train):
     if m['arch'] == 'cond-unet' and 'n_labels' in info and dict(m['n_values']) != dict(info['n_labels']):
         raise ValueError(f"preset {p.name!r}: model n_values={m['n_values']} but the data has {info['n_labels']}")
 
+# %% ../nbs/01c_presets.ipynb #d44ed87c
 def _pretrain_data(d:dict, # the preset's data config (source 'kjv')
                    n:int, # verses to pretrain on
                   ):
@@ -130,6 +133,7 @@ def _pretrain_data(d:dict, # the preset's data config (source 'kjv')
     big = data.load_kjv('train', n=d['n_train'] + n, ctx_len=d.get('ctx_len', 128), seed=d.get('seed', 0))   # nested: holds the training set
     return big[torch.tensor([i not in own for i in big.ids])]
 
+# %% ../nbs/01c_presets.ipynb #3b17532e
 @lru_cache(maxsize=2)
 def _pretrained(key:str)->nn.Module:
     "The pretrained base model of a preset (JSON of its data / model / pretrain config): trained once per process, then cached"
@@ -148,6 +152,7 @@ def _pick_subjects(info:dict, per_subcategory:int, seed:int)->list:
         out += [members[int(j)] for j in torch.randperm(len(members), generator=g)[:per_subcategory]]
     return sorted(out)
 
+# %% ../nbs/01c_presets.ipynb #a17a8cf0
 def _sbemoji_split(d:dict):
     from pwattr import data
     es = data.load_sbemoji(d.get('size', 16), labels=True)
@@ -167,6 +172,7 @@ def _sbemoji_split(d:dict):
     for s in (train, test): s.info = {**s.info, 'preset_subjects': subjects}
     return train, test
 
+# %% ../nbs/01c_presets.ipynb #68353b5e
 @lru_cache(maxsize=8)
 def _load_data(key:str)->tuple:
     from pwattr import data
@@ -243,6 +249,7 @@ class PresetNotFound(KeyError):
     "No preset of that name (the message lists close matches and all registered names)"
     def __str__(self): return str(self.args[0])
 
+# %% ../nbs/01c_presets.ipynb #38d9f34d
 def get_preset(name:str, # a registered preset name, e.g. 'fmnist-mlp'
               )->Preset:
     "The registered preset `name`; an unknown name raises `PresetNotFound` (a `KeyError`) naming the close matches"

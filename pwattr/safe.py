@@ -28,6 +28,7 @@ def _group_cols(dims:list)->Tensor:
     "Group index of every feature column"
     return torch.repeat_interleave(torch.arange(len(dims)), torch.as_tensor([int(d) for d in dims]))
 
+# %% ../nbs/07b_safe.ipynb #f337070c
 def _weights_vec(w, M:int, like:Tensor)->Tensor:
     "Weights [M] > 0 (a tensor, list or GroupWeights) on `like`'s device and dtype"
     w = align_weights(w.w if isinstance(w, GroupWeights) else w, None, M).to(like)   # by position, as KernelRefit's groups
@@ -35,6 +36,7 @@ def _weights_vec(w, M:int, like:Tensor)->Tensor:
         raise ValueError("kernel-consistent weights must be finite and > 0 (w_j = 0 is an infinite ridge: drop the group instead)")
     return w
 
+# %% ../nbs/07b_safe.ipynb #0c771303
 class KernelRefit:
     "A global ridge kernel refitted with group weights on both sides: scores phi(q)^T (G + lam diag(1/w))^-1 phi(n) * c_n"
     def __init__(self, X:Tensor, # [N, D] training features, one column block per group
@@ -129,6 +131,7 @@ def refit_from(method, # a fitted TRAK(kernel='global') (or D-TRAK / DAS) or Jou
     scale = m._qbar(comps, 0, m.N, dev)
     return KernelRefit(X, f.dims, f.groups, m.lams[0], scale, list(f.ids), dev, form)
 
+# %% ../nbs/07b_safe.ipynb #56f1c032
 def query_matrix(query, # query Features, or a list of them (JourneyTRAK: one per sampling step, summed)
                 )->Tensor: # [Q, D]
     "The query features a refit scores: one matrix (JourneyTRAK's per-step features are summed, as its scores are)"
@@ -360,6 +363,7 @@ def ridge_by_agreement(refit:KernelRefit, # the method's kernel refit (its ridge
     cands = {f'lam_rel={r:g}': (ones, lambda w, r=r: refit.with_ridge(r * md).scores(Xq)) for r in lam_rels}
     return agreement_gate(cands, refit.scores(Xq), references, shrink=(1.0,), level=level, n_boot=n_boot, seed=seed)
 
+# %% ../nbs/07b_safe.ipynb #ec3a9a42
 def chosen_ridge(g:GateResult, # from `ridge_by_agreement`
                  default:float, # the method's own relative ridge
                 )->float:

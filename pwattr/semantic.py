@@ -50,17 +50,20 @@ def semantic_group_of(name:str, # a parameter name of an `AttributeUNet` ('embed
         return f'{blk}.attn_io'
     return f'{blk}.{kind}'
 
+# %% ../nbs/15_semantic.ipynb #e4c806c2
 def semantic_groups(model:torch.nn.Module, # an `AttributeUNet` (or any model with such parameter names)
                    )->GroupSpec:
     "Parameter groups by (block, function) plus one per attribute embedding"
     return GroupSpec.by_key(model, semantic_group_of)
 
+# %% ../nbs/15_semantic.ipynb #538dca08
 def unet_levels(model:torch.nn.Module)->int:
     "Resolution levels of a diffusers UNet (or of the UNet inside an `AttributeUNet`), read from its config"
     cfg = getattr(getattr(model, 'unet', model), 'config', None)
     if cfg is None or 'block_out_channels' not in cfg: raise ValueError(f"{type(model).__name__} has no UNet config with block_out_channels")
     return len(cfg['block_out_channels'])
 
+# %% ../nbs/15_semantic.ipynb #fb851582
 def group_kind(g:str, # a `semantic_group_of` name
                levels:int=2, # the UNet's resolution levels (`unet_levels`): down0 / up{levels-1} run at full resolution
               )->str:
@@ -83,6 +86,7 @@ def _check_attrs(attributes)->list:
         raise KeyError(f"Unknown attribute(s) {bad or attributes!r}{hint}: use any of {ATTRIBUTES}.")
     return attributes
 
+# %% ../nbs/15_semantic.ipynb #00145e01
 def query_plan(train_labels:dict, # attribute -> [N] long labels of the training set (e.g. `train.tensors`)
                n_learn:int=32, # learning queries per attribute
                n_eval:int=32, # evaluation queries per attribute
@@ -105,6 +109,7 @@ def query_plan(train_labels:dict, # attribute -> [N] long labels of the training
     plan['seed'] = seed * 1_000_000 + 10_000 + np.arange(len(plan))   # one generation seed per query
     return plan
 
+# %% ../nbs/15_semantic.ipynb #96493f70
 def plan_prompts(plan:pd.DataFrame)->list: # one dict per row: {attribute: value}; the others unspecified
     "The prompts of a query plan"
     return [{r.attribute: int(r.value)} for r in plan.itertuples()]
@@ -119,6 +124,7 @@ def topk_positions(scores:Tensor, # [Q, N] attribution scores
     if not 1 <= k <= scores.shape[1]: raise ValueError(f"k={k} must be in [1, N={scores.shape[1]}]")
     return torch.sort(scores.double(), dim=1, descending=True, stable=True).indices[:, :k]
 
+# %% ../nbs/15_semantic.ipynb #dab56872
 def attribute_recall(scores:Tensor, # [Q, N] attribution scores of queries prompted with one attribute
                      query_values, # [Q] the prompted value of that attribute
                      train_values, # [N] that attribute's value for every training image
@@ -131,6 +137,7 @@ def attribute_recall(scores:Tensor, # [Q, N] attribution scores of queries promp
     if len(tv) != scores.shape[1]: raise ValueError(f"{len(tv)} training values for N={scores.shape[1]} training images")
     return (tv[top] == qv[:, None]).mean(1)
 
+# %% ../nbs/15_semantic.ipynb #0417191d
 def chance_recall(query_values, train_values)->np.ndarray: # [Q] share of training images with the query's value
     "Recall of a random ranking: the share of the training set that carries each query's value"
     qv, tv = np.asarray(torch.as_tensor(query_values).cpu()), np.asarray(torch.as_tensor(train_values).cpu())
@@ -256,6 +263,7 @@ def gate_weight_sets(contribs:dict, # method -> contributions [Q, N, M] of all p
             out[m][a] = GroupWeights(gate.w, groups, [], settings, 0., info)
     return out
 
+# %% ../nbs/15_semantic.ipynb #20a5e0b3
 def gate_table(safe:dict, # method -> attribute -> GroupWeights (from `gate_weight_sets`)
               )->pd.DataFrame: # one row per (method, attribute): use, chosen, shrink, gain, lower bound, verdict
     "The gate's verdicts as a table"
@@ -276,6 +284,7 @@ def _learn_recall(X, plan, name, w, train_labels, k)->float:
         out.append(attribute_recall(X[idx] @ w.w.to(X.dtype), plan.value.to_numpy()[idx], train_labels[a], k).mean())
     return float(np.mean(out))
 
+# %% ../nbs/15_semantic.ipynb #9382c291
 def tune_weight_sets(S, # contributions [Q, N, M] of all plan queries (Tensor or `Contributions`)
                      plan:pd.DataFrame, # `query_plan` rows in S's query order
                      train_labels:dict, # attribute -> [N] training labels

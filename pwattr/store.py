@@ -23,6 +23,7 @@ def _fsync_dir(path:Path):
     try: os.fsync(fd)
     finally: os.close(fd)
 
+# %% ../nbs/03b_store.ipynb #1733df23
 @contextmanager
 def atomic_path(path:str|Path, # the file to write
                ):
@@ -34,6 +35,7 @@ def atomic_path(path:str|Path, # the file to write
         os.replace(tmp, path); _fsync_dir(path.parent)
     finally: tmp.unlink(missing_ok=True)
 
+# %% ../nbs/03b_store.ipynb #37793fe6
 def atomic_write(path:str|Path, # the file to write
                  data:str|bytes, # its whole content
                 ):
@@ -139,6 +141,7 @@ def read_rows(x, # a tensor, a numpy array / memmap or an `NpyFile`
     if isinstance(x, NpyFile): return x.read(a, b)
     return torch.from_numpy(np.ascontiguousarray(x[a:b]))
 
+# %% ../nbs/03b_store.ipynb #8f48976a
 def row_spans(n:int, # rows in all
               size:int, # rows per span
              )->list:
@@ -157,23 +160,29 @@ SYNC_EVERY = float(os.environ.get('PWATTR_STORE_SYNC_S', 0.5))  # seconds betwee
 class StoreMismatch(ValueError):
     "A store on disk holds features of another model, group spec, projection or dataset"
 
+# %% ../nbs/03b_store.ipynb #506201bb
 class StoreCorrupt(RuntimeError):
     "A store's files do not match the manifest's checksums (truncated or altered on disk)"
 
+# %% ../nbs/03b_store.ipynb #2a430806
 class StoreLocked(TimeoutError):
     "Another process is writing the store"
 
+# %% ../nbs/03b_store.ipynb #95c517d9
 def _short(v, n=80):
     s = json.dumps(v, sort_keys=True); return s if len(s) <= n else s[:n] + '...'
 
+# %% ../nbs/03b_store.ipynb #54627c3c
 def _digest(parts)->str:
     "Checksum of a chunk: sha256 of its rows in every file, 16 hex digits"
     h = hashlib.sha256()
     for p in parts: h.update(p)
     return h.hexdigest()[:16]
 
+# %% ../nbs/03b_store.ipynb #91be4593
 def _gb(n:int)->str: return f"{n / 2**30:.2f} GiB" if n >= 2**27 else f"{n / 2**20:.1f} MiB"
 
+# %% ../nbs/03b_store.ipynb #0587b91f
 def _reserve(path:Path, size:int, store:Path):
     "Allocate the blocks of `path` now (posix_fallocate), so a full disk is an OSError here, not a SIGBUS later"
     fd = os.open(path, os.O_RDWR)
@@ -185,6 +194,7 @@ def _reserve(path:Path, size:int, store:Path):
         if e.errno not in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS): raise   # no fallocate here: the free-space check stands
     finally: os.close(fd)
 
+# %% ../nbs/03b_store.ipynb #9cef48e1
 class FeatureStore:
     "On-disk features: x.npy memmap + extras + JSON manifest, chunked, checksummed, atomic, locked, resumable"
     def __init__(self, path:str|Path): self.path = Path(path)

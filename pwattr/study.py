@@ -92,6 +92,7 @@ def sweep(c_eval, # Contributions of the ground truth's queries
                          seconds=dt, w=w.w.numpy().round(3).tolist()))
     return pd.DataFrame(rows)
 
+# %% ../nbs/16_study.ipynb #f508650b
 def spread(per_group:dict, # name -> PerGroupLDS (or a Series group -> LDS)
           )->pd.DataFrame: # one row per name
     "How unequal the groups are: best / worst group, their LDS, the range and the spread (std) of per-group LDS"
@@ -102,6 +103,7 @@ def spread(per_group:dict, # name -> PerGroupLDS (or a Series group -> LDS)
                          range=s.max() - s.min(), std=s.std(ddof=0)))
     return pd.DataFrame(rows).set_index('name')
 
+# %% ../nbs/16_study.ipynb #a834ad36
 def lds_cosine(per_group:dict, # name -> PerGroupLDS (or Series); compared on their shared groups
                center:bool=False, # compare deviations from each vector's mean (Pearson correlation) instead
               )->pd.DataFrame:
@@ -127,6 +129,7 @@ class PresetStudy:
     run: object # the AuditRun the contributions came from
     ridge: dict = field(default_factory=dict) # method -> table of LDS per relative ridge, with the agreement gate's columns (`safe_study`)
 
+# %% ../nbs/16_study.ipynb #6d3dfc72
 def study_preset(preset:str, # a preset with a committed ground truth
                  methods, # comma-separated names from `pwattr.recipes`
                  out=None, # the audit directory whose cache to use (default runs/<preset>)

@@ -42,6 +42,7 @@ def _pick(n:int, m:int|None, seed:int)->np.ndarray:
     if m is None or m >= n: return np.arange(n)
     return np.sort(np.random.default_rng(seed).choice(n, m, replace=False))
 
+# %% ../nbs/13a_tailpatch.ipynb #68a2e7e7
 def tail_patch_proponents(result:AuditResult, # a language audit (its evaluation contributions and learned weights)
                           methods:list, # method names (each must be in the audit)
                           q_pos, # positions of the tail-patch queries among the audit's evaluation queries
@@ -61,6 +62,7 @@ def tail_patch_proponents(result:AuditResult, # a language audit (its evaluation
     props['random', 'uniform'] = random_proponents(len(pos), c.S.shape[1], k, seed)
     return props
 
+# %% ../nbs/13a_tailpatch.ipynb #5acce081
 def tail_patch_study(preset='kjv-gpt2', # a language preset name (or Preset)
                      methods='tracin,trak,logra,ekfac', # comma-separated method names (see `pwattr.recipes.RECIPES`)
                      k:int=10, # proponents per query

@@ -23,10 +23,12 @@ def subseed(seed:int, # the user's seed
     "A seed derived from `seed` and a name, stable across runs and platforms"
     return int.from_bytes(hashlib.sha256(f"{int(seed)}:{tag}".encode()).digest()[:8], 'little') >> 1
 
+# %% ../nbs/01b_train.ipynb #00e0df99
 def generator(seed:int, tag:str)->torch.Generator:
     "A CPU `torch.Generator` for the stream `tag` of `seed`"
     return torch.Generator().manual_seed(subseed(seed, tag))
 
+# %% ../nbs/01b_train.ipynb #9b5d88c1
 @contextmanager
 def seeded(seed:int, tag:str='global', device=None):
     "Run a block with torch's global RNG seeded from (`seed`, `tag`), restoring the caller's RNG state after"
@@ -83,6 +85,7 @@ def _lr_at(step, total, lr, schedule, warmup):
     if schedule == 'constant': return lr
     raise ValueError(f"schedule={schedule!r}: use 'cosine', 'linear' or 'constant'")
 
+# %% ../nbs/01b_train.ipynb #7942de9f
 def checkpoint_steps(total:int, # total optimiser steps
                      checkpoints, # an int k (k evenly spaced, ending at `total`) or a sequence of steps in [0, total]
                     )->list: # sorted steps
@@ -95,6 +98,7 @@ def checkpoint_steps(total:int, # total optimiser steps
     if bad: raise ValueError(f"checkpoint steps {bad} are outside [0, {total}]: this run has {total} optimiser steps")
     return steps
 
+# %% ../nbs/01b_train.ipynb #d64c1f88
 def _positions(n_train, idx):
     if idx is None: return torch.arange(n_train)
     idx = torch.as_tensor(idx)
@@ -106,6 +110,7 @@ def _positions(n_train, idx):
     if idx.min() < 0 or idx.max() >= n_train: raise ValueError(f"idx must lie in [0, {n_train}); got [{idx.min()}, {idx.max()}]")
     return idx
 
+# %% ../nbs/01b_train.ipynb #bd13e533
 def fit(model:nn.Module, # the model to train (trained in place, then returned in the result)
         train, # an `ExampleSet` (anything with `len()` and `.batch(idx) -> dict[str, Tensor]`)
         loss_fn, # loss_fn(model, batch, gen) -> per-example losses [B]
@@ -178,6 +183,7 @@ def train_classifier(model:nn.Module, # logits model: x [B,C,H,W] -> [B, classes
     def loss_fn(m, b, g): return F.cross_entropy(m(b['x']), b['y'], reduction='none', label_smoothing=label_smoothing)
     return fit(model, train, loss_fn, idx, seed, desc=kw.pop('desc', 'classifier'), **kw)
 
+# %% ../nbs/01b_train.ipynb #e6226acc
 def train_lm(model:nn.Module, # causal LM (e.g. `gpt2_lm()`)
              train, # ExampleSet with 'input_ids' and 'attention_mask'
              idx=None, # training positions (None = all)
@@ -194,6 +200,7 @@ def train_lm(model:nn.Module, # causal LM (e.g. `gpt2_lm()`)
         return lm_loss(m, {k: b[k][:, :L] for k in ('input_ids', 'attention_mask') if k in b})
     return fit(model, train, loss_fn, idx, seed, desc=kw.pop('desc', 'lm'), **kw)
 
+# %% ../nbs/01b_train.ipynb #3afa929a
 def _unet_inputs(model, batch:dict, cond)->dict:
     "The batch's conditioning tensors a plain UNet takes as keyword arguments (encoder_hidden_states, class_labels, ...)"
     import inspect
@@ -206,6 +213,7 @@ def _unet_inputs(model, batch:dict, cond)->dict:
                        f"batch under that key (or name the batch keys with cond=...). The batch has {sorted(batch)}.")
     return kw
 
+# %% ../nbs/01b_train.ipynb #1aeaee3e
 def train_diffusion(model:nn.Module, # `unet2d()`, `AttributeUNet`, or any diffusers UNet (conditioned through `cond`)
                     train, # ExampleSet with 'x' in [-1,1] (+ attribute labels for AttributeUNet, conditioning tensors)
                     idx=None, # training positions (None = all)

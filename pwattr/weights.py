@@ -37,6 +37,7 @@ def planted_contributions(Q:int=32, N:int=2000, M:int=16, # sizes
     if scales is not None: S = S * torch.as_tensor(scales, dtype=S.dtype)
     return S.to(dtype), true
 
+# %% ../nbs/07_weights.ipynb #98e4ccfe
 def precision_at_k(scores:Tensor, # [Q, N]
                    true:Tensor, # [Q, t] true proponents per query
                    k:int=10)->float:
@@ -49,6 +50,7 @@ _CHUNK_METHODS = ('iter_chunks', 'chunks', 'stream', 'iter_S')
 
 def _tensor(X): return torch.from_numpy(np.array(X)) if isinstance(X, np.ndarray) else torch.as_tensor(X)
 
+# %% ../nbs/07_weights.ipynb #62e790ac
 class ContribSource:
     "Chunked read-only access to contributions `S` [Q, N, M] wherever they live"
     def __init__(self,
@@ -138,8 +140,10 @@ class ContribSource:
             yield a, b, X.to(self.device, self.dtype).contiguous()
             a = b
 
+# %% ../nbs/07_weights.ipynb #4aeca3c9
 def _as_source(S, **kw): return S if isinstance(S, ContribSource) else ContribSource(S, **kw)
 
+# %% ../nbs/07_weights.ipynb #5186825a
 def _scores(src, v):
     "S @ v [Q, N] by chunks"
     parts = [X @ v.to(X) for _, _, X in src.chunks()]
@@ -162,11 +166,13 @@ def _tri(M, device=None):
     I, J = torch.triu_indices(M, M, device=device)
     return I, J, torch.where(I == J, 1., 2.).double()
 
+# %% ../nbs/07_weights.ipynb #7d58e46e
 def _quad(G, v, tri):
     "v^T G_q v for packed Gram matrices G [Q, T] (differentiable in v)"
     I, J, mult = tri
     return G @ (v[I] * v[J] * mult)
 
+# %% ../nbs/07_weights.ipynb #12e915c8
 def _fast_loss(cand, G, v, wp, k, lam, sel, tri):
     "the same objective from the candidate rows [Q,C,M] and the packed Gram matrices [Q,T] (no pass over N)"
     rows = cand.gather(1, sel[..., None].expand(-1, -1, cand.shape[2])).to(v.dtype)
@@ -174,6 +180,7 @@ def _fast_loss(cand, G, v, wp, k, lam, sel, tri):
     nrm = _quad(G, v, tri).clamp_min(torch.finfo(v.dtype).tiny).sqrt()
     return -(top / nrm).mean() + lam * (wp ** 2).sum()
 
+# %% ../nbs/07_weights.ipynb #28b27033
 def _objective(scr, theta, c, k, lam, qb=None):
     "objective at logits theta (differentiable), its effective weights v and the exact top-k positions among the candidates"
     M = theta.shape[0]
@@ -183,6 +190,7 @@ def _objective(scr, theta, c, k, lam, qb=None):
     cand = scr.cand if qb is None else scr.cand[qb]
     return _fast_loss(cand, G, v, wp, k, lam, sel, scr.tri), v, sel
 
+# %% ../nbs/07_weights.ipynb #694dbe07
 @torch.no_grad()
 def _value_grad(scr, theta, c, k, lam, qb=None):
     "`_objective`'s value and its gradient in theta in closed form (no autograd graph: a handful of tensor ops per step)"
@@ -203,6 +211,7 @@ def _value_grad(scr, theta, c, k, lam, qb=None):
     gw = gv / c + 2 * lam * wp                                                   # d obj / d wp
     return obj, wp * gw - wp * (gw @ wp) / M, v, sel                            # through wp = M softmax(theta)
 
+# %% ../nbs/07_weights.ipynb #e76dc76a
 class _Screen:
     "exact top-k via top-C candidates per query plus a Cauchy-Schwarz bound for the rest"
     def __init__(self, src, v, C, groups):
@@ -297,6 +306,7 @@ class _Screen:
                 sel[stale] = (self.cand[qs] @ vs).topk(k, dim=1).indices
         return sel
 
+# %% ../nbs/07_weights.ipynb #94722419
 class _Adam:
     "Adam (Kingma & Ba) on one tensor, in place"
     def __init__(self, p, lr, betas=(0.9, 0.999), eps=1e-8):
@@ -382,6 +392,7 @@ class GroupWeights:
         return (f"GroupWeights(M={len(self.w)}, k={self.settings.get('k')}, steps={len(self.history)}, "
                 f"top={', '.join(f'{g}:{x:.2f}' for g, x in top.items())})")
 
+# %% ../nbs/07_weights.ipynb #88a2d2f7
 def _group_names(groups, M):
     if groups is None: return [f'g{j}' for j in range(M)]
     groups = list(groups)
@@ -389,6 +400,7 @@ def _group_names(groups, M):
                                           f"pass one name per group (S[..., j]) in model order")
     return groups
 
+# %% ../nbs/07_weights.ipynb #c500465d
 def _as_weights(w, M, groups=None, what='w'):
     "Weights aligned with the groups (`pwattr.grouping.align_weights`), refused unless finite and >= 0"
     w = align_weights(w, groups, M, what)
@@ -401,6 +413,7 @@ def _ztop(s, k):
     mu, sd = s.mean(1, keepdim=True), s.std(1, keepdim=True).clamp_min(torch.finfo(s.dtype).tiny)
     return (s.topk(k, 1).values - mu) / sd
 
+# %% ../nbs/07_weights.ipynb #8cdcf57c
 def topk_null_test(S, # contributions [Q,N,M] (as `learn_weights` takes them: tensor, array, .npy, Contributions, chunk factory)
                    k:int=20, # proponents per query (learn_weights' k)
                    n_perm:int=19, # null draws (p-values in steps of 1 / (n_perm + 1))
@@ -586,6 +599,7 @@ def _topk_overlap(a, b, k):
     ia, ib = a.topk(k, dim=1).indices, b.topk(k, dim=1).indices
     return float((ia[:, :, None] == ib[:, None, :]).any(2).float().sum(1).div(k).mean())
 
+# %% ../nbs/07_weights.ipynb #6b0a0dea
 @dataclass
 class KSensitivity:
     "Weights learned at several k: cosine between them and overlap of the top-k_eval retrievals"
@@ -600,6 +614,7 @@ class KSensitivity:
         sns.heatmap(self.overlap, annot=True, fmt='.2f', vmin=0, vmax=1, cmap='viridis', ax=axs[1]); axs[1].set_title(f'top-{self.k_eval} overlap')
         fig.tight_layout(); return fig
 
+# %% ../nbs/07_weights.ipynb #f3a00872
 def k_sensitivity(S, # contributions [Q,N,M] (learning queries)
                   ks=(10, 50, 100), # k values to learn with
                   k_eval:int=10, # retrieval depth for the overlap
@@ -645,6 +660,7 @@ def subset_preds(S, # contributions [Q,N,M] (tensor / memmap / Contributions / c
     blocks = ((a, 0, X) if src.axis == 'query' else (0, a, X) for a, _, X in src.chunks())
     return torch.from_numpy(group_predictions(blocks, masks)).to(src.device)
 
+# %% ../nbs/07_weights.ipynb #53c1477f
 @dataclass
 class OracleResult:
     "Weights fitted to LDS ground truth on one query split, with LDS on both splits"
@@ -653,6 +669,7 @@ class OracleResult:
     def plot(self, ax=None):
         return GroupWeights(self.w, self.groups, settings=dict(k='oracle')).plot(ax=ax, title=f"oracle weights ({self.settings['method']})", color='C2')
 
+# %% ../nbs/07_weights.ipynb #aa12998e
 def oracle_weights(preds, # [Q, n_subsets, M] per-group predicted outputs (see `subset_preds`)
                    actual, # [Q, n_subsets] actual outputs of models trained on the subsets
                    fit_idx, # query positions used to fit w
