@@ -20,7 +20,7 @@ from .features import featurize, Projector, output_fn, Features
 from .methods import Contributions
 from .kronecker import kron_features, fit_kron_factors, fisher_output_for
 from .diffusion import generate_queries
-from .recipes import LOSS, recipe, parse_methods, diffusion_features
+from .recipes import LOSS, RECIPES, recipe, parse_methods, diffusion_features
 from .weights import learn_weights, check_disjoint
 from .safe import safe_weights, refit_from, query_matrix
 from .evaluate import lds, per_group_lds, ResultsTable
@@ -396,36 +396,41 @@ class AuditRun:
 
     def contributions(self, name:str, # a method of `pwattr.recipes.RECIPES`
                       splits=('eval', 'learn'), # query splits to attribute
-                      damping_scale:float|None=None, # EK-FAC only: damping relative to the mean corrected eigenvalue (None: the method's 0.1)
+                      reg:float|None=None, # the method's relative regularisation (`Recipe.reg`: TRAK's lam_rel, EK-FAC's and LoGRA's damping_scale); None: its default
                      )->tuple: # one Contributions per split
         "Fit method `name` on the training side and attribute the query splits (default: evaluation, learning)"
         r = recipe(name, self.p.domain); kind, oname = r.features, r.output_name(self.p)
+        if reg is not None and r.reg is None:
+            raise ValueError(f"{name!r} has no regularisation to set (reg={reg}): methods with one are "
+                             f"{', '.join(sorted({n for n, rs in RECIPES.items() for x in rs if x.reg}))}")
+        if reg is not None and np.isclose(reg, r.reg_default): reg = None   # the default: the same (cached) result
+        kw = {} if reg is None else {r.reg: float(reg)}
         if kind == 'diffusion':
-            key = config_hash([[self.diffusion_key(name, s) for s in ('train', *splits)]], n=12, compact=False)
+            key = config_hash([[self.diffusion_key(name, s) for s in ('train', *splits)]] + ([] if reg is None else [r.reg, float(reg)]), n=12, compact=False)
             def compute():
-                m = r.make(self).fit(self.diffusion_features(name, 'train'))
+                m = r.make(self, **kw).fit(self.diffusion_features(name, 'train'))
                 return tuple(m.contributions(self.diffusion_features(name, s)) for s in splits)
             return cached(self.cache / f'contrib-diffusion-{name}-{key}.pt', compute, f'{name}: fit and attribute', self.log,
-                          self.stage_settings('contributions', method=name, splits=list(splits)))
+                          self.stage_settings('contributions', method=name, splits=list(splits), reg=reg))
         qs = [self.features(kind, oname, s) for s in splits]
-        if damping_scale is not None and name != 'ekfac': raise ValueError(f"damping_scale applies to 'ekfac' only, not {name!r}")
-        meth = r.make(self) if damping_scale is None else r.make(self, damping_scale=damping_scale)
+        meth = r.make(self, **kw)
         if kind == 'kron':  # EK-FAC: training gradients are streamed batch by batch, never stored (cached result)
             ids = [i for s in splits for i in self.split(s).ids]
-            tag = ('' if tuple(splits) == ('eval', 'learn') else '-' + '-'.join(splits)) + ('' if damping_scale is None else f'-d{damping_scale:g}')
+            tag = ('' if tuple(splits) == ('eval', 'learn') else '-' + '-'.join(splits)) + ('' if reg is None else f'-d{reg:g}')
             c = self._checked(self.cache / f'contrib-{name}-{self.grouping}{self._sfx()}{self._gen_tag("learn")}{tag}.pt',
                               lambda: meth.contributions_streamed(self.model(), self.train, output_fn(oname), Features.cat(qs),
                                                                   progress=self.progress), f'{name} (streamed)', ids,
-                              self.stage_settings('contributions', method=name, output=oname, splits=list(splits), damping_scale=damping_scale))
+                              self.stage_settings('contributions', method=name, output=oname, splits=list(splits), reg=reg))
             ends = np.cumsum([0] + [len(self.split(s)) for s in splits])
             return tuple(c[a:b] for a, b in zip(ends[:-1], ends[1:]))
         key = config_hash([name, oname, self.grouping, self.proj_dim, self.kron_rank, self.seed,
-                      self.n_checkpoints if kind == 'ckpt' else None, [self.split(s).ids for s in ('train', *splits)]], n=12, compact=False)
+                      self.n_checkpoints if kind == 'ckpt' else None, [self.split(s).ids for s in ('train', *splits)]]
+                     + ([] if reg is None else [r.reg, float(reg)]), n=12, compact=False)
         def compute():  # the fit (e.g. a 10k x 10k kernel) is the slow part: keep its result
             meth.fit(self.features(kind, oname, 'train'), progress=self.progress)
             return tuple(meth.contributions(q, progress=self.progress) for q in qs)
         return cached(self.cache / f'contrib-{name}-{key}.pt', compute, f'{name}: fit and attribute', self.log,
-                      self.stage_settings('contributions', method=name, output=oname, splits=list(splits)))
+                      self.stage_settings('contributions', method=name, output=oname, splits=list(splits), reg=reg))
 
     def refit(self, name:str):
         "(`KernelRefit`, split -> query features [Q, D]) of a global ridge-kernel method (TRAK, D-TRAK, DAS, JourneyTRAK); None for others"

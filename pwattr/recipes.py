@@ -40,6 +40,8 @@ class Recipe:
     timesteps:str='uniform' # 'diffusion' features: the timestep choice ('uniform' | 'random')
     refit:bool=False # a global ridge kernel that `pwattr.safe` can refit under group weights
     curvature:bool=True # corrects the gradients for curvature; False for first-order methods (TracIn, Grad-Dot), whose safe weights may learn the per-group scale a curvature correction supplies
+    reg:str|None=None # the `build` keyword of its relative regularisation ('lam_rel': a ridge, 'damping_scale'), which `pwattr.safe` can choose by agreement
+    reg_default:float=0.1 # the value `build` uses when `reg` is not given
 
     def output_name(self, p)->str:
         "The output the features of preset `p` differentiate"
@@ -96,17 +98,20 @@ for _r in (
     Recipe('graddot', 'GradDot', lambda run, **kw: GradDot(**kw), curvature=False),
     Recipe('gradcos', 'GradCos', lambda run, **kw: GradCos(**kw), curvature=False),
     Recipe('trak', 'TRAK', lambda run, **kw: TRAK(kernel='global', use_q=run.p.domain == 'classification', **kw), output=_trak_output,
-           domains=_CL, refit=True),
-    Recipe('trak-block', 'TRAK', lambda run, **kw: TRAK(kernel='block', use_q=run.p.domain == 'classification', **kw), output=_trak_output),
-    Recipe('ekfac', 'EKFAC', lambda run, damping_scale=0.1: EKFAC(run.factors(), damping_scale=damping_scale), 'kron'),
-    Recipe('logra', 'LoGRA', lambda run, **kw: LoGRA(**kw), 'kron-proj'),
+           domains=_CL, refit=True, reg='lam_rel'),
+    Recipe('trak-block', 'TRAK', lambda run, **kw: TRAK(kernel='block', use_q=run.p.domain == 'classification', **kw), output=_trak_output,
+           reg='lam_rel'),
+    Recipe('ekfac', 'EKFAC', lambda run, **kw: EKFAC(run.factors(), **kw), 'kron', reg='damping_scale'),
+    Recipe('logra', 'LoGRA', lambda run, **kw: LoGRA(**kw), 'kron-proj', reg='damping_scale'),
     # diffusion models: the denoising loss over K draws that every example shares
     Recipe('tracin', 'TracIn', lambda run, **kw: TracInCP(**kw), 'diffusion', 'diffusion_loss', ('diffusion',), checkpoint_side, curvature=False),
-    Recipe('trak', 'TRAK', lambda run, **kw: TRAK(use_q=False, **kw), 'diffusion', 'diffusion_loss', ('diffusion',), timestep_side, refit=True),
-    Recipe('dtrak', 'D-TRAK', lambda run, **kw: DTRAK(**kw), 'diffusion', 'dtrak', ('diffusion',), timestep_side, refit=True),
-    Recipe('das', 'DAS', lambda run, **kw: DAS(**kw), 'diffusion', 'das', ('diffusion',), timestep_side, norm=True, refit=True),
+    Recipe('trak', 'TRAK', lambda run, **kw: TRAK(use_q=False, **kw), 'diffusion', 'diffusion_loss', ('diffusion',), timestep_side, refit=True,
+           reg='lam_rel'),
+    Recipe('dtrak', 'D-TRAK', lambda run, **kw: DTRAK(**kw), 'diffusion', 'dtrak', ('diffusion',), timestep_side, refit=True, reg='lam_rel'),
+    Recipe('das', 'DAS', lambda run, **kw: DAS(**kw), 'diffusion', 'das', ('diffusion',), timestep_side, norm=True, refit=True,
+           reg='lam_rel'),
     Recipe('journeytrak', 'JourneyTRAK', lambda run, **kw: JourneyTRAK(**kw), 'diffusion', 'diffusion_loss', ('diffusion',), timestep_side,
-           journey_side, norm=None, timesteps='random', refit=True),
+           journey_side, norm=None, timesteps='random', refit=True, reg='lam_rel'),
 ): register(_r)
 
 # %% ../nbs/06b_recipes.ipynb #5f73e716

@@ -13,8 +13,8 @@ from .methods import Contributions
 
 # %% auto #0
 __all__ = ['RIDGE_GRID', 'KernelRefit', 'refit_from', 'query_matrix', 'learn_refit_weights', 'row_pearson', 'GateResult',
-           'gate_halves', 'agreement_gate', 'learn_agreement_weights', 'safe_weights', 'ridge_by_agreement',
-           'chosen_ridge']
+           'gate_halves', 'agreement_gate', 'learn_agreement_weights', 'safe_weights', 'regularisation_by_agreement',
+           'ridge_by_agreement', 'chosen_ridge']
 
 # %% ../nbs/07b_safe.ipynb #ad3a7cdd
 def _ram_bytes(default:int=8 * 2**30)->int:
@@ -196,6 +196,7 @@ class GateResult:
     apply:str='linear' # 'linear' (S @ w) or 'refit' (KernelRefit)
     level:float=0.95
     min_gain:float=1e-3
+    value:float|None=None # `regularisation_by_agreement`: the value kept (None: the method's own)
 
     @property
     def verdict(self)->str:
@@ -351,21 +352,36 @@ def safe_weights(c_learn, # Contributions [Q, N, M] of the learning queries
 # %% ../nbs/07b_safe.ipynb #dd209c3f
 RIDGE_GRID = (0.01, 0.03, 0.1, 0.3, 1., 3., 10.)
 
+def regularisation_by_agreement(scores:dict, # value -> () -> [Q, N] the method's learning-query scores with that regularisation
+                                base:Tensor, # [Q, N] its scores with its own regularisation
+                                references:dict, # name -> [Q, N] other methods' unweighted scores on the learning queries
+                                knob:str='lam_rel', # what the values are (a column of the table, and the candidates' names)
+                                level:float=0.95, n_boot:int=1000, seed:int=0,
+                               )->GateResult: # .value: the value kept (None: keep the method's own); .table: every value
+    "Pick a method's regularisation label-free: the value that most raises agreement with every other method, if clearly"
+    names = {f'{knob}={v:g}': float(v) for v in scores}
+    one = torch.ones(1)   # no group weights: each candidate is the method itself, regularised otherwise
+    g = agreement_gate({n: (one, lambda w, f=scores[v]: f()) for n, v in zip(names, scores)}, base, references,
+                       shrink=(1.0,), level=level, n_boot=n_boot, seed=seed)
+    if len(g.table): g.table.insert(1, knob, [names[c] for c in g.table.candidate])
+    g.value = names[g.chosen] if g.use else None
+    return g
+
+# %% ../nbs/07b_safe.ipynb #7f917228
 def ridge_by_agreement(refit:KernelRefit, # the method's kernel refit (its ridge is the baseline)
                        Xq:Tensor, # [Q, D] learning-query features
                        references:dict, # name -> [Q, N] other methods' unweighted scores on the learning queries
                        lam_rels=RIDGE_GRID, # relative ridges to try (x the mean diagonal of Phi^T Phi)
-                       level:float=0.95, n_boot:int=1000, seed:int=0,
-                      )->GateResult: # chosen: 'lam_rel=...' or 'uniform' (keep the method's ridge); .table: every ridge
-    "Pick a global kernel's ridge label-free: the one that most raises agreement with every other method, if clearly"
+                       **kw, # level, n_boot, seed of `agreement_gate`
+                      )->GateResult: # .value: the relative ridge kept (None: the method's own); .table: every ridge
+    "A global kernel's ridge chosen by `regularisation_by_agreement`; each candidate refits the same kernel"
     md = refit.mean_diag
-    ones = torch.ones(refit.M)
-    cands = {f'lam_rel={r:g}': (ones, lambda w, r=r: refit.with_ridge(r * md).scores(Xq)) for r in lam_rels}
-    return agreement_gate(cands, refit.scores(Xq), references, shrink=(1.0,), level=level, n_boot=n_boot, seed=seed)
+    return regularisation_by_agreement({r: (lambda r=r: refit.with_ridge(r * md).scores(Xq)) for r in lam_rels},
+                                       refit.scores(Xq), references, 'lam_rel', **kw)
 
 # %% ../nbs/07b_safe.ipynb #ec3a9a42
 def chosen_ridge(g:GateResult, # from `ridge_by_agreement`
                  default:float, # the method's own relative ridge
                 )->float:
     "The relative ridge a `ridge_by_agreement` verdict keeps"
-    return float(g.chosen.split('=')[1]) if g.use else float(default)
+    return float(default) if g.value is None else g.value

@@ -13,8 +13,8 @@ from .groundtruth import GroundTruth, GT_DIR
 from .weights import learn_weights, subset_preds, oracle_weights, GroupWeights
 
 # %% auto #0
-__all__ = ['SETTINGS', 'paired_gain', 'oracle_lds', 'compare_weights', 'sweep', 'spread', 'lds_cosine', 'PresetStudy',
-           'study_preset', 'safe_study', 'objective_vs_lds']
+__all__ = ['SETTINGS', 'REG', 'REG_COLS', 'paired_gain', 'oracle_lds', 'compare_weights', 'sweep', 'spread', 'lds_cosine',
+           'PresetStudy', 'study_preset', 'safe_study', 'objective_vs_lds']
 
 # %% ../nbs/16_study.ipynb #8c1598da
 def paired_gain(base:LDSResult, # LDS without weights
@@ -148,6 +148,10 @@ def study_preset(preset:str, # a preset with a committed ground truth
         pg[m] = run.group_lds(ce)
     return PresetStudy(preset, res, pg, ws, run)
 
+# %% ../nbs/16_study.ipynb #4740754d
+REG = 'regularised (agreement)'   # the column of the regularisation chosen by agreement (ridge, damping), beside the default
+REG_COLS = ['knob', 'reg', 'lds', 'G', 'lower', 'own', 'chosen']   # its grid: one row per value, LDS against the ground truth
+
 # %% ../nbs/16_study.ipynb #6162274d
 def safe_study(preset:str, # a preset with a committed ground truth
                methods, # comma-separated names from `pwattr.recipes` (each is a reference for the others)
@@ -155,12 +159,13 @@ def safe_study(preset:str, # a preset with a committed ground truth
                k:int=20, lam:float=1e-4, # the paper's top-k and penalty
                oracle:bool=True, # add the cross-fitted oracle
                ridge:bool=True, # global ridge kernels: the ridge chosen by agreement, and LDS over the ridge grid
-               damping=(), # EK-FAC damping scales to choose among by agreement (each costs one streamed EK-FAC pass); () for none
+               reg=(), # relative regularisations (`Recipe.reg`: block ridge, EK-FAC / LoGRA damping) to choose among by agreement for the methods without a refit; () for none (EK-FAC: one streamed pass each)
                **run_kw, # passed to `AuditRun`
               )->PresetStudy:
     "LDS with uniform, the paper's, the safe (default) and oracle weights of every method on one preset, with paired gains"
     from pwattr.audit import AuditRun, parse_methods
-    from pwattr.safe import ridge_by_agreement, chosen_ridge, agreement_gate
+    from pwattr.safe import ridge_by_agreement, chosen_ridge, regularisation_by_agreement
+    from pwattr.recipes import recipe
     gt = GroundTruth.load(GT_DIR / f'{preset}.npz')
     run = AuditRun(preset, gt, Path(out or f'runs/{preset}'), progress=False, log=None, **run_kw)
     names = parse_methods(methods); cs = {m: run.contributions(m) for m in names}   # (eval, learn) of each method, read once
@@ -170,24 +175,24 @@ def safe_study(preset:str, # a preset with a committed ground truth
         ce = cs[m][0]
         paper, safe = run.weigh(m, learn, k, lam)
         sc = {'paper': ce.scores(paper.w), 'safe': run.weighted_scores(m, ce, safe)}
-        rf = run.refit(m)
+        rf, rec = run.refit(m), recipe(m, run.p.domain)
+        refs = {r: c.S.sum(-1) for r, c in learn.items() if r != m}
         if ridge and rf is not None:
-            g = ridge_by_agreement(rf[0], rf[1]('learn'), {r: c.S.sum(-1) for r, c in learn.items() if r != m})
+            g = ridge_by_agreement(rf[0], rf[1]('learn'), refs)
             own = rf[0].lam / rf[0].mean_diag; xe = rf[1]('eval')
             at = lambda r: rf[0].with_ridge(r * rf[0].mean_diag).scores(xe)
-            sc['ridge (agreement)'] = at(chosen_ridge(g, own))
-            t = g.table.assign(lam_rel=[float(c.split('=')[1]) for c in g.table.candidate])
-            ridges[m] = t.assign(lds=[lds(at(r), gt).mean for r in t.lam_rel], own=np.isclose(t.lam_rel, own),
-                                 chosen=np.isclose(t.lam_rel, chosen_ridge(g, own)))[['lam_rel', 'lds', 'G', 'lower', 'own', 'chosen']]
-        if m == 'ekfac' and len(damping):
-            cd = {d: run.contributions(m, damping_scale=d) for d in damping}
-            refs = {r: c.S.sum(-1) for r, c in learn.items() if r != m}
-            g = agreement_gate({f'damping={d:g}': (torch.ones(len(ce.groups)), lambda w, d=d: cd[d][1].S.sum(-1)) for d in damping},
-                               learn[m].S.sum(-1), refs, shrink=(1.0,))
-            pick = float(g.chosen.split('=')[1]) if g.use else 0.1
-            sc['damping (agreement)'] = cd[pick][0].scores() if pick in cd else ce.scores()
-            ridges[m] = g.table.assign(lam_rel=list(damping), lds=[lds(cd[d][0], gt).mean for d in damping],
-                                       own=np.isclose(list(damping), 0.1), chosen=np.isclose(list(damping), pick))[['lam_rel', 'lds', 'G', 'lower', 'own', 'chosen']]
+            pick, t = chosen_ridge(g, own), g.table.rename(columns={'lam_rel': 'reg'})
+            sc[REG] = at(pick)
+            ridges[m] = t.assign(lds=[lds(at(r), gt).mean for r in t.reg], own=np.isclose(t.reg, own),
+                                 chosen=np.isclose(t.reg, pick), knob='lam_rel (refit)')[REG_COLS]
+        elif len(reg) and rec.reg:   # refit the method at each value (EK-FAC: a streamed pass each); the default is cached
+            cd = {v: run.contributions(m, reg=v) for v in reg}
+            g = regularisation_by_agreement({v: (lambda v=v: cd[v][1].S.sum(-1)) for v in reg}, learn[m].S.sum(-1), refs, rec.reg)
+            pick = rec.reg_default if g.value is None else g.value
+            sc[REG] = (cd[pick] if pick in cd else cs[m])[0].scores()
+            ridges[m] = g.table.rename(columns={rec.reg: 'reg'}).assign(
+                lds=[lds(cd[v][0], gt).mean for v in reg], own=np.isclose(list(reg), rec.reg_default),
+                chosen=np.isclose(list(reg), pick), knob=rec.reg)[REG_COLS]
         _, w = compare_weights(ce, learn[m], gt, m, {}, oracle, res, scores=sc)
         ws[m] = {**w, 'paper': paper, 'safe': safe}
     return PresetStudy(preset, res, {}, ws, run, ridges)

@@ -170,3 +170,18 @@ def test_verdicts_caution_when_the_base_topk_looks_like_noise():
     v = r.verdicts
     assert 'b' in v and v['b'].startswith('Caution') and f"p = {pn.info['null_test']['p']:.2f}" in v['b']
     assert 'a' not in v
+
+def test_contributions_with_another_regularisation(tiny, tiny_audit):
+    "`reg` refits the method at another relative ridge: the same scores as the kernel refit at that ridge; the default is the cached result"
+    p, gt = tiny
+    run = AuditRun(p, gt, tiny_audit.out, proj_dim=16, n_learn=6, K=2, journey_steps=2, gen_steps=4, log=None, progress=False)
+    base, = run.contributions('dtrak', splits=('eval',))
+    same, = run.contributions('dtrak', splits=('eval',), reg=0.1)            # the recipe's default: the cached result
+    assert torch.equal(base.S, same.S)
+    got, = run.contributions('dtrak', splits=('eval',), reg=3.0)
+    rf, feats = run.refit('dtrak')
+    want = rf.with_ridge(3.0 * rf.mean_diag).scores(feats('eval'))
+    scale = want.abs().max().item()
+    assert (got.S.sum(-1).double() - want).abs().max().item() < 1e-4 * scale      # float32 fit vs float64 refit
+    assert (got.S.sum(-1).double() - base.S.sum(-1).double()).abs().max().item() > 1e-2 * scale   # the ridge did change them
+    with pytest.raises(ValueError, match="no regularisation to set.*ekfac"): run.contributions('tracin', reg=1.0)
