@@ -433,7 +433,9 @@ def train_attribute_classifier(train, # ExampleSet with 'x' and the attribute's 
                                seed:int=0, # init and data-order seed
                                epochs:int=200, # passes over the training images
                                width:int=16, # `small_cnn` width
-                               lr:float=3e-3, batch_size:int=32, device='cpu',
+                               lr:float=3e-3, # peak learning rate (AdamW, cosine schedule)
+                               batch_size:int=32, # images per step
+                               device='cpu', # training device
                               )->AttributeClassifier:
     "Train `small_cnn` to name `attribute` on the training images (seeded), and measure it on held-out real images"
     from pwattr.train import train_classifier, seeded
@@ -556,7 +558,8 @@ def sample_quality(model:nn.Module, # UNet2DModel or AttributeUNet
                    classifier:AttributeClassifier|None=None, # judge of a conditional model's samples
                    prompts:list|None=None, # per sample attribute -> index; None: the classifier's values in turn, the other attributes unspecified
                    heldout=None, # held-out real images, a reference for the distances
-                   method:str='ddim', device=None,
+                   method:str='ddim', # sampler: 'ddim' | 'ddpm'
+                   device=None, # where to sample (default: the model's device)
                   )->SampleQuality:
     "Draw `n` samples and measure them: distance to the nearest training image (vs noise and held-out images) and the judge's agreement with the prompt"
     from pwattr.models import sample
