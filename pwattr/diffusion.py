@@ -5,6 +5,7 @@
 # %% ../nbs/06_diffusion.ipynb #2ad8939b
 from __future__ import annotations
 import copy, hashlib, math, time, warnings
+from dataclasses import dataclass, field
 import numpy as np, pandas as pd, torch
 from torch import nn, Tensor
 from .data import ExampleSet
@@ -17,7 +18,8 @@ from .models import AttributeUNet, ATTRIBUTES, predict_noise, ddpm_scheduler
 
 # %% auto #0
 __all__ = ['timestep_features', 'SharedNoise', 'generate_queries', 'journey_features', 'DTRAK', 'DAS', 'JourneyTRAK',
-           'DiffusionLDSLoss', 'diffusion_outputs', 'lds_sign', 'plot_topk']
+           'DiffusionLDSLoss', 'diffusion_outputs', 'lds_sign', 'plot_topk', 'small_cnn', 'AttributeClassifier',
+           'train_attribute_classifier', 'nearest_train', 'SampleQuality', 'sample_quality']
 
 # %% ../nbs/06_diffusion.ipynb #044c1038
 def _at_step(batch:dict, k:int)->dict:
@@ -383,3 +385,200 @@ def plot_topk(queries, # query ExampleSet ('x')
         room = (0.06 + (title.count('\n') + 1) * 9 * 1.25 / 72 + 0.06) / H
     fig.tight_layout(rect=None if room is None else (0, 0, 1, 1 - room))
     return fig
+
+# %% ../nbs/06_diffusion.ipynb #0fc88d4d
+def small_cnn(n_classes:int, # output logits
+              in_ch:int=3, # image channels
+              width:int=16, # channels of the first stage (then 2x and 4x)
+             )->nn.Module:
+    "A tiny CNN: three conv + GroupNorm + ReLU stages (two max-pools), average-pooled linear head"
+    c = [in_ch, width, 2 * width, 4 * width]
+    layers = []
+    for i in range(3):
+        layers += [nn.Conv2d(c[i], c[i + 1], 3, padding=1), nn.GroupNorm(4, c[i + 1]), nn.ReLU()]
+        if i < 2: layers.append(nn.MaxPool2d(2))
+    return nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(c[-1], n_classes))
+
+# %% ../nbs/06_diffusion.ipynb #ecc6b9f7
+@dataclass
+class AttributeClassifier:
+    "A small CNN naming one attribute (e.g. the subject) of an image: the judge of generated samples"
+    model: nn.Module # logits over `values`
+    attribute: str # 'subject' | 'style' | 'background'
+    values: list # attribute values (indices into the data's vocabulary) it tells apart, in output order
+    names: list # their names
+    heldout_acc: float|None = None # accuracy on held-out real images (None: not measured)
+
+    @torch.no_grad()
+    def predict(self, x:Tensor, # images [N,C,H,W] in [-1, 1]
+                batch_size:int=256)->Tensor: # [N] attribute values (vocabulary indices)
+        "The attribute value of each image"
+        m = self.model.eval(); dev = next(m.parameters()).device
+        out = [m(x[a:a + batch_size].to(dev)).argmax(1).cpu() for a in range(0, len(x), batch_size)]
+        return torch.tensor(self.values)[torch.cat(out)] if out else torch.zeros(0, dtype=torch.long)
+
+    def accuracy(self, es)->float:
+        "Share of the images of `es` (an ExampleSet with the attribute's labels) labelled correctly"
+        if self.attribute not in es.tensors: raise KeyError(f"{es.name} has no {self.attribute!r} labels; it has {list(es.tensors)}.")
+        return (self.predict(es.tensors['x']) == es.tensors[self.attribute]).float().mean().item()
+
+    def __repr__(self):
+        acc = '' if self.heldout_acc is None else f", held-out accuracy {self.heldout_acc:.3f}"
+        return f"AttributeClassifier({self.attribute}: {len(self.values)} values{acc})"
+
+# %% ../nbs/06_diffusion.ipynb #ef73545b
+def train_attribute_classifier(train, # ExampleSet with 'x' and the attribute's labels (e.g. `get_preset('sbemoji-cond').load()[0]`)
+                               attribute:str='subject', # the attribute to name
+                               heldout=None, # ExampleSet of real images not trained on: its accuracy goes to `heldout_acc`
+                               seed:int=0, # init and data-order seed
+                               epochs:int=200, # passes over the training images
+                               width:int=16, # `small_cnn` width
+                               lr:float=3e-3, # peak learning rate (AdamW, cosine schedule)
+                               batch_size:int=32, # images per step
+                               device='cpu', # training device
+                              )->AttributeClassifier:
+    "Train `small_cnn` to name `attribute` on the training images (seeded), and measure it on held-out real images"
+    from pwattr.train import train_classifier, seeded
+    if attribute not in train.tensors:
+        raise KeyError(f"{train.name} has no {attribute!r} labels (tensors {list(train.tensors)}): load the labelled view "
+                       "(e.g. the 'sbemoji-cond' preset's data, or `data.load_sbemoji(16, labels=True)`).")
+    y = train.tensors[attribute]; values = sorted(set(y.tolist()))
+    lut = torch.full((int(max(values)) + 1,), -1, dtype=torch.long); lut[torch.tensor(values)] = torch.arange(len(values))
+    es = ExampleSet(f'{train.name}-{attribute}', {'x': train.tensors['x'], 'y': lut[y]}, train.meta[['id']], {})
+    with seeded(seed, 'init'): model = small_cnn(len(values), train.tensors['x'].shape[1], width)
+    train_classifier(model, es, seed=seed, epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=1e-4, progress=False, device=device)
+    names = list(train.info.get(attribute + 's', values))
+    clf = AttributeClassifier(model.eval(), attribute, values, [names[v] if v < len(names) else str(v) for v in values])
+    if heldout is not None:
+        miss = sorted(set(heldout.tensors[attribute].tolist()) - set(values))
+        if miss: raise ValueError(f"held-out {attribute} values {miss[:5]} never occur in training: the classifier cannot name them.")
+        clf.heldout_acc = clf.accuracy(heldout)
+    return clf
+
+# %% ../nbs/06_diffusion.ipynb #8a85c59c
+def nearest_train(x:Tensor, # images [Q,C,H,W]
+                  train_x:Tensor, # training images [N,C,H,W]
+                  chunk:int=1024, # queries per distance matrix
+                 )->tuple: # (distance [Q], index [Q])
+    "Each image's nearest training image: RMS pixel distance and its position"
+    if x.shape[1:] != train_x.shape[1:]: raise ValueError(f"images {tuple(x.shape[1:])} and training images {tuple(train_x.shape[1:])} differ in shape.")
+    R = train_x.flatten(1).double(); ds, ix = [], []
+    for a in range(0, len(x), chunk):
+        d = torch.cdist(x[a:a + chunk].flatten(1).double(), R)
+        v, i = d.min(1); ds.append(v); ix.append(i)
+    if not ds: return torch.zeros(0), torch.zeros(0, dtype=torch.long)
+    return (torch.cat(ds) / math.sqrt(R.shape[1])).float(), torch.cat(ix)
+
+# %% ../nbs/06_diffusion.ipynb #13003d5a
+@dataclass
+class SampleQuality:
+    "Samples of a diffusion model, each with its nearest training image and (conditional) the judge's label"
+    x: Tensor # samples [n,C,H,W] in [-1, 1]
+    prompts: list # per sample its prompt: attribute -> vocabulary index ({} unconditional)
+    captions: list # per sample the prompt as text
+    nn_dist: Tensor # [n] RMS distance to the nearest training image
+    nn_idx: Tensor # [n] its position in the training set
+    reference: dict # name -> [m] nearest-training-image distances of reference images ('noise', 'held-out real')
+    predicted: Tensor|None = None # [n] the classifier's label (vocabulary index) of each sample
+    attribute: str|None = None # the attribute the classifier names
+    settings: dict = field(default_factory=dict) # sampler, steps, guidance, seed
+
+    @property
+    def hits(self)->Tensor|None:
+        "Per sample: the classifier names the value the prompt asked for (None without a classifier; NaN where the prompt left it open)"
+        if self.predicted is None: return None
+        want = torch.tensor([p.get(self.attribute, -1) for p in self.prompts], dtype=torch.float)
+        return torch.where(want < 0, torch.full_like(want, float('nan')), (self.predicted == want).float())
+
+    @property
+    def match_rate(self)->float|None:
+        "Share of the prompted samples the classifier labels with the prompt's value"
+        h = self.hits
+        return None if h is None or h.isnan().all() else h[~h.isnan()].mean().item()
+
+    def judged(self, k:int)->str|None:
+        "The classifier's label of sample k, as a name (None without a classifier)"
+        if self.predicted is None: return None
+        names = self.settings.get('names', {})
+        v = int(self.predicted[k]); return names.get(v, str(v))
+
+    def summary(self, name:str='samples')->pd.DataFrame:
+        "Nearest-training-image distance (10th / 50th / 90th percentile) of the samples and of the references, and the match rate"
+        q = lambda d: [round(float(v), 3) for v in torch.quantile(d.float(), torch.tensor([.1, .5, .9]))]
+        rows = [{'images': name, 'n': len(self.nn_dist), **dict(zip(['NN p10', 'NN median', 'NN p90'], q(self.nn_dist))),
+                 **({f'{self.attribute} match': self.match_rate} if self.attribute else {})}]
+        rows += [{'images': k, 'n': len(v), **dict(zip(['NN p10', 'NN median', 'NN p90'], q(v)))} for k, v in self.reference.items()]
+        return pd.DataFrame(rows).set_index('images')
+
+    def plot(self, n:int=32, # samples shown
+             ncol:int=8, # per row
+             train=None, # the training ExampleSet: also show each sample's nearest training image
+             title:str|None=None):
+        "The samples with their prompt under each (green: the judge agrees with it, red: not)"
+        import matplotlib.pyplot as plt
+        n = min(n, len(self.x)); nrow = math.ceil(n / ncol); h = self.hits
+        per = 2 if train is not None else 1
+        fig, axs = plt.subplots(nrow * per, ncol, figsize=(ncol * 0.95, nrow * per * 1.05), squeeze=False)
+        for ax in axs.flat: ax.set_axis_off()
+        for k in range(n):
+            r, c = divmod(k, ncol); ax = axs[r * per, c]
+            ax.imshow(_img(self.x[k])); col = 'k' if h is None or h[k].isnan() else ('tab:green' if h[k] == 1 else 'tab:red')
+            cap = self.captions[k][:16]
+            if col == 'tab:red': cap += '\n≠ ' + str(self.judged(k))[:14]
+            ax.set_title(cap, fontsize=5.5, color=col, y=-0.28 if col != 'tab:red' else -0.5)
+            if train is not None:
+                j = int(self.nn_idx[k]); ax2 = axs[r * per + 1, c]; ax2.imshow(_img(train.tensors['x'][j]))
+                ax2.set_title(f"nearest {self.nn_dist[k]:.2f}", fontsize=5, y=-0.28)
+        if title: fig.suptitle(title, fontsize=8)
+        fig.tight_layout(h_pad=0.8)
+        return fig
+
+    def _repr_html_(self):
+        m = self.match_rate
+        return (f"<b>{len(self.x)} samples</b> ({self.settings.get('method', 'ddim')} {self.settings.get('steps')} steps, guidance "
+                f"{self.settings.get('guidance')})" + ('' if m is None else f", {self.attribute} match {m:.1%}") + self.summary().to_html())
+
+# %% ../nbs/06_diffusion.ipynb #1ecf45b2
+def _caption(p:dict, vocab:dict|None)->str:
+    "A prompt as text: the values it specifies, e.g. 'boar/google' ('no prompt' when it specifies none)"
+    def name(a, v):
+        names = (vocab or {}).get(a + 's', [])
+        return names[v] if v < len(names) else str(v)
+    return '/'.join(name(a, p[a]) for a in ATTRIBUTES if p.get(a, -1) >= 0) or 'no prompt'
+
+# %% ../nbs/06_diffusion.ipynb #1de2f5b1
+@torch.no_grad()
+def sample_quality(model:nn.Module, # UNet2DModel or AttributeUNet
+                   train, # the training ExampleSet (its 'x' are the nearest-neighbour candidates; its info names the values)
+                   scheduler=None, # the training DDPMScheduler (the preset's `scheduler()`)
+                   n:int=64, # samples
+                   seed:int=0, # sampling seed (`models.sample`'s)
+                   steps:int=50, # DDIM steps
+                   guidance:float=1.0, # classifier-free guidance (conditional)
+                   classifier:AttributeClassifier|None=None, # judge of a conditional model's samples
+                   prompts:list|None=None, # per sample attribute -> index; None: the classifier's values in turn, the other attributes unspecified
+                   heldout=None, # held-out real images, a reference for the distances
+                   method:str='ddim', # sampler: 'ddim' | 'ddpm'
+                   device=None, # where to sample (default: the model's device)
+                  )->SampleQuality:
+    "Draw `n` samples and measure them: distance to the nearest training image (vs noise and held-out images) and the judge's agreement with the prompt"
+    from pwattr.models import sample
+    cond = isinstance(model, AttributeUNet)
+    if prompts is None:
+        prompts = ([{classifier.attribute: classifier.values[k % len(classifier.values)]} for k in range(n)]
+                   if cond and classifier is not None else [{} for _ in range(n)])
+    prompts = [dict(p) for p in prompts]
+    if len(prompts) != n: raise ValueError(f"{len(prompts)} prompts for n={n} samples: give one prompt per sample (or None).")
+    if not cond and any(prompts): raise ValueError("Prompts need a conditional model (AttributeUNet); this one is unconditional.")
+    attrs = {a: torch.tensor([int(p.get(a, -1)) for p in prompts]) for a in ATTRIBUTES} if cond else {}
+    x = sample(model, n, scheduler, steps=steps, method=method, seed=seed, guidance=guidance, device=device, **attrs).cpu()
+    trx = train.tensors['x']
+    d, i = nearest_train(x, trx)
+    g = torch.Generator().manual_seed(seed)
+    ref = {'noise': nearest_train(torch.randn(x.shape, generator=g).clamp(-1, 1), trx)[0]}
+    if heldout is not None: ref['held-out real'] = nearest_train(heldout.tensors['x'], trx)[0]
+    return SampleQuality(x, prompts, [_caption(p, train.info) for p in prompts], d, i, ref,
+                         classifier.predict(x) if classifier is not None else None,
+                         classifier.attribute if classifier is not None else None,
+                         {'method': method, 'steps': steps, 'guidance': guidance, 'seed': seed, 'n': n,
+                          'names': dict(zip(classifier.values, classifier.names)) if classifier is not None else {}})

@@ -243,6 +243,22 @@ PRESETS = {p.name: p for p in [
         'recipe': {'steps': 600, 'batch_size': 32, 'lr': 3e-3, 'weight_decay': 0.0, 'optimizer': 'adamw',
                    'schedule': 'cosine', 'warmup': 0.05, 'grad_clip': 1.0, 'p_uncond': 0.2}},
         description='UNet2DConditionModel on subject / style / background tokens, 224 SB-Emoji images, 16x16'),
+    Preset('emoji-unet-gen', 'diffusion', {
+        'data': {**_SBEMOJI, 'labels': False},
+        'model': {'arch': 'unet', 'sample_size': 16, 'channels': [16, 32], 'layers_per_block': 1, 'attention': True,
+                  'norm_groups': 8},
+        'diffusion': {'num_train_timesteps': 1000, 'beta_schedule': 'squaredcos_cap_v2'},
+        'recipe': {'steps': 4000, 'batch_size': 32, 'lr': 3e-3, 'weight_decay': 0.0, 'optimizer': 'adamw',
+                   'schedule': 'cosine', 'warmup': 0.05, 'grad_clip': 1.0}},
+        description='emoji-unet trained to generate: cosine noise schedule, 4000 steps (its samples are emoji; 06_diffusion measures them)'),
+    Preset('sbemoji-cond-gen', 'diffusion', {
+        'data': {**_SBEMOJI, 'labels': True},
+        'model': {'arch': 'cond-unet', 'n_values': {'subject': 128, 'style': 2, 'background': 4}, 'sample_size': 16,
+                  'channels': [16, 32], 'layers_per_block': 1, 'cond_dim': 32, 'norm_groups': 8},
+        'diffusion': {'num_train_timesteps': 1000, 'beta_schedule': 'squaredcos_cap_v2'},
+        'recipe': {'steps': 4000, 'batch_size': 32, 'lr': 3e-3, 'weight_decay': 0.0, 'optimizer': 'adamw',
+                   'schedule': 'cosine', 'warmup': 0.05, 'grad_clip': 1.0, 'p_uncond': 0.2}},
+        description='sbemoji-cond trained to generate: cosine noise schedule, 4000 steps (samples show the prompted subject; see 06_diffusion)'),
 ]}
 
 class PresetNotFound(KeyError):

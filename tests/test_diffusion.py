@@ -7,7 +7,8 @@ from pwattr import data, models
 from pwattr.grouping import GroupSpec
 from pwattr.features import DiffusionLoss, DTRAKOutput, DASOutput, Projector, featurize
 from pwattr.diffusion import (SharedNoise, timestep_features, generate_queries, journey_features, DTRAK, DAS,
-                              JourneyTRAK, DiffusionLDSLoss, diffusion_outputs, lds_sign)
+                              JourneyTRAK, DiffusionLDSLoss, diffusion_outputs, lds_sign, nearest_train,
+                              train_attribute_classifier, sample_quality)
 from pwattr.recipes import diffusion_attribution, names
 
 DIFFUSION_METHODS = names('diffusion', features=('diffusion',))   # the diffusion recipes
@@ -224,3 +225,41 @@ def test_memorised_image_fast():
         for method in DIFFUSION_METHODS:
             top, s = _top(method, m, train, q, cks)
             assert top == target, f"{method}: top proponent {top}, expected the copied image {target}; scores {s}"
+
+def test_nearest_train_against_loop():
+    g = torch.Generator().manual_seed(3)
+    a, b = torch.rand(6, 3, 5, 5, generator=g) * 2 - 1, torch.rand(9, 3, 5, 5, generator=g) * 2 - 1
+    d, i = nearest_train(a, b, chunk=4)            # chunks must not change the answer
+    full = torch.stack([torch.stack([((a[q] - b[n]) ** 2).mean().sqrt() for n in range(9)]) for q in range(6)])
+    torch.testing.assert_close(d, full.min(1).values, rtol=1e-5, atol=1e-6 * full.max().item())
+    assert torch.equal(i, full.argmin(1))
+    d2, i2 = nearest_train(b[[4, 0]], b)
+    assert i2.tolist() == [4, 0] and d2.max() < 1e-6
+
+def test_attribute_classifier_and_sample_quality(emoji, cond_unet):
+    es = data.load_sbemoji(16, labels=True)
+    few = es[torch.isin(es.tensors['subject'], torch.tensor([0, 5, 9]))]
+    clf = train_attribute_classifier(few, 'subject', epochs=20, seed=0)
+    again = train_attribute_classifier(few, 'subject', epochs=20, seed=0)   # seeded: the same judge
+    assert all(torch.equal(x, y) for x, y in zip(clf.model.state_dict().values(), again.model.state_dict().values()))
+    assert clf.values == [0, 5, 9] and clf.names == [es.info['subjects'][v] for v in (0, 5, 9)]
+    with torch.no_grad(): want = torch.tensor([0, 5, 9])[clf.model(few.tensors['x']).argmax(1)]
+    assert torch.equal(clf.predict(few.tensors['x'], batch_size=7), want)
+    with pytest.raises(ValueError, match='never occur in training'):
+        train_attribute_classifier(few, 'subject', heldout=es[(es.tensors['subject'] == 2).nonzero()[0]], epochs=1)
+    # sample_quality: the samples are models.sample's with the prompts; hits = judge's label == prompted subject
+    prompts = [{'subject': 5}, {'subject': 9, 'style': 1}, {'background': 2}, {'subject': 0}]
+    q = sample_quality(cond_unet, few, SCH, n=4, seed=2, steps=3, classifier=clf, prompts=prompts, heldout=few[torch.arange(2)])
+    ref = models.sample(cond_unet, 4, SCH, steps=3, seed=2, subject=torch.tensor([5, 9, -1, 0]),
+                        style=torch.tensor([-1, 1, -1, -1]), background=torch.tensor([-1, -1, 2, -1]))
+    torch.testing.assert_close(q.x, ref, rtol=1e-5, atol=1e-6)
+    pred = clf.predict(ref)
+    h = q.hits
+    assert torch.isnan(h[2]) and torch.equal(h[[0, 1, 3]], (pred[[0, 1, 3]] == torch.tensor([5, 9, 0])).float())
+    assert abs(q.match_rate - h[[0, 1, 3]].mean().item()) < 1e-6
+    d, i = nearest_train(ref, few.tensors['x'])
+    torch.testing.assert_close(q.nn_dist, d); assert torch.equal(q.nn_idx, i)
+    assert torch.equal(q.reference['held-out real'], torch.zeros(2))     # held-out images here are training images
+    assert q.captions[1] == f"{es.info['subjects'][9]}/{es.info['styles'][1]}" and q.captions[2] == es.info['backgrounds'][2]
+    s = q.summary(); assert list(s.index) == ['samples', 'noise', 'held-out real'] and 'subject match' in s
+    with pytest.raises(ValueError, match='one prompt per sample'): sample_quality(cond_unet, few, SCH, n=3, steps=2, prompts=prompts)
