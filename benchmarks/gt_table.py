@@ -12,7 +12,7 @@ per-model seconds (train + outputs, one thread each), summed. Wall time with 2 w
 it is estimated as model-seconds / 1.90, the 2-worker speedup measured on this machine (benchmarks/groundtruth_workers.py).
 Results go to benchmarks/results/gt_table.csv, which 08b_groundtruth shows (and checks against the committed files).
 """
-import argparse, csv, json, re
+import argparse, csv, json
 from pathlib import Path
 import numpy as np, torch
 from pwattr.groundtruth import GT_DIR, GroundTruth
@@ -25,13 +25,13 @@ SPEEDUP_2W = 1.90        # benchmarks/results/groundtruth_workers.txt: 2 forked 
 CARRIED = {'kjv-gpt2-ft': 32}   # models copied in from an earlier run (meta['carried_over'] says which), when meta does not count them
 
 def widths(gt:GroundTruth, runs:Path)->dict:
-    "method -> (LDS mean, interval width) of every cached method of this ground truth's preset and queries (first cache of each name)"
+    "cache name -> (LDS mean, interval width) of every cached method (and setting) of this ground truth's preset and queries"
     out = {}
     for cache in sorted(runs.glob(f'*/cache/{gt.config_hash}')):
         for name, s in method_scores(cache, gt.query_ids).items():
-            base = re.sub(r'-[0-9a-f]{12}$', '', name)                        # one method cached under two settings keys
-            if base in out: continue
-            l = lds(s, gt); out[base] = (round(l.mean, 4), round(l.ci[1] - l.ci[0], 4))
+            l = lds(s, gt); v = (round(l.mean, 4), round(l.ci[1] - l.ci[0], 4))
+            if name in out or v in out.values(): continue                    # the same contributions cached twice (two runs, two keys)
+            out[name] = v
     return out
 
 def row(preset:str, runs:Path)->dict:
