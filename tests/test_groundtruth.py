@@ -194,9 +194,11 @@ GT_DIR = ROOT / 'pwattr' / 'assets' / 'groundtruth'
 # training). Measured with benchmarks/cross_cpu.py, model (7, 1) retrained under ATEN_CPU_CAPABILITY=default / avx2 / native
 # (AVX-512) against the stored outputs (made on AVX-512), largest difference / max|stored|:
 #   fmnist-mlp      7.0e-6 (avx2 vs default; max|stored| 9.9)
-#   fmnist-resnet9  6.5e-2 (default vs avx2: 0.254 with max|stored| 3.9; avx2 vs avx512 9.3e-3)
-# The tolerance is 2.3x (ResNet-9) and 14x (MLP) the measured spread, and below the distance to any other subset's model.
-CROSS_CPU_RTOL = {'fmnist-mlp': 1e-4, 'fmnist-resnet9': 0.15}
+#   fmnist-resnet9  1.3e-2 (the controlled 8-seed ground truth: default vs avx512 0.063 with max|stored| 4.8; avx2 vs
+#                   avx512 7.8e-3; the earlier random ground truth's model moved by up to 6.5e-2)
+# The tolerance is 3.8x (ResNet-9: controlled randomness brings the subsets' models closer, the nearest other one is
+# 0.115 of max|stored| away, so 1.5x the tolerance must stay below that) and 14x (MLP) the measured spread.
+CROSS_CPU_RTOL = {'fmnist-mlp': 1e-4, 'fmnist-resnet9': 0.05}
 
 @pytest.mark.parametrize('preset', ['fmnist-mlp', 'fmnist-resnet9'])     # the two that retrain in seconds
 def test_committed_groundtruth_reproduces(preset):
@@ -222,7 +224,7 @@ def test_committed_groundtruth_reproduces(preset):
         tol = CROSS_CPU_RTOL[preset] * np.abs(gt.outputs[j, r]).max()
         np.testing.assert_allclose(o, gt.outputs[j, r], rtol=0, atol=tol)
         # the tolerance still tells models apart: every other subset's model is further away than `tol`
-        # (stored: nearest other model 0.31 of max|stored| for the ResNet-9, 0.17 for the MLP)
+        # (stored: nearest other model 0.115 of max|stored| for the ResNet-9, 0.17 for the MLP)
         other = min(np.abs(gt.outputs[k, r] - gt.outputs[j, r]).max() for k in range(gt.n_subsets) if k != j)
         assert other > 1.5 * tol, (other, tol)
 
