@@ -16,7 +16,7 @@ from .recipes import parse_methods
 from .store import config_hash
 
 # %% auto #0
-__all__ = ['random_proponents', 'as_percent', 'tail_patch_proponents', 'tail_patch_study']
+__all__ = ['WEIGHTINGS', 'random_proponents', 'as_percent', 'tail_patch_proponents', 'tail_patch_study']
 
 # %% ../nbs/13a_tailpatch.ipynb #c5d913d1
 def random_proponents(n_queries:int, # Q queries
@@ -43,31 +43,47 @@ def _pick(n:int, m:int|None, seed:int)->np.ndarray:
     return np.sort(np.random.default_rng(seed).choice(n, m, replace=False))
 
 # %% ../nbs/13a_tailpatch.ipynb #68a2e7e7
+WEIGHTINGS = ('learned', 'paper', 'safe')   # weightings a study can tail-patch besides uniform
+
+def _weighting(result:AuditResult, # the audit
+               m:str, # a method it ran
+               wn:str, # 'learned' | 'paper' (the paper's weights, two names) | 'safe' (the weights the audit applies)
+              ): # GroupWeights
+    "The GroupWeights of method `m` that the weighting name `wn` stands for"
+    if wn not in WEIGHTINGS:
+        raise ValueError(f"weights {wn!r}: choose from {WEIGHTINGS} ('learned' and 'paper' are the paper's learned weights, 'safe' the ones the audit applies)")
+    return result.weights[m] if wn == 'safe' else result.paper[m]
+
 def tail_patch_proponents(result:AuditResult, # a language audit (its evaluation contributions and learned weights)
                           methods:list, # method names (each must be in the audit)
                           q_pos, # positions of the tail-patch queries among the audit's evaluation queries
                           k:int=10, # proponents per query
                           seed:int=0, # seed of the random-k draw
-                         )->dict: # (method, 'uniform'|'learned') -> long [Q, k]; ('random', 'uniform') -> the random draw
-    "Top-k proponents per method without and with the learned weights, and a random-k draw, for the chosen queries"
+                          weights=('learned',), # weightings besides uniform: 'learned' / 'paper' (the paper's weights), 'safe' (the audit's)
+                         )->dict: # (method, 'uniform' or a name in `weights`) -> long [Q, k]; ('random', 'uniform') -> the random draw
+    "Top-k proponents per method without weights and with each weighting in `weights`, and a random-k draw, for the chosen queries"
     missing = [m for m in methods if m not in result.contributions]
     if missing: raise ValueError(f"the audit has no contributions for {missing}; it ran {list(result.contributions)}")
     pos = torch.as_tensor(np.asarray(q_pos), dtype=torch.long)
     props = {}
     for m in methods:
-        c, w = result.contributions[m][pos], result.paper[m]   # the paper's learned weights (the audit applies safe ones by default)
-        check_disjoint(w.settings.get('query_ids'), c.query_ids)
+        c_all = result.contributions[m]; c = c_all[pos]
         props[m, 'uniform'] = c.topk(k).indices
-        props[m, 'learned'] = c.topk(k, w=w.w).indices
+        for wn in weights:
+            w = _weighting(result, m, wn)
+            check_disjoint(w.settings.get('query_ids'), c.query_ids)
+            if wn == 'safe':   # scored as the audit scores them (a refit re-solves TRAK's kernel), then the chosen queries
+                props[m, wn] = result.run.weighted_scores(m, c_all, w)[pos].topk(k, dim=1).indices
+            else: props[m, wn] = c.topk(k, w=w.w).indices
     props['random', 'uniform'] = random_proponents(len(pos), c.S.shape[1], k, seed)
     return props
 
 # %% ../nbs/13a_tailpatch.ipynb #5acce081
-def tail_patch_study(preset='kjv-gpt2', # a language preset name (or Preset)
+def tail_patch_study(preset='kjv-gpt2-ft', # a language preset name (or Preset)
                      methods='tracin,trak,logra,ekfac', # comma-separated method names (see `pwattr.recipes.RECIPES`)
                      k:int=10, # proponents per query
-                     out='runs/kjv-gpt2', # audit directory: stages cached under out/cache/<config hash>
-                     lr:float=1e-3, # SGD step size of the one extra training step (1e-3: first-order regime on kjv-gpt2)
+                     out='runs/kjv-gpt2-ft', # audit directory: stages cached under out/cache/<config hash>
+                     lr:float=1e-3, # SGD step size of the one extra training step (1e-3: first-order regime on kjv-gpt2 and kjv-gpt2-ft)
                      n_queries:int|None=100, # tail-patch queries, drawn (seeded) from the LDS evaluation queries; None: all
                      seed:int=0, # model / projection / query-draw / random-baseline seed
                      device='cpu', # compute device
@@ -77,10 +93,15 @@ def tail_patch_study(preset='kjv-gpt2', # a language preset name (or Preset)
                      gt=None, # LDS ground truth (its queries are the evaluation queries); None: the preset's committed one
                      n_boot:int=2000, # bootstrap resamples over queries
                      log=print, # stage log (None: silent)
-                    )->ResultsTable: # rows (method, 'uniform'|'learned', 'tail-patch', %, lo, hi); `.details`: raw deltas, proponents, settings
+                     weights=('learned',), # weightings besides uniform: 'learned' / 'paper' (the paper's weights, under that label), 'safe' (the audit's)
+                    )->ResultsTable: # rows (method, 'uniform' or a weighting, 'tail-patch', %, lo, hi); `.details`: raw deltas, proponents, settings
     "Tail-patch (TrackStar): percent increase of a query verse's probability after one SGD step on each of its top-k proponents, without and with learned weights, and for random verses"
     names = parse_methods(methods); p = get_preset(preset)
-    if p.domain != 'language': raise ValueError(f"tail-patch needs a language preset; {p.name!r} is {p.domain} (try 'kjv-gpt2')")
+    if p.domain != 'language': raise ValueError(f"tail-patch needs a language preset; {p.name!r} is {p.domain} (try 'kjv-gpt2-ft')")
+    weights = (weights,) if isinstance(weights, str) else tuple(weights)
+    bad = [wn for wn in weights if wn not in WEIGHTINGS]
+    if bad or len(set(weights)) < len(weights):
+        raise ValueError(f"weights={weights}: each at most once, from {WEIGHTINGS} ('learned' and 'paper' are the paper's learned weights, 'safe' the ones the audit applies)")
     if int(k) < 1: raise ValueError(f"k={k}: need at least one proponent per query")
     if not lr > 0: raise ValueError(f"lr={lr}: the tail-patch step needs a positive learning rate")
     if n_queries is not None and int(n_queries) < 2: raise ValueError(f"n_queries={n_queries}: need >= 2 queries for an interval (None: all)")
@@ -99,17 +120,18 @@ def tail_patch_study(preset='kjv-gpt2', # a language preset name (or Preset)
                     queries=[str(gt_ids[i]) for i in q_pos], k_learn=k_learn, lam=lam, proj_dim=proj_dim,
                     n_learn=n_learn, grouping=grouping, audit_seed=seed_a,
                     unit='% increase of the per-token probability (mean lm_loss, one SGD step)')
+    if weights != ('learned',): settings['weights'] = list(weights)   # the default keeps the cache names of earlier studies
     key = config_hash(settings, n=12, compact=False)
     def compute():
         t0 = time.time()
         r = result if result is not None else audit(p, names, grouping, k_learn, lam, proj_dim, n_learn, out, gt, seed=seed, device=device,
                                                     progress=progress, log=log, report=False)
-        props = tail_patch_proponents(r, names, q_pos, k, seed)
+        props = tail_patch_proponents(r, names, q_pos, k, seed, weights)
         t1 = time.time()
         deltas = tail_patch_deltas(r.run.model(), output_fn('lm_loss'), r.run.eval_q[torch.as_tensor(q_pos)].batch(device=device),
                                    r.run.train.batch(device=device), props, lr=lr, k=k, progress=progress)
         return dict(deltas=deltas, proponents=props, query_ids=settings['queries'], settings=settings,
-                    weights={m: r.paper[m] for m in names},
+                    weights={m: r.paper[m] for m in names}, **({'safe': {m: r.weights[m] for m in names}} if 'safe' in weights else {}),
                     times=dict(audit_and_proponents=round(t1 - t0, 2), tail_patch=round(time.time() - t1, 2)))
     d = cached(out / 'cache' / p.config_hash / f'tailpatch-{key}.pt', compute,
                f'tail-patch ({len(q_pos)} queries, k={k}, lr={lr})', log, settings)

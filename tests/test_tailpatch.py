@@ -145,3 +145,39 @@ def test_study_rejects_foreign_result(toy):
     a = audit(p, 'trak', out=out, k=4, proj_dim=32, gt=gt, progress=False, report=False, log=None)
     with pytest.raises(ValueError, match='not'): tail_patch_study('kjv-gpt2', 'trak', result=a, log=None)
     with pytest.raises(ValueError, match='no contributions'): tail_patch_proponents(a, ['ekfac'], [0, 1])
+
+def test_study_paper_and_safe_weights(toy):
+    "weights=('paper', 'safe'): 'paper' is the default 'learned' list under the audit's label; 'safe' lists follow the audit's safe weights"
+    p, gt, out = toy
+    kw = dict(k=3, out=out, lr=0.1, n_queries=4, gt=gt, k_learn=4, proj_dim=32, progress=False, log=None)
+    d0 = tail_patch_study(p, 'trak,ekfac', **kw).details
+    r = tail_patch_study(p, 'trak,ekfac', **kw, weights=('paper', 'safe'))
+    assert list(zip(r.df.method, r.df.weights))[:3] == [('trak', 'uniform'), ('trak', 'paper'), ('trak', 'safe')] and len(r) == 7
+    d = r.details
+    for m in ('trak', 'ekfac'):
+        assert torch.equal(d['proponents'][m, 'paper'], d0['proponents'][m, 'learned'])
+        np.testing.assert_allclose(d['deltas'][m, 'paper'], d0['deltas'][m, 'learned'], rtol=0, atol=1e-6 * np.abs(d0['deltas'][m, 'learned']).max())
+    a = audit(p, 'trak,ekfac', out=out, k=4, proj_dim=32, gt=gt, progress=False, report=False, log=None)
+    pos = [list(map(str, gt.query_ids)).index(q) for q in d['query_ids']]
+    w = a.weights['ekfac']; assert w.settings.get('apply') != 'refit'       # EK-FAC's safe weights apply as S @ w
+    S = a.contributions['ekfac'].S
+    assert torch.equal(d['proponents']['ekfac', 'safe'], (S[pos] @ w.w.to(S.dtype)).topk(3, dim=1).indices)
+    with pytest.raises(ValueError, match='oracle'): tail_patch_study(p, 'trak', **kw, weights=('paper', 'oracle'))
+    with pytest.raises(ValueError, match='at most once'): tail_patch_study(p, 'trak', **kw, weights=('paper', 'paper'))
+
+def test_safe_proponents_use_the_audits_scoring():
+    "Safe weights that re-solve a kernel (apply='refit') are ranked by the run's weighted_scores, not by S @ w"
+    from types import SimpleNamespace
+    from pwattr.methods import Contributions
+    g = torch.Generator().manual_seed(0)
+    S = torch.randn(3, 8, 2, generator=g)
+    c = Contributions(S, ['a', 'b'], ['q0', 'q1', 'q2'], list(range(8)), 'trak')
+    gw = lambda s: SimpleNamespace(w=torch.ones(2), settings=s)
+    refit_scores = -S.sum(-1)                                     # the refit ranks opposite to S @ w: the lists must follow it
+    run = SimpleNamespace(weighted_scores=lambda m, cc, w: refit_scores if w.settings.get('apply') == 'refit' else cc.scores(w.w))
+    res = SimpleNamespace(contributions={'trak': c}, paper={'trak': gw({})}, weights={'trak': gw({'apply': 'refit'})}, run=run)
+    pr = tail_patch_proponents(res, ['trak'], [2, 0], k=3, weights=('paper', 'safe'))
+    assert torch.equal(pr['trak', 'paper'], S.sum(-1)[[2, 0]].topk(3, dim=1).indices)
+    assert torch.equal(pr['trak', 'safe'], refit_scores[[2, 0]].topk(3, dim=1).indices)
+    assert pr['random', 'uniform'].shape == (2, 3)
+    with pytest.raises(ValueError, match='oracle'): tail_patch_proponents(res, ['trak'], [0], k=2, weights=('oracle',))
