@@ -451,8 +451,10 @@ class AuditRun:
         refs = {r: c.S.sum(-1) for r, c in learn.items() if r != name}
         curved = lambda r: recipe(r, self.p.domain).curvature
         curv = None if curved(name) else {r: v for r, v in refs.items() if curved(r)}   # first-order: learn the missing scale
+        # ... and be judged by them alone: agreement with another first-order method says nothing about the curvature both lack
+        judges = curv or refs
         rf = self.refit(name)
-        return paper, safe_weights(learn[name], refs, rf and rf[0], rf and rf[1]('learn'), k=k, lam=lam, paper=paper,
+        return paper, safe_weights(learn[name], judges, rf and rf[0], rf and rf[1]('learn'), k=k, lam=lam, paper=paper,
                                    curvature_refs=curv, progress=self.progress)
 
     def weighted_scores(self, name:str, c:Contributions, # the method and its contributions of `split`

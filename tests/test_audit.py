@@ -185,3 +185,26 @@ def test_contributions_with_another_regularisation(tiny, tiny_audit):
     assert (got.S.sum(-1).double() - want).abs().max().item() < 1e-4 * scale      # float32 fit vs float64 refit
     assert (got.S.sum(-1).double() - base.S.sum(-1).double()).abs().max().item() > 1e-2 * scale   # the ridge did change them
     with pytest.raises(ValueError, match="no regularisation to set.*ekfac"): run.contributions('tracin', reg=1.0)
+
+def test_first_order_method_is_judged_by_the_curvature_corrected_methods():
+    "TracIn's safe weights are checked against EK-FAC alone: agreement with Grad-Dot (first-order too) cannot tell a missing curvature scale"
+    from types import SimpleNamespace
+    from pwattr.methods import Contributions
+    g = torch.Generator().manual_seed(0)
+    Q, N, M = 40, 300, 3
+    S = torch.randn(Q, N, M, generator=g) * torch.tensor([1., 3., 9.])     # groups on very different scales
+    w_true = torch.tensor([2.5, 0.5, 0.05])                                  # what a curvature correction supplies
+    ids = [f'q{i}' for i in range(Q)]
+    mk = lambda X, m: Contributions(X, ['a', 'b', 'c'], ids, list(range(N)), m)
+    noise = lambda: 0.3 * torch.randn(Q, N, 1, generator=g)
+    learn = {'tracin': mk(S, 'TracInCP'),
+             'graddot': mk(S + noise() * S.std(), 'GradDot'),                       # first-order: the same unweighted scores, noisily
+             'ekfac': mk((S * w_true) + noise() * (S * w_true).std(), 'EKFAC')}     # curvature-corrected: the right scale
+    run = SimpleNamespace(p=SimpleNamespace(domain='classification'), learn_q=SimpleNamespace(ids=ids), progress=False, refit=lambda m: None)
+    paper, safe = AuditRun.weigh(run, 'tracin', learn)
+    assert safe.info['gate']['use'] and safe.info['gate']['chosen'] == 'agreement', safe.verdict
+    assert safe.settings['references'] == ['ekfac']
+    w = safe.w / safe.w.sum() * w_true.sum()
+    assert (w - w_true).abs().max() < 0.25 * w_true.max(), (w, w_true)               # it recovers the scale EK-FAC applies
+    _, safe_ek = AuditRun.weigh(run, 'ekfac', learn)                                 # a curvature method is judged by every other method
+    assert safe_ek.settings['references'] == ['tracin', 'graddot']
