@@ -416,7 +416,9 @@ def plot_weight_cosine(ws, # name -> weights, a weight_table, or a ready cosine 
     fig, ax = _fig(w_in, 0.7 * n + 1.8 + pad, ax)
     sns.heatmap(c, annot=True, fmt='.2f', vmin=min(0., float(c.min().min())), vmax=1, cmap='viridis', square=True, ax=ax,
                 cbar_kws=dict(label='cosine similarity'), annot_kws=dict(fontsize=8))
-    ax.set_xticks(ax.get_xticks(), list(c.columns), rotation=45, ha='right', rotation_mode='anchor')
+    slanted = max(len(str(i)) for i in c.columns) * 0.6 * 10 / 72 * 0.71 < 0.7   # a 45-degree name is narrower than a cell (~0.7 in)
+    rot = dict(rotation=45, ha='right', rotation_mode='anchor') if slanted else dict(rotation=90, ha='center')
+    ax.set_xticks(ax.get_xticks(), list(c.columns), **rot)
     ax.tick_params(axis='y', rotation=0); _fit_title(ax, title, width_in=w_in - 2.)
     return fig
 

@@ -364,12 +364,20 @@ class SemanticStudy:
     def __repr__(self): return f"SemanticStudy({list(self.contributions)}, {len(self.plan)} queries)\n{self.results!r}"
 
     def plot(self):
-        "Recall bars per attribute (one panel each), methods on x, one bar per weight set, 95% intervals, chance dashed"
+        "Recall bars per attribute (one panel each), methods on x, one bar per weight set, 95% intervals, chance dotted; the legend beside the panels"
+        k = self.settings.get('k', 10)
         axs = self.results.plot()
+        fig = axs[0].figure
         ch = self.details.groupby('attribute').chance.mean()
         for ax in axs:
             a = ax.get_title().split()[-1]
-            if a in ch: ax.axhline(ch[a], ls=':', c='grey', lw=1)
+            if a in ch: ax.axhline(ch[a], ls=':', c='k', lw=1, label='chance (random ranking)')
+            if ax.get_legend() is not None: ax.get_legend().remove()
+            ax.set_title(f'{a} queries', fontsize=10)
+        axs[0].set_ylabel(f'recall@{k} (share of the top {k}\nwith the prompted value)')
+        h, l = axs[0].get_legend_handles_labels()
+        axs[-1].legend(h, l, title='weights', loc='upper left', bbox_to_anchor=(1.01, 1.), borderaxespad=0., fontsize=8, title_fontsize=8)
+        fig.set_figwidth(fig.get_figwidth() + 1.8); fig.tight_layout()   # room for the legend: the panels keep their width
         return axs
 
     def weight_kinds(self, method:str|None=None)->pd.DataFrame:
@@ -382,8 +390,8 @@ class SemanticStudy:
                 q:int=0, # position among that attribute's evaluation queries
                 method:str|None=None, # default: the first method
                 k:int=8):
-        "An evaluation query of `attribute` beside its top-k training images unweighted and under that attribute's weights"
-        from pwattr.plots import plot_topk_gallery
+        "An evaluation query of `attribute` beside its top-k training images unweighted, under that attribute's weights and under the general ones; captions: rank, score, subject, style and background"
+        from pwattr.plots import plot_gallery, topk_rows, items_of
         _check_attrs(attribute)
         method = method or next(iter(self.contributions))
         c = self.contributions[method]
@@ -392,8 +400,16 @@ class SemanticStudy:
         sub = c[torch.as_tensor(ev)] if hasattr(c, '__getitem__') else c
         ws = {'unweighted': None, f'{attribute} weights': self.all_weights[method][attribute],
               'general weights': self.all_weights[method]['general']}
-        return plot_topk_gallery(sub, q, self.train, query=self.queries[torch.as_tensor(ev)], weights=ws, k=k,
-                                 title=f"{display_name(method, 'diffusion')}: {attribute}-only query")
+        rows, meta = topk_rows(sub, q, ws, k), self.train.meta
+        want = self.train.info[attribute + 's'][int(self.plan.value.iloc[ev[q]])]   # the prompted value's name
+        caps = {lab: [f"#{r + 1}  {s:.3g}\n{meta.subject.iloc[n]}\n{meta['style'].iloc[n]}, {meta.background.iloc[n]}"
+                      for r, (n, s) in enumerate(zip(d['indices'], d['scores']))] for lab, d in rows.items()}
+        hits = {lab: sum(str(meta[attribute].iloc[n]) == want for n in d['indices']) for lab, d in rows.items()}
+        row = {lab: f"{lab} ({hits[lab]} of {k} {want})" for lab in rows}                       # one line: the row's title
+        return plot_gallery(items_of(self.queries)[int(ev[q])], {row[lab]: [items_of(self.train)[n] for n in d['indices']] for lab, d in rows.items()},
+                            {row[lab]: caps[lab] for lab in rows},
+                            query_caption=f"generated, seed {self.plan.seed.iloc[ev[q]]}\nprompt: {want}\n({attribute} only)",
+                            title=f"{display_name(method, 'diffusion')}: a {attribute}-only query and its top {k} under three weightings")
 
 # %% ../nbs/15_semantic.ipynb #795024f7
 def semantic_study(preset:str|Preset='sbemoji-cond', # a conditional diffusion preset (attribute labels + `AttributeUNet`)

@@ -129,6 +129,11 @@ def test_weight_plots_and_cosine():
     assert np.allclose(np.diag(c), 1)
     for kind in ('bars', 'heatmap'): assert plot_weight_sets(w, ['a', 'b', 'c'], kind=kind).axes
     assert plot_weight_cosine(w, ['a', 'b', 'c']).axes
+    from pwattr.plots import overlapping_text
+    g = np.random.default_rng(0)
+    long = {f'{m} {a}': g.uniform(0, 3, 5) for m in ('D-TRAK', 'DAS') for a in ('subject', 'style', 'background', 'general')}
+    fig = plot_weight_cosine(long, list('abcde'))
+    assert overlapping_text(fig) == [], overlapping_text(fig)      # long names stand upright instead of running into each other
     with pytest.raises(ValueError, match="kind='pie'"): plot_weight_sets(w, ['a', 'b', 'c'], kind='pie')
 
 def test_lds_table_from_results_table():

@@ -192,6 +192,21 @@ def test_tiny_study_end_to_end_and_cached(tmp_path):
     assert not set(np.array(s1.queries.ids)[ev]) & set(np.array(s1.queries.ids)[~ev])
     fig = s1.gallery('style', q=1, k=2)                              # unweighted / style / general rows
     assert len(fig.axes) == 3 * 3
+    from pwattr.plots import overlapping_text
+    assert overlapping_text(fig) == []
+    # the unweighted row, recomputed: top-2 of the summed scores of the second style evaluation query, captioned with its labels
+    evs = np.flatnonzero(((s1.plan.split == 'eval') & (s1.plan.attribute == 'style')).to_numpy())
+    top = s1.contributions['dtrak'].S[evs[1]].double().sum(-1).argsort(descending=True)[:2].tolist()
+    for n, ax in zip(top, fig.axes[1:3]):
+        m = s1.train.meta.iloc[n]
+        assert ax.get_xlabel().split('\n')[1:] == [m.subject, f"{m['style']}, {m.background}"], (ax.get_xlabel(), m.id)
+    want = s1.train.info['styles'][int(s1.plan.value.iloc[evs[1]])]
+    assert fig.axes[0].get_xlabel().split('\n')[1:] == [f'prompt: {want}', '(style only)']
+    hits = sum(s1.train.meta['style'].iloc[n] == want for n in top)
+    assert fig.axes[1].get_title(loc='left') == f'unweighted ({hits} of 2 {want})'
+    axs = s1.plot()                                                  # one panel per attribute, the legend beside them
+    assert overlapping_text(axs[0].figure) == [] and axs[0].get_legend() is None
+    assert 'chance (random ranking)' in [t.get_text() for t in axs[-1].get_legend().get_texts()]
     with pytest.raises(IndexError, match='2 evaluation queries'): s1.gallery('style', q=2)
     kinds = s1.weight_kinds()
     assert list(kinds.index) == ['general', 'style', 'background'] and 'embedding' in kinds.columns
