@@ -325,7 +325,8 @@ class _Screen:
             if len(stale):
                 qs = stale if qb is None else qb[stale]
                 self.refresh(qs, vs)
-                sel[stale] = torch.stack([self.cand[q] @ vs for q in qs.tolist()]).topk(k, dim=1).indices   # no copy of their candidates
+                nb = max(1, 2**21 // (self.cand.shape[1] * self.cand.shape[2]))     # stale queries' candidates copied <= 8 MiB at a time
+                sel[stale] = torch.cat([self.cand[qs[i:i + nb]] @ vs for i in range(0, len(qs), nb)]).topk(k, dim=1).indices
         return sel
 
 # %% ../nbs/07_weights.ipynb #94722419
