@@ -907,6 +907,7 @@ class KronProjector:
         self.dims, self.seed, self.oversample = dims, seed, oversample
         self._dense = Projector(dims, 'gaussian', seed=seed)   # norm-layer and other parameters: a dense Gaussian projection
         self._P, self._plans, self._clone = {}, weakref.WeakKeyDictionary(), weakref.WeakKeyDictionary()   # model -> ...
+        self._leafok = weakref.WeakKeyDictionary()   # model -> {groups fingerprint: per-example copies checked good / bad}
 
     def dims_for(self, groups:GroupSpec)->list: return self._dense.dims_for(groups)
     def config(self)->dict: return {'kind': self.kind, 'seed': self.seed, 'dims': self.dims, **({'oversample': self.oversample} if self.oversample != 1 else {})}
@@ -957,9 +958,9 @@ class KronProjector:
         plans[key] = (layers, norms, rest, owner)
         return plans[key]
 
-    def _capture(self, model, out_fn, batch, mods, clone):
-        "One batched forward and backward: each module call's input and output gradient; `changed`: an output was modified in place"
-        ins, outs, d = {n: [] for n in mods}, {n: [] for n in mods}, {}
+    def _capture(self, model, out_fn, batch, mods, clone, leaves=None):
+        "One batched forward and backward: each module call's input and output gradient, each leaf's gradient; `changed`: an output was modified in place"
+        ins, outs, d, leaves, lg = {n: [] for n in mods}, {n: [] for n in mods}, {}, leaves or {}, {}
         def hook(name):
             def f(m, inp, o):
                 if clone and o.requires_grad: o = o.clone()
@@ -970,18 +971,37 @@ class KronProjector:
         hs = [m.register_forward_hook(hook(n)) for n, m in mods.items()]
         try:
             with torch.enable_grad():
-                out = out_fn(model, batch)
+                out = out_fn(_Functional(model, leaves) if leaves else model, batch)
                 if out.dim() != 1: raise ValueError(f"the output function must give one scalar per example [B], got shape {tuple(out.shape)}")
                 keys = [(n, i) for n in mods for i, (o, _) in enumerate(outs[n]) if o.requires_grad]
                 changed = any(o._version != v for n in mods for o, v in outs[n])
-                if keys and not changed:
-                    gs = torch.autograd.grad(out.sum(), [outs[n][i][0] for n, i in keys], allow_unused=True)
+                lv = list(leaves.values())
+                if (keys or lv) and not changed:
+                    gs = torch.autograd.grad(out.sum(), [outs[n][i][0] for n, i in keys] + lv, allow_unused=True)
                     for key, g in zip(keys, gs):
                         if key not in d and g is not None: d[key] = g.detach()
-                elif keys and clone: torch.autograd.grad(out.sum(), [p for p in model.parameters() if p.requires_grad], allow_unused=True)
+                    lg = dict(zip(leaves, gs[len(keys):]))
+                elif (keys or lv) and clone:
+                    gs = torch.autograd.grad(out.sum(), lv + [p for p in model.parameters() if p.requires_grad], allow_unused=True)
+                    lg = dict(zip(leaves, gs))
         finally:
             for h in hs: h.remove()
-        return out, ins, d, changed
+        lg = {t: (torch.zeros_like(leaves[t]) if g is None else g.detach()).reshape(len(out), -1) for t, g in lg.items()}
+        return out, ins, d, changed, lg
+
+    def _leaves(self, model, rest, batch)->dict:
+        "Per-example copies [B, ...] of the parameters no layer owns (a class token, a position embedding): a leading 1 becomes B, else B is prepended"
+        B, ps = len(next(iter(batch.values()))), dict(model.named_parameters())
+        return {t: (ps[t].detach().expand(B, *ps[t].shape[1:]) if ps[t].dim() > 1 and ps[t].shape[0] == 1 else
+                    ps[t].detach().expand(B, *ps[t].shape)).clone().requires_grad_() for t in rest}
+
+    def _run(self, model, out_fn, batch, mods, leaves):
+        "`_capture`, again with copies of the outputs when an output was changed in place (e.g. ReLU(inplace=True))"
+        for clone in (self._clone.get(model, False), True):
+            out, ins, d, changed, lg = self._capture(model, out_fn, batch, mods, clone, leaves)
+            if not changed or clone: break
+            self._clone[model] = True
+        return out, ins, d, lg
 
     def _in_factor(self, cols, r_in, dev):
         "P_in of the captured columns: the weight's rows then the bias row, each drawn from its own parameter's seed"
@@ -996,10 +1016,23 @@ class KronProjector:
         layers, norms, rest, owner = self._plan(model, groups)
         ks = self.dims_for(groups)
         mods = {n: m for n, m, *_ in layers}; mods.update({n: m for n, m, _ in norms})
-        for clone in (self._clone.get(model, False), True):
-            out, ins, d, changed = self._capture(model, out_fn, batch, mods, clone)
-            if not changed or clone: break
-            self._clone[model] = True    # an output was changed in place (e.g. ReLU(inplace=True)): capture copies of the outputs
+        # parameters no layer owns get per-example copies [B, ...] in the same forward (their gradient per example, no vmap);
+        # checked once per model against per_example_grads, and handed to it for good if the model mixes the copies
+        ok, key, g = self._leafok.setdefault(model, {}), groups.fingerprint(), None
+        leaves = self._leaves(model, rest, batch) if rest and ok.get(key, True) else {}
+        try: out, ins, d, lg = self._run(model, out_fn, batch, mods, leaves)
+        except Exception:
+            if not leaves: raise
+            ok[key], leaves = False, {}    # the model cannot take a batch dimension on these parameters
+            out, ins, d, lg = self._run(model, out_fn, batch, mods, leaves)
+        if leaves and key not in ok:
+            g, o2 = _per_example_grads(model, out_fn, batch, GroupSpec({'rest': rest}, model=model), None, 'auto')
+            tol = lambda r: 1e-3 * float(r.abs().max()) + 1e-30
+            ok[key] = bool((out.detach() - o2).abs().max() <= tol(o2)) and all(bool((lg[t] - g[t]).abs().max() <= tol(g[t])) for t in rest)
+            if not ok[key]:
+                warnings.warn(f"KronProjector: {type(model).__name__}'s parameters {rest[:4]} do not take a batch dimension "
+                              "(per-example copies mix examples); their per-example gradients come from per_example_grads (vmap)")
+                out, ins, d, lg = self._run(model, out_fn, batch, mods, {})
         B, dev = out.shape[0], out.device
         res = [torch.zeros(B, k, device=dev) for k in ks]
         for mname, m, kind, j, wn, cols, n_out in layers:
@@ -1039,8 +1072,8 @@ class KronProjector:
                     gi = _rows_per_example((gi.sum(red) if red else gi).reshape(x.shape[0], 1, -1), B).sum(1)
                     res[owner[t]] += self._dense._project_tensor(t, gi, ks[owner[t]])
         if rest:
-            sub = GroupSpec({'rest': rest}, model=model)
-            g, _ = _per_example_grads(model, out_fn, batch, sub, None, 'auto')
+            if ok.get(key): g = lg
+            elif g is None: g, _ = _per_example_grads(model, out_fn, batch, GroupSpec({'rest': rest}, model=model), None, 'auto')
             for t in rest: res[owner[t]] += self._dense._project_tensor(t, g[t], ks[owner[t]])
         return res, out.detach()
 

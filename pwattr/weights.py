@@ -198,15 +198,16 @@ def _value_grad(scr, theta, c, k, lam, qb=None):
     wp = M * torch.softmax(theta, 0); v = wp / c
     sel = scr.topk(v, qb, k)
     G = scr.G if qb is None else scr.G[qb]
-    cand = scr.cand if qb is None else scr.cand[qb]
-    a = cand.gather(1, sel[..., None].expand(-1, -1, M)).to(v.dtype).mean(1)    # [Q, M] mean of the selected rows
+    rows = scr.cand[scr.ar[:len(sel)] if qb is None else qb[:, None], sel]      # [Q, k, M] the selected rows (no copy of the candidates)
+    a = rows.to(v.dtype).mean(1)                                                 # [Q, M] their mean
     top = a @ v
-    nrm = (G @ (v[I] * v[J] * mult)).clamp_min(torch.finfo(v.dtype).tiny).sqrt()
+    vI, vJ = v[I], v[J]; t = torch.mul(vI, vJ).mul_(mult)                     # packed outer product: three [T] buffers in all
+    nrm = (G @ t).clamp_min(scr.tiny).sqrt()
     ratio = top / nrm; Qb = len(ratio)
     obj = -ratio.mean() + lam * (wp ** 2).sum()
     # d obj / dv = -mean_q (a_q / |tau_q| - ratio_q / |tau_q|^2 G_q v); sum_q c_q G_q v from the packed triangle
     p = (ratio / nrm ** 2 / Qb) @ G
-    Gv = torch.zeros_like(v).index_add_(0, I, p * v[J]).index_add_(0, J, p * v[I] * (mult - 1))
+    Gv = torch.zeros_like(v).index_add_(0, I, torch.mul(p, vJ, out=t)).index_add_(0, J, torch.mul(p, vI, out=vJ).mul_(scr.mult1))
     gv = Gv - (a / nrm[:, None]).sum(0) / Qb
     gw = gv / c + 2 * lam * wp                                                   # d obj / d wp
     return obj, wp * gw - wp * (gw @ wp) / M, v, sel                            # through wp = M softmax(theta)
@@ -216,10 +217,16 @@ class _Screen:
     "exact top-k via top-C candidates per query plus a Cauchy-Schwarz bound for the rest"
     def __init__(self, src, v, C, groups):
         self.src, self.C, self.groups = src, C, groups
-        self.tri = _tri(src.M, src.device)
-        self.G = torch.zeros(src.Q, len(self.tri[0]), dtype=torch.float64, device=src.device)  # packed, filled in place
-        self.r, self.n_pass, self.n_rows = [], 0, 0
+        self.tri = _tri(src.M, src.device); I, J, mult = self.tri
+        self.flat, self.mult1, self.tiny = I * src.M + J, mult - 1, torch.finfo(torch.float64).tiny
+        self.ar = torch.arange(src.Q, device=src.device)[:, None]
+        self.G = torch.zeros(src.Q, len(I), dtype=torch.float64, device=src.device)  # packed, filled in place
+        self.r, self.n_pass, self.n_rows, self._buf = [], 0, 0, None
+        S = src.S   # every candidate kept (C >= N) and S a tensor in the compute dtype: S itself is the candidate set, no copy
+        self.alias = (src.kind == 'tensor' and src.qidx is None and C >= src.N and S.dtype == src.dtype
+                      and S.device == src.device and S.is_contiguous())
         tau, st = self._pass(v, None, stats=True)
+        del self.flat, self._buf                 # only the first pass fills G
         self.r = torch.cat(self.r, 0 if src.axis == 'query' else 1)
         self.rmax = self.r.amax(1)
         self.N = tau.shape[1]
@@ -237,17 +244,28 @@ class _Screen:
                              f"'{self.groups[j] if self.groups else j}'): recompute them (e.g. float64 features, damping) "
                              f"or drop those examples before learning weights")
         self.r.append(r)
-        I, J, _ = self.tri   # one query at a time: the packed triangle in float64, no [q, M, M] temporaries
-        for i, x in enumerate(X): self.G[a + i if self.src.axis == 'query' else i] += (x.T @ x)[I, J].double()
+        M, T = X.shape[2], self.G.shape[1]   # one query at a time into two reused buffers: no [q, M, M] temporaries
+        if self._buf is None: self._buf = (X.new_empty(M, M), X.new_empty(T))
+        sq, pk = self._buf
+        for i, x in enumerate(X):
+            torch.index_select(torch.mm(x.T, x, out=sq).view(-1), 0, self.flat, out=pk)   # the packed upper triangle
+            self.G[a + i if self.src.axis == 'query' else i].add_(pk)                      # accumulated in float64
 
     def _pass(self, v, qsel, stats=False):
         v = v.to(self.src.device, self.src.dtype)
         taus, st = [], None
         if self.src.axis == 'query':  # candidate rows written in place (a refresh writes into self.cand): no second copy
             nq, C, M = (self.src.Q if qsel is None else len(qsel)), min(self.C, self.src.N), self.src.M
+            if self.alias:   # the candidates are S's rows in order: nothing to select or copy
+                for a, b, X in self.src.chunks(qsel):
+                    if stats: self._stats(X, a)
+                    taus.append(X @ v)
+                self.n_pass += 1; self.n_rows += nq
+                return torch.cat(taus, 0), (None, torch.arange(self.src.N, device=self.src.device).expand(nq, -1), self.src.S)
             st = (torch.empty(nq, C, dtype=self.src.dtype, device=self.src.device),
                   torch.empty(nq, C, dtype=torch.long, device=self.src.device),
                   torch.empty(nq, C, M, dtype=self.src.dtype, device=self.src.device) if qsel is None else None)
+            qs = None if qsel is None else qsel.tolist()
         for a, b, X in self.src.chunks(qsel):
             if stats: self._stats(X, a)
             tv = X @ v
@@ -256,7 +274,8 @@ class _Screen:
             if self.src.axis == 'query':
                 st[0][a:b], st[1][a:b] = vals, idx
                 if qsel is None: torch.gather(X, 1, idx[..., None].expand(-1, -1, X.shape[2]), out=st[2][a:b])
-                else: self.cand[qsel[a:b]] = X.gather(1, idx[..., None].expand(-1, -1, X.shape[2]))
+                else:   # a refresh: each query's new candidate rows written straight into its slot
+                    for i in range(b - a): torch.index_select(X[i], 0, idx[i], out=self.cand[qs[a + i]])
                 continue
             rows = X.gather(1, idx[..., None].expand(-1, -1, X.shape[2]))
             idx = idx + a
@@ -274,13 +293,15 @@ class _Screen:
         if qsel is None:
             self.cand, self.cidx, self.tnc = st[2], st[1], nc
             self.V0 = v.to(self.src.dtype).expand(self.src.Q, -1).clone()
-            self.mnc = nc.amax(1)
+            self.mnc, self.V0n = nc.amax(1), self.V0.norm(dim=1)
+            self.marg0 = 64 * torch.finfo(self.src.dtype).eps * self.rmax    # rounding margin of the bound, per query
         else:
             if st[2] is not None: self.cand[qsel] = st[2]
             self.cidx[qsel], self.tnc[qsel] = st[1], nc
-            self.V0[qsel] = v.to(self.src.dtype); self.mnc[qsel] = nc.amax(1)
+            self.V0[qsel] = v.to(self.src.dtype); self.mnc[qsel] = nc.amax(1); self.V0n[qsel] = self.V0[qsel].norm(dim=1)
 
     def refresh(self, qsel, v):
+        if self.alias: raise RuntimeError("no refresh when every row is a candidate (C >= N)")   # unreachable: topk returns first
         tau, st = self._pass(v, qsel)
         self._set(qsel, v, tau, st)
 
@@ -291,9 +312,10 @@ class _Screen:
         tk = (cand @ vs).topk(k, dim=1)
         if self.cand.shape[1] >= self.N: return tk.indices
         sel, kth = tk.indices, tk.values[:, -1]
-        V0, mnc, rmax = (self.V0, self.mnc, self.rmax) if qb is None else (self.V0[qb], self.mnc[qb], self.rmax[qb])
+        V0, mnc, rmax, V0n, m0 = ((self.V0, self.mnc, self.rmax, self.V0n, self.marg0) if qb is None else
+                                  (self.V0[qb], self.mnc[qb], self.rmax[qb], self.V0n[qb], self.marg0[qb]))
         d = (vs - V0).norm(dim=1)
-        marg = 64 * torch.finfo(self.src.dtype).eps * rmax * (vs.norm() + V0.norm(dim=1))
+        marg = m0 * (vs.norm() + V0n)
         bad = (kth <= mnc + rmax * d + marg).nonzero().reshape(-1)
         if len(bad):
             qg = bad if qb is None else qb[bad]
@@ -303,7 +325,8 @@ class _Screen:
             if len(stale):
                 qs = stale if qb is None else qb[stale]
                 self.refresh(qs, vs)
-                sel[stale] = (self.cand[qs] @ vs).topk(k, dim=1).indices
+                nb = max(1, 2**21 // (self.cand.shape[1] * self.cand.shape[2]))     # stale queries' candidates copied <= 8 MiB at a time
+                sel[stale] = torch.cat([self.cand[qs[i:i + nb]] @ vs for i in range(0, len(qs), nb)]).topk(k, dim=1).indices
         return sel
 
 # %% ../nbs/07_weights.ipynb #94722419
@@ -449,14 +472,19 @@ def topk_null_test(S, # contributions [Q,N,M] (as `learn_weights` takes them: te
     zo, zn = [], []
     ar, jj = torch.arange(n)[:, None], torch.arange(M)
     blk = max(1, min(2**22, src.Q * N * M // 8) // (n * M))   # shifted copies at a time: <= 16 MiB and <= S / 8
+    # the index of each null draw and its shifted copy go into buffers allocated once (no per-draw temporaries of S's width)
+    pos_i, idx, ybuf = torch.empty(n, M, dtype=torch.long), torch.empty(n * M, dtype=torch.long), torch.empty(min(blk, nq) * n * M)
+    def shifted(flat, p):   # [q, n, M]: column j of the examples in `order`, shifted by offs[p, j]
+        torch.add(ar, offs[p], out=pos_i).remainder_(n)
+        torch.index_select(order, 0, pos_i.view(-1), out=idx).view(n, M).mul_(M).add_(jj)
+        return torch.index_select(flat, 1, idx, out=ybuf[:flat.numel()].view(len(flat), -1)).view(len(flat), n, M)
     for X, sub in blocks():
         for i in range(0, len(X), blk):
             x = X[i:i + blk]; x = (x if sub is None else x[:, sub.to(x.device)]).float().cpu(); q = len(x); flat = x.reshape(q, -1)
             zo.append(_ztop(x.sum(-1), kk))
             # null: each group's column shifted by its own offset over a shuffled order of the training examples; this keeps
             # every group's scores and breaks any agreement between groups about WHICH examples score high
-            zn.append(torch.stack([_ztop(flat.index_select(1, (order[(ar + offs[p]) % n] * M + jj).reshape(-1)).view(q, n, M).sum(-1), kk)
-                                   for p in range(n_perm)], 1))                    # [q, n_perm, kk]
+            zn.append(torch.stack([_ztop(shifted(flat, p).sum(-1), kk) for p in range(n_perm)], 1))   # [q, n_perm, kk]
     zo, zn = torch.cat(zo), torch.cat(zn)
     obs, null = zo.mean(1), zn.mean(2)                  # standardised top-k margin per query: observed [nq], null [nq, n_perm]
     p = (1 + int((null.mean(0) >= obs.mean()).sum())) / (1 + n_perm)
