@@ -121,6 +121,9 @@ def tail_patch_study(preset='kjv-gpt2-ft', # a language preset name (or Preset)
                     n_learn=n_learn, grouping=grouping, audit_seed=seed_a,
                     unit='% increase of the per-token probability (mean lm_loss, one SGD step)')
     if weights != ('learned',): settings['weights'] = list(weights)   # the default keeps the cache names of earlier studies
+    if result is not None and weights != ('learned',):   # the weights themselves: a gate or learner that changed is a new entry, never a stale one
+        settings['weights_hash'] = config_hash([[m, [float(x) for x in result.paper[m].w], [float(x) for x in result.weights[m].w],
+                                                 (result.weights[m].settings or {}).get('apply')] for m in names], n=12, compact=False)
     key = config_hash(settings, n=12, compact=False)
     def compute():
         t0 = time.time()

@@ -181,3 +181,17 @@ def test_safe_proponents_use_the_audits_scoring():
     assert torch.equal(pr['trak', 'safe'], refit_scores[[2, 0]].topk(3, dim=1).indices)
     assert pr['random', 'uniform'].shape == (2, 3)
     with pytest.raises(ValueError, match='oracle'): tail_patch_proponents(res, ['trak'], [0], k=2, weights=('oracle',))
+
+def test_study_cache_follows_the_weights(toy):
+    "Given an audit, the cache entry depends on the weights it applies: changed weights (a new gate, a new learner) are never served stale"
+    p, gt, out = toy
+    kw = dict(k=3, out=out, lr=0.1, n_queries=4, gt=gt, progress=False, log=None)
+    a = audit(p, 'trak,ekfac', out=out, k=4, proj_dim=32, gt=gt, progress=False, report=False, log=None)
+    d1 = tail_patch_study(p, 'trak,ekfac', result=a, weights=('paper', 'safe'), **kw).details
+    S = a.contributions['ekfac'].S
+    new = torch.zeros(S.shape[-1]); new[-1] = float(S.shape[-1])          # all weight on the last group
+    a.weights['ekfac'].w = new
+    d2 = tail_patch_study(p, 'trak,ekfac', result=a, weights=('paper', 'safe'), **kw).details
+    pos = [list(map(str, gt.query_ids)).index(q) for q in d2['query_ids']]
+    assert torch.equal(d2['proponents']['ekfac', 'safe'], (S[pos] @ new.to(S.dtype)).topk(3, dim=1).indices)
+    assert d1['settings']['weights_hash'] != d2['settings']['weights_hash']
