@@ -529,7 +529,9 @@ class SampleQuality:
             if train is not None:
                 j = int(self.nn_idx[k]); ax2 = axs[r * per + 1, c]; ax2.imshow(_img(train.tensors['x'][j]))
                 ax2.set_title(f"nearest {self.nn_dist[k]:.2f}", fontsize=5, y=-0.28)
-        if title: fig.suptitle(title, fontsize=8)
+        if title:   # wrapped to the figure's width (about 0.6 em per character at 8 pt)
+            import textwrap
+            fig.suptitle(textwrap.fill(title, int(fig.get_figwidth() * 72 / (8 * 0.6))), fontsize=8)
         fig.tight_layout(h_pad=0.8)
         return fig
 

@@ -263,3 +263,8 @@ def test_attribute_classifier_and_sample_quality(emoji, cond_unet):
     assert q.captions[1] == f"{es.info['subjects'][9]}/{es.info['styles'][1]}" and q.captions[2] == es.info['backgrounds'][2]
     s = q.summary(); assert list(s.index) == ['samples', 'noise', 'held-out real'] and 'subject match' in s
     with pytest.raises(ValueError, match='one prompt per sample'): sample_quality(cond_unet, few, SCH, n=3, steps=2, prompts=prompts)
+    from pwattr.plots import overlapping_text
+    import matplotlib.pyplot as plt
+    fig = q.plot(4, 4, train=few, title='a long title that says what the figure shows, ' * 4)   # wider than the figure on one line
+    assert overlapping_text(fig) == [], overlapping_text(fig)
+    plt.close(fig)
