@@ -190,6 +190,19 @@ def _load_data(key:str)->tuple:
 _FMNIST = {'source': 'fmnist', 'n_train': 5000, 'n_test': 1000}
 _SBEMOJI = {'source': 'sbemoji', 'size': 16, 'per_subcategory': 2, 'seed': 0}
 
+_EMOJI_UNET = {
+    'data': {**_SBEMOJI, 'labels': False},
+    'model': {'arch': 'unet', 'sample_size': 16, 'channels': [16, 32], 'layers_per_block': 1, 'attention': True, 'norm_groups': 8},
+    'diffusion': {'num_train_timesteps': 1000, 'beta_schedule': 'linear'},
+    'recipe': {'steps': 600, 'batch_size': 32, 'lr': 3e-3, 'weight_decay': 0.0, 'optimizer': 'adamw',
+               'schedule': 'cosine', 'warmup': 0.05, 'grad_clip': 1.0}}
+_SBEMOJI_COND = _merge(_EMOJI_UNET, {
+    'data': {'labels': True},
+    'model': {'arch': 'cond-unet', 'n_values': {'subject': 128, 'style': 2, 'background': 4}, 'cond_dim': 32},
+    'recipe': {'p_uncond': 0.2}})
+del _SBEMOJI_COND['model']['attention']   # the conditional UNet's blocks are cross-attention blocks by construction
+_GENERATE = {'diffusion': {'beta_schedule': 'squaredcos_cap_v2'}, 'recipe': {'steps': 4000}}   # trained to generate (06_diffusion)
+
 PRESETS = {p.name: p for p in [
     Preset('fmnist-mlp', 'classification', {
         'data': _FMNIST,
@@ -227,38 +240,13 @@ PRESETS = {p.name: p for p in [
         'recipe': {'epochs': 2, 'batch_size': 32, 'lr': 1e-3, 'weight_decay': 0.01, 'optimizer': 'adamw',
                    'schedule': 'cosine', 'warmup': 0.05, 'grad_clip': 1.0}},
         description='the kjv-gpt2 model pretrained once on 6k other KJV verses, then fine-tuned on the 1.5k (2 epochs, lr 1e-3)'),
-    Preset('emoji-unet', 'diffusion', {
-        'data': {**_SBEMOJI, 'labels': False},
-        'model': {'arch': 'unet', 'sample_size': 16, 'channels': [16, 32], 'layers_per_block': 1, 'attention': True,
-                  'norm_groups': 8},
-        'diffusion': {'num_train_timesteps': 1000, 'beta_schedule': 'linear'},
-        'recipe': {'steps': 600, 'batch_size': 32, 'lr': 3e-3, 'weight_decay': 0.0, 'optimizer': 'adamw',
-                   'schedule': 'cosine', 'warmup': 0.05, 'grad_clip': 1.0}},
-        description='unconditional UNet2DModel on 224 SB-Emoji images, 16x16'),
-    Preset('sbemoji-cond', 'diffusion', {
-        'data': {**_SBEMOJI, 'labels': True},
-        'model': {'arch': 'cond-unet', 'n_values': {'subject': 128, 'style': 2, 'background': 4}, 'sample_size': 16,
-                  'channels': [16, 32], 'layers_per_block': 1, 'cond_dim': 32, 'norm_groups': 8},
-        'diffusion': {'num_train_timesteps': 1000, 'beta_schedule': 'linear'},
-        'recipe': {'steps': 600, 'batch_size': 32, 'lr': 3e-3, 'weight_decay': 0.0, 'optimizer': 'adamw',
-                   'schedule': 'cosine', 'warmup': 0.05, 'grad_clip': 1.0, 'p_uncond': 0.2}},
-        description='UNet2DConditionModel on subject / style / background tokens, 224 SB-Emoji images, 16x16'),
-    Preset('emoji-unet-gen', 'diffusion', {
-        'data': {**_SBEMOJI, 'labels': False},
-        'model': {'arch': 'unet', 'sample_size': 16, 'channels': [16, 32], 'layers_per_block': 1, 'attention': True,
-                  'norm_groups': 8},
-        'diffusion': {'num_train_timesteps': 1000, 'beta_schedule': 'squaredcos_cap_v2'},
-        'recipe': {'steps': 4000, 'batch_size': 32, 'lr': 3e-3, 'weight_decay': 0.0, 'optimizer': 'adamw',
-                   'schedule': 'cosine', 'warmup': 0.05, 'grad_clip': 1.0}},
-        description='emoji-unet trained to generate: cosine noise schedule, 4000 steps (its samples are emoji; 06_diffusion measures them)'),
-    Preset('sbemoji-cond-gen', 'diffusion', {
-        'data': {**_SBEMOJI, 'labels': True},
-        'model': {'arch': 'cond-unet', 'n_values': {'subject': 128, 'style': 2, 'background': 4}, 'sample_size': 16,
-                  'channels': [16, 32], 'layers_per_block': 1, 'cond_dim': 32, 'norm_groups': 8},
-        'diffusion': {'num_train_timesteps': 1000, 'beta_schedule': 'squaredcos_cap_v2'},
-        'recipe': {'steps': 4000, 'batch_size': 32, 'lr': 3e-3, 'weight_decay': 0.0, 'optimizer': 'adamw',
-                   'schedule': 'cosine', 'warmup': 0.05, 'grad_clip': 1.0, 'p_uncond': 0.2}},
-        description='sbemoji-cond trained to generate: cosine noise schedule, 4000 steps (samples show the prompted subject; see 06_diffusion)'),
+    Preset('emoji-unet', 'diffusion', _EMOJI_UNET, description='unconditional UNet2DModel on 224 SB-Emoji images, 16x16'),
+    Preset('sbemoji-cond', 'diffusion', _SBEMOJI_COND,
+           description='UNet2DConditionModel on subject / style / background tokens, 224 SB-Emoji images, 16x16'),
+    Preset('emoji-unet-gen', 'diffusion', _merge(_EMOJI_UNET, _GENERATE),
+           description='emoji-unet trained to generate: cosine noise schedule, 4000 steps (its samples are emoji; 06_diffusion measures them)'),
+    Preset('sbemoji-cond-gen', 'diffusion', _merge(_SBEMOJI_COND, _GENERATE),
+           description='sbemoji-cond trained to generate: cosine noise schedule, 4000 steps (samples show the prompted subject; see 06_diffusion)'),
 ]}
 
 class PresetNotFound(KeyError):
