@@ -10,11 +10,11 @@ the measure of benchmarks/gt_randomness.py) compares like with like. The ground 
 benchmarks/results/groundtruth/lm-recipes/ (resumable), one row per candidate to benchmarks/results/lm_recipe.csv
 with the mean seconds per model (train + outputs, one thread; the machine is shared, so compare within a row's run).
 """
-import argparse, csv, json, time
+import json, time
 from pathlib import Path
 import numpy as np, torch
 from pwattr.groundtruth import PresetTask, run_groundtruth
-from pwattr.evaluate import seed_agreement
+from _recipe import gt_stats, recipe_main
 
 RES = Path(__file__).parent / 'results'
 
@@ -49,28 +49,8 @@ def measure(name:str, m:int=16, seeds:int=2)->dict:
     gt = run_groundtruth(task.train_fn, task.output_fn, n, batch, m, 0.5, seeds,
                          RES / 'groundtruth' / 'lm-recipes' / f'{name}-{m}x{seeds}.npz', 1, 0, None, kind, qids, chash,
                          {'name': preset, 'output': oname, 'overrides': over, 'candidate': name}, progress=False, randomness=mode)
-    sa = seed_agreement(gt); o = gt.outputs.astype(np.float64)
     return {'candidate': name, 'preset': preset, 'overrides': json.dumps(over, sort_keys=True), 'randomness': mode,
-            'subsets': gt.n_subsets, 'seeds': gt.n_seeds, 'seed_agreement': round(sa.mean, 4), 'sa_lo': round(sa.ci[0], 4),
-            'sa_hi': round(sa.ci[1], 4), 'mean_query_loss': round(float(o.mean()), 4),
-            'sd_across_subsets': round(float(o.std(0, ddof=1).mean()), 5),     # one seed's spread over the subsets, mean over queries
-            'sd_between_seeds': round(float(o.std(1, ddof=1).mean()), 5),      # within a subset, mean over subsets and queries
-            'model_s': round(float(gt.times.mean()), 2), 'wall_s_this_session': round(time.time() - t0, 1),
-            'cpu_capability': torch.backends.cpu.get_cpu_capability(), 'what': what}
+            **gt_stats(gt, 'mean_query_loss'), 'wall_s_this_session': round(time.time() - t0, 1), 'what': what}
 
 if __name__ == '__main__':
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument('candidates', nargs='*'); ap.add_argument('--subsets', type=int, default=16)
-    ap.add_argument('--seeds', type=int, default=2); ap.add_argument('--list', action='store_true')
-    a = ap.parse_args()
-    torch.set_num_threads(1)
-    if a.list:
-        for k, (p, o, mode, what) in CANDIDATES.items(): print(f"{k:24s} {p:12s} {mode:10s} {what}")
-        raise SystemExit
-    f = RES / 'lm_recipe.csv'
-    for name in a.candidates:
-        r = measure(name, a.subsets, a.seeds); print(json.dumps(r), flush=True)
-        old = list(csv.DictReader(f.open())) if f.exists() else []
-        rows = [o for o in old if (o['candidate'], o['subsets'], o['seeds']) != (name, str(r['subsets']), str(r['seeds']))] + [r]
-        with f.open('w', newline='') as fh:
-            w = csv.DictWriter(fh, list(dict.fromkeys(k for x in rows for k in x))); w.writeheader(); w.writerows(rows)
+    recipe_main(__doc__, CANDIDATES, lambda k, v: f"{k:24s} {v[0]:12s} {v[2]:10s} {v[3]}", measure, RES / 'lm_recipe.csv')

@@ -14,12 +14,12 @@ benchmarks/results/resnet9_recipe.csv with the mean seconds per model (train + o
 shared, so compare seconds only roughly) and the test accuracy of the subset models (mean over the 32, on the 1,000
 test images).
 """
-import argparse, copy, csv, json, time
+import copy, json, time
 from functools import lru_cache
 from pathlib import Path
 import numpy as np, torch
 from pwattr.groundtruth import GroundTruth, PresetTask, run_groundtruth
-from pwattr.evaluate import seed_agreement
+from _recipe import gt_stats, recipe_main
 
 RES = Path(__file__).parent / 'results'
 PRE = {'n_per_class': 500, 'init_seed': 0, 'seed': 12345,                      # the base: the bundled split's other 5k images
@@ -96,29 +96,9 @@ def measure(name:str, m:int=16, seeds:int=2)->dict:
                          progress=False, randomness=mode)
     wall = time.time() - t0
     if other is not None: gt = join(GroundTruth.load(other), gt)
-    sa = seed_agreement(gt); o = gt.outputs.astype(np.float64)
     return {'candidate': name, 'overrides': json.dumps(over, sort_keys=True), 'pretrain': json.dumps(pre, sort_keys=True) if pre else '',
-            'randomness': mode, 'subsets': gt.n_subsets, 'seeds': gt.n_seeds, 'seed_agreement': round(sa.mean, 4),
-            'sa_lo': round(sa.ci[0], 4), 'sa_hi': round(sa.ci[1], 4), 'mean_margin': round(float(o.mean()), 4),
-            'sd_across_subsets': round(float(o.std(0, ddof=1).mean()), 5),     # one seed's spread over the subsets, mean over queries
-            'sd_between_seeds': round(float(o.std(1, ddof=1).mean()), 5),      # within a subset, mean over subsets and queries
-            'test_acc_subset0': round(accuracy(task, m, seeds, mode, pre), 4),
-            'model_s': round(float(gt.times.mean()), 2), 'wall_s_this_session': round(wall, 1),
-            'cpu_capability': torch.backends.cpu.get_cpu_capability(), 'what': what}
+            'randomness': mode, **gt_stats(gt, 'mean_margin'), 'test_acc_subset0': round(accuracy(task, m, seeds, mode, pre), 4),
+            'wall_s_this_session': round(wall, 1), 'what': what}
 
 if __name__ == '__main__':
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument('candidates', nargs='*'); ap.add_argument('--subsets', type=int, default=16)
-    ap.add_argument('--seeds', type=int, default=2); ap.add_argument('--list', action='store_true')
-    a = ap.parse_args()
-    torch.set_num_threads(1)
-    if a.list:
-        for k, (o, mode, pre, what, *_) in CANDIDATES.items(): print(f"{k:20s} {mode:10s} {what}")
-        raise SystemExit
-    f = RES / 'resnet9_recipe.csv'
-    for name in a.candidates:
-        r = measure(name, a.subsets, a.seeds); print(json.dumps(r), flush=True)
-        old = list(csv.DictReader(f.open())) if f.exists() else []
-        rows = [o for o in old if (o['candidate'], o['subsets'], o['seeds']) != (name, str(r['subsets']), str(r['seeds']))] + [r]
-        with f.open('w', newline='') as fh:
-            w = csv.DictWriter(fh, list(dict.fromkeys(k for x in rows for k in x))); w.writeheader(); w.writerows(rows)
+    recipe_main(__doc__, CANDIDATES, lambda k, v: f"{k:20s} {v[1]:10s} {v[3]}", measure, RES / 'resnet9_recipe.csv')
