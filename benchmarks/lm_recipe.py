@@ -12,7 +12,6 @@ with the mean seconds per model (train + outputs, one thread; the machine is sha
 """
 import json, time
 from pathlib import Path
-import numpy as np, torch
 from pwattr.groundtruth import PresetTask, run_groundtruth
 from _recipe import gt_stats, recipe_main
 
