@@ -380,8 +380,8 @@ def ridge_by_agreement(refit:KernelRefit, # the method's kernel refit (its ridge
                                        refit.scores(Xq), references, 'lam_rel', **kw)
 
 # %% ../nbs/07b_safe.ipynb #ec3a9a42
-def chosen_ridge(g:GateResult, # from `ridge_by_agreement`
-                 default:float, # the method's own relative ridge
+def chosen_ridge(g:GateResult, # from `ridge_by_agreement` or `regularisation_by_agreement`
+                 default:float, # the method's own relative ridge (or damping)
                 )->float:
-    "The relative ridge a `ridge_by_agreement` verdict keeps"
+    "The relative regularisation a `regularisation_by_agreement` verdict keeps"
     return float(default) if g.value is None else g.value

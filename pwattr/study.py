@@ -188,7 +188,7 @@ def safe_study(preset:str, # a preset with a committed ground truth
         elif len(reg) and rec.reg:   # refit the method at each value (EK-FAC: a streamed pass each); the default is cached
             cd = {v: run.contributions(m, reg=v) for v in reg}
             g = regularisation_by_agreement({v: (lambda v=v: cd[v][1].S.sum(-1)) for v in reg}, learn[m].S.sum(-1), refs, rec.reg)
-            pick = rec.reg_default if g.value is None else g.value
+            pick = chosen_ridge(g, rec.reg_default)
             sc[REG] = (cd[pick] if pick in cd else cs[m])[0].scores()
             ridges[m] = g.table.rename(columns={rec.reg: 'reg'}).assign(
                 lds=[lds(cd[v][0], gt).mean for v in reg], own=np.isclose(list(reg), rec.reg_default),
