@@ -372,6 +372,7 @@ def part_lds(out:Path, resume=False, noise_floor=True):
     print('\n' + text, flush=True)
     (out / 'table.txt').write_text(text + '\n')
     (out / 'lds.json').write_text(json.dumps(rows, indent=1, default=float))
+    (ROOT / 'benchmarks' / 'results' / 'peers_lds_table.json').write_text(json.dumps(rows, indent=1, default=float) + '\n')   # 16_study's cross-check reads it
     (out / 'meta.json').write_text(json.dumps({'preset': PRESET, 'seed': SEED, 'model': h, 'model_retrained_identical': same,
         'proj_dim_per_group': PROJ_DIM, 'lam_rel': LAM_REL, 'n_checkpoints': N_CKPT, 'n_queries': gt.n_queries,
         'query_ids': list(gt.query_ids), 'n_train': int(gt.masks.shape[1]), 'gt_subsets': gt.n_subsets, 'gt_seeds': gt.n_seeds,
