@@ -145,11 +145,12 @@ class _ContribOps:
         "Bar chart of each group's share of |S| and how often its sign agrees with the total score"
         import matplotlib.pyplot as plt
         df = self.summary()
-        if ax is None: _, ax = plt.subplots(figsize=(max(4, 0.5 * len(df) + 2), 3))
+        if ax is None: _, ax = plt.subplots(figsize=(max(4, 0.5 * len(df) + 3.5), 3), layout='constrained')
         x = np.arange(len(df))
         ax.bar(x - 0.2, df['share_abs'], 0.4, label='share of |S|')
         ax.bar(x + 0.2, df['sign_agrees'], 0.4, label='sign agrees with score')
-        ax.set_xticks(x, df.index, rotation=45, ha='right'); ax.set_ylim(0, 1); ax.legend(fontsize=8)
+        ax.set_xticks(x, df.index, rotation=45, ha='right'); ax.set_ylim(0, 1); ax.set_ylabel('fraction')
+        ax.legend(fontsize=8, loc='upper left', bbox_to_anchor=(1.01, 1))   # beside the bars, never over them
         ax.set_title(f"Per-group contributions{' (' + self.method + ')' if self.method else ''}")
         return ax
 
