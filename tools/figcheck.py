@@ -1,7 +1,8 @@
 """Execute a notebook in full (`#| slow` cells included) and check every figure it displays for overlapping text.
 
-    python tools/figcheck.py nbs/12_classification.ipynb [nbs/13_language.ipynb ...] [--no-write] [--skip ID,ID,...]
+    python tools/figcheck.py nbs/12_classification.ipynb [nbs/13_language.ipynb ...] [--no-write] [--skip ID,ID,...] [--timeout S]
 
+`--timeout S`: the longest a cell may run, in seconds (default 3600; 0: no limit, for the long study cells).
 `--skip` names cells (by id) that are not run and keep their stored outputs: for cells whose caches are missing and
 too costly to rebuild (the report lists them; later cells must not depend on them).
 
@@ -62,7 +63,7 @@ class CheckingClient(NotebookClient):
         if err: self.errors[cid] = f"{err[0]['ename']}: {err[0]['evalue']}"[:300]
         return res
 
-def check(path:Path, write:bool=True, skip=())->int:
+def check(path:Path, write:bool=True, skip=(), timeout:int=3600)->int:
     "Execute `path` in full with the hook; report; write back and clean. Returns the number of figures with problems"
     path = path.resolve(); nb = nbformat.read(path, as_version=4)
     log = Path(tempfile.mkdtemp(prefix='figcheck-')) / 'figs.jsonl'
@@ -74,7 +75,7 @@ def check(path:Path, write:bool=True, skip=())->int:
     os.environ.update(env)                     # the kernel inherits the runner's environment
     for k in ('IN_TEST', 'MPLBACKEND'): os.environ.pop(k, None)
     t0 = time.time()
-    client = CheckingClient(nb, log, skip, timeout=3600, allow_errors=True, kernel_name='python3', resources={'metadata': {'path': str(path.parent)}})
+    client = CheckingClient(nb, log, skip, timeout=timeout or None, allow_errors=True, kernel_name='python3', resources={'metadata': {'path': str(path.parent)}})
     try: client.execute()
     finally:
         for k, v in old.items():
@@ -99,9 +100,11 @@ def check(path:Path, write:bool=True, skip=())->int:
     return len(bad) + len(client.errors)
 
 if __name__ == '__main__':
-    args = sys.argv[1:]; write = '--no-write' not in args; skip = []
+    args = sys.argv[1:]; write = '--no-write' not in args; skip = []; timeout = 3600
+    if '--timeout' in args:
+        i = args.index('--timeout'); timeout = int(args[i + 1]); del args[i:i + 2]
     if '--skip' in args:
         i = args.index('--skip'); skip = [s for s in args[i + 1].split(',') if s]; del args[i:i + 2]
     nbs = [Path(a) for a in args if a != '--no-write']
     if not nbs: sys.exit(__doc__)
-    sys.exit(1 if sum(check(p, write, skip) for p in nbs) else 0)
+    sys.exit(1 if sum(check(p, write, skip, timeout) for p in nbs) else 0)
