@@ -60,7 +60,7 @@ class TrainResult:
     def plot(self, ax=None, smooth:int=10, label=None):
         "Training loss per step (and its running mean over `smooth` steps)"
         import matplotlib.pyplot as plt
-        ax = ax or plt.subplots(figsize=(4, 3))[1]
+        ax = ax or plt.subplots(figsize=(4, 3), layout='constrained')[1]
         l = self.losses(); s = torch.arange(1, len(l) + 1)
         ax.plot(s, l, alpha=.3, color='C0')
         if len(l) >= smooth: ax.plot(s[smooth - 1:], l.unfold(0, smooth, 1).mean(1), color='C0', label=label)

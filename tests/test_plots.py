@@ -248,6 +248,8 @@ def _every_figure():
     rt.add('random', 'uniform', 'LDS', 0.01, 0.0, 0.02)   # no 'paper' / 'safe' row: NaN bars, which draw nothing
     yield 'ResultsTable.plot, a method with one row', rt.plot()[0].figure
     from pwattr.methods import Contributions
+    from pwattr.train import TrainResult
+    yield 'TrainResult.plot', TrainResult(torch.nn.Linear(2, 2), [(25, 1e-3, None), (50, 1e-3, None)], [{'loss': float(v)} for v in np.linspace(2, .3, 50)], 1.0, 500).plot().figure
     yield 'Contributions.plot', Contributions(torch.rand(3, 20, 4, generator=torch.Generator().manual_seed(3)), ['fc1', 'fc2', 'fc3', 'head'], method='EKFAC').plot().figure
     yield 'gallery, long ids', plot_gallery(imgs[0], {'a row label': list(imgs[:5])}, {'a row label': [f'#{i}  0.123\ntrain-000{i}-a-very-long-id\nAnkle boot' for i in range(5)]})
 
