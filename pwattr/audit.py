@@ -22,7 +22,7 @@ from .kronecker import kron_features, fit_kron_factors, fisher_output_for
 from .diffusion import generate_queries
 from .recipes import LOSS, RECIPES, recipe, parse_methods, diffusion_features
 from .weights import learn_weights, check_disjoint
-from .safe import safe_weights, refit_from, query_matrix
+from .safe import safe_weights, refit_from, query_matrix, learn_refit_weights
 from .evaluate import lds, per_group_lds, ResultsTable
 from .groundtruth import GroundTruth, GT_DIR, PresetTask
 from .store import config_hash, atomic_write
@@ -453,9 +453,14 @@ class AuditRun:
         curv = None if curved(name) else {r: v for r, v in refs.items() if curved(r)}   # first-order: learn the missing scale
         # ... and be judged by them alone: agreement with another first-order method says nothing about the curvature both lack
         judges = curv or refs
-        rf = self.refit(name)
+        rf, rw = self.refit(name), None
+        if rf:   # the refit learner is the slow candidate (minutes at N = 5,000): kept in the cache like a fitted method
+            parts = dict(method=name, k=k, lam=lam, ids=[self.split(s).ids for s in ('train', 'learn')])
+            rw = cached(self.cache / f'refit-weights-{name}-{config_hash(self.stage_settings("refit weights", **parts), n=12, compact=False)}.pt',
+                        lambda: learn_refit_weights(rf[0], rf[1]('learn'), k=k, lam=lam, query_ids=list(self.learn_q.ids), progress=self.progress),
+                        f'{name}: weights through the kernel refit', self.log, self.stage_settings('refit weights', method=name, k=k, lam=lam))
         return paper, safe_weights(learn[name], judges, rf and rf[0], rf and rf[1]('learn'), k=k, lam=lam, paper=paper,
-                                   curvature_refs=curv, progress=self.progress)
+                                   curvature_refs=curv, refit_weights=rw, progress=self.progress)
 
     def weighted_scores(self, name:str, c:Contributions, # the method and its contributions of `split`
                         w, # GroupWeights (or weights [M], applied as S @ w)

@@ -319,6 +319,7 @@ def safe_weights(c_learn, # Contributions [Q, N, M] of the learning queries
                  lam:float=1e-4, # the paper's penalty
                  paper:GroupWeights|None=None, # the paper's weights if already learned (else learned here)
                  curvature_refs:dict|None=None, # a first-order method's references that correct for curvature: name -> [Q, N]; adds the 'agreement' candidate
+                 refit_weights:GroupWeights|None=None, # the refit candidate if already learned (`learn_refit_weights`, e.g. cached by the audit)
                  shrink=(0.25, 0.5, 0.75, 1.0), level:float=0.95, n_boot:int=1000, seed:int=0, min_gain:float=1e-3, # see `agreement_gate`
                  progress:bool=False, # a progress bar over the refit learner's steps (the slow candidate)
                 )->GroupWeights:
@@ -337,7 +338,8 @@ def safe_weights(c_learn, # Contributions [Q, N, M] of the learning queries
         fns['agreement'] = lin
     if refit is not None:
         if query_x is None: raise ValueError("a refit candidate needs the learning queries' features: pass query_x")
-        cands['refit'] = learn_refit_weights(refit, query_x, k=k, lam=lam, query_ids=qids, progress=progress)
+        cands['refit'] = (refit_weights if refit_weights is not None else
+                          learn_refit_weights(refit, query_x, k=k, lam=lam, query_ids=qids, progress=progress))
         fns['refit'] = lambda w: refit.scores(query_x, w)
     gate = agreement_gate({n: (c.w, fns[n]) for n, c in cands.items()}, S.sum(-1), references, shrink, level, n_boot, seed, min_gain)
     apply = 'refit' if gate.use and gate.chosen == 'refit' else 'linear'

@@ -129,6 +129,12 @@ def test_diffusion_audit_cache_reuse_is_identical(tiny, tiny_audit):
     assert stages and all(l.startswith('[cached]') for l in stages), stages
     assert r2.results.rows == tiny_audit.results.rows
     for m in r2.weights: assert torch.equal(r2.weights[m].w, tiny_audit.weights[m].w)
+    # the refit candidate (the slow learner of global kernels) comes from the cache, equal to a fresh learning of it
+    from pwattr.safe import learn_refit_weights
+    run = r2.run; rf, feats = run.refit('trak')
+    assert len(list(run.cache.glob('refit-weights-trak-*.pt'))) == 1
+    fresh = learn_refit_weights(rf, feats('learn'), k=20, lam=1e-4, query_ids=list(run.learn_q.ids))
+    assert r2.weights['trak'].info['candidates']['refit'] == fresh.w.tolist()
     # a different number of learning queries is a different cache entry, never the stale one
     logs = []
     r3 = audit(p, 'dtrak', gt=gt, out=tiny_audit.out, log=logs.append, **{**TINY_KW, 'n_learn': 5})
