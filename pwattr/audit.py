@@ -455,10 +455,11 @@ class AuditRun:
         judges = curv or refs
         rf, rw = self.refit(name), None
         if rf:   # the refit learner is the slow candidate (minutes at N = 5,000): kept in the cache like a fitted method
-            parts = dict(method=name, k=k, lam=lam, ids=[self.split(s).ids for s in ('train', 'learn')])
-            rw = cached(self.cache / f'refit-weights-{name}-{config_hash(self.stage_settings("refit weights", **parts), n=12, compact=False)}.pt',
-                        lambda: learn_refit_weights(rf[0], rf[1]('learn'), k=k, lam=lam, query_ids=list(self.learn_q.ids), progress=self.progress),
-                        f'{name}: weights through the kernel refit', self.log, self.stage_settings('refit weights', method=name, k=k, lam=lam))
+            st = self.stage_settings('refit weights', method=name, k=k, lam=lam)
+            key = config_hash({**st, 'ids': [self.split(s).ids for s in ('train', 'learn')]}, n=12, compact=False)
+            rw = cached(self.cache / f'refit-weights-{name}-{key}.pt', lambda: learn_refit_weights(
+                rf[0], rf[1]('learn'), k=k, lam=lam, query_ids=list(self.learn_q.ids), progress=self.progress),
+                f'{name}: weights through the kernel refit', self.log, st)
         return paper, safe_weights(learn[name], judges, rf and rf[0], rf and rf[1]('learn'), k=k, lam=lam, paper=paper,
                                    curvature_refs=curv, refit_weights=rw, progress=self.progress)
 
