@@ -453,14 +453,15 @@ class AuditRun:
         curv = None if curved(name) else {r: v for r, v in refs.items() if curved(r)}   # first-order: learn the missing scale
         # ... and be judged by them alone: agreement with another first-order method says nothing about the curvature both lack
         judges = curv or refs
-        rf, rw = self.refit(name), None
+        rf, xl, rw = self.refit(name), None, None
         if rf:   # the refit learner is the slow candidate (minutes at N = 5,000): kept in the cache like a fitted method
+            xl = rf[1]('learn')   # the learning queries' features, read once for the learner and the gate
             st = self.stage_settings('refit weights', method=name, k=k, lam=lam)
             key = config_hash({**st, 'ids': [self.split(s).ids for s in ('train', 'learn')]}, n=12, compact=False)
             rw = cached(self.cache / f'refit-weights-{name}-{key}.pt', lambda: learn_refit_weights(
-                rf[0], rf[1]('learn'), k=k, lam=lam, query_ids=list(self.learn_q.ids), progress=self.progress),
+                rf[0], xl, k=k, lam=lam, query_ids=list(self.learn_q.ids), progress=self.progress),
                 f'{name}: weights through the kernel refit', self.log, st)
-        return paper, safe_weights(learn[name], judges, rf and rf[0], rf and rf[1]('learn'), k=k, lam=lam, paper=paper,
+        return paper, safe_weights(learn[name], judges, rf and rf[0], xl, k=k, lam=lam, paper=paper,
                                    curvature_refs=curv, refit_weights=rw, progress=self.progress)
 
     def weighted_scores(self, name:str, c:Contributions, # the method and its contributions of `split`
