@@ -163,13 +163,14 @@ def make_groups(model, # the model
 # %% ../nbs/10_audit.ipynb #1b2e9139
 def generation_seeds(n:int, # samples
                      seed:int=0, # the audit's seed
-                     purpose:str='learn', # 'learn' (weight-learning queries) | 'show' (gallery samples)
+                     purpose:str='learn', # 'learn' (weight-learning queries) | 'show' (gallery samples) | 'eval' (a ground truth's queries)
                     )->list:
     "Sampling seeds of generated queries: disjoint ranges per purpose and per audit seed"
-    base = {'learn': 0, 'show': 50_000}
-    if purpose not in base: raise ValueError(f"purpose must be one of {list(base)}, got {purpose!r}.")
-    if n > 50_000: raise ValueError(f"n={n}: at most 50,000 generated queries per purpose.")
-    return [100_000 * seed + base[purpose] + i for i in range(n)]
+    span = {'learn': (0, 50_000), 'show': (50_000, 90_000), 'eval': (90_000, 100_000)}
+    if purpose not in span: raise ValueError(f"purpose must be one of {list(span)}, got {purpose!r}.")
+    lo, hi = span[purpose]
+    if n > hi - lo: raise ValueError(f"n={n}: at most {hi - lo:,} generated {purpose} queries.")
+    return [100_000 * seed + lo + i for i in range(n)]
 
 # %% ../nbs/10_audit.ipynb #2dd5e497
 LEARN_FROM = ('auto', 'test', 'generated')
@@ -279,7 +280,6 @@ class AuditRun:
         if gt.masks.shape[1] != len(self.train):
             raise ValueError(f"The ground truth covers {gt.masks.shape[1]} training examples but preset {self.p.name!r} has "
                              f"{len(self.train)}: regenerate it with `python -m pwattr.groundtruth --preset {self.p.name}`.")
-        self.eval_q = self.test[self.test.index_of(gt.query_ids)]
         self.cache = self.out / 'cache' / self.p.config_hash
         self.trained_model = TrainedModel(self.p, self.train, self.cache / model_file(seed, n_checkpoints), seed, n_checkpoints,
                                           device, progress, log)
@@ -292,7 +292,7 @@ class AuditRun:
         "What a cached stage depends on: the model's `RunSettings`, this run's settings and the stage's own parts (saved beside it)"
         return dict(stage=stage, **asdict(self.trained_model.settings), grouping=self.grouping, proj_dim=self.proj_dim,
                     kron_rank=self.kron_rank, learn_from=self.learn_from, n_learn=self.n_learn, gen_steps=self.gen_steps,
-                    K=self.K, journey_steps=self.journey_steps, n_eval=len(self.eval_q), **parts)
+                    K=self.K, journey_steps=self.journey_steps, n_eval=self.gt.n_queries, **parts)
 
     def _sfx(self, ckpt:bool=False)->str:
         "File-name suffix for non-default seed / checkpoint count (the defaults keep the original names)"
@@ -324,12 +324,32 @@ class AuditRun:
                       self.stage_settings('generated', purpose=purpose, n=n))
 
     @cached_property
+    def eval_q(self)->ExampleSet:
+        "The ground truth's queries: test examples, or the generated images it stores"
+        if self.gt.queries is None: return self.test[self.test.index_of(self.gt.query_ids)]
+        g = self.gt.meta['generation']
+        stored = ExampleSet('generated-eval', {k: torch.from_numpy(v) for k, v in self.gt.queries.items()},
+                            pd.DataFrame({'id': self.gt.query_ids, 'seed': g['seeds']}), {**self.train.info, 'generated': True})
+        if self.seed != 0: return stored   # the ground truth sampled the seed-0 model; this one cannot retrace its trajectories
+        f = lambda: generate_queries(self.model(), g['seeds'], g.get('prompts'), scheduler=self.p.scheduler(), steps=g['steps'],
+                                     vocab=self.train.info, name='generated-eval')
+        regen = cached(self.cache / f"generated-eval-{self.gt.data_hash()[:12]}.pt", f,
+                       f"retrace the ground truth's {len(stored)} generated queries", self.log,
+                       self.stage_settings('generated', purpose='eval', n=len(stored)))
+        d = float((regen.tensors['x'] - stored.tensors['x']).abs().max())
+        if d > 1 / 255:   # not the same images to the eye (half an 8-bit level): keep the stored ones, without trajectories
+            if self.log: self.log(f"this model does not retrace the ground truth's generated queries (max pixel difference {d:.3g}): "
+                                  "JourneyTRAK re-noises their final images instead of following their sampling paths")
+            return stored
+        return ExampleSet('generated-eval', {**regen.tensors, 'x': stored.tensors['x']}, stored.meta, stored.info)
+
+    @cached_property
     def learn_q(self):
         "The weight-learning queries: test examples that are not evaluation queries, or generated samples"
         if self.learn_from == 'test':
             q = self.test[torch.from_numpy(_learn_queries(self.test, self.gt.query_ids, self.n_learn, self.seed))]
         else: q = self.generated('learn', self.n_learn)
-        check_disjoint(q.ids, self.eval_q.ids)
+        check_disjoint(q.ids, self.gt.query_ids)
         return q
 
     @cached_property

@@ -6,7 +6,7 @@
 from __future__ import annotations
 import argparse, contextlib, hashlib, importlib, io, json, os, pickle, signal, sys, tempfile, threading, time, traceback, warnings, zipfile
 import multiprocessing as mp, multiprocessing.connection
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 import numpy as np, torch
 from .diffusion import DiffusionLDSLoss
@@ -57,6 +57,7 @@ class GroundTruth:
     config_hash: str = ''  # hash of the training recipe and the subset spec
     times: np.ndarray|None = None  # float [S, R]: seconds per model (train + outputs); not part of the data
     meta: dict = field(default_factory=dict)  # preset, alpha, subset seed, output name, train ids, wall time...
+    queries: dict|None = None  # queries that are in no data split (generated): name -> array [Q, ...]; None: `query_ids` name test examples
 
     def __post_init__(self):
         self.masks = np.asarray(self.masks, dtype=bool)
@@ -73,6 +74,10 @@ class GroundTruth:
         if len(self.query_ids) != Q: raise ValueError(f"{len(self.query_ids)} query ids for {Q} output columns")
         if self.kind not in ('margin', 'loss'): raise ValueError(f"kind must be 'margin' or 'loss', not {self.kind!r}")
         if self.times is not None: self.times = np.asarray(self.times, dtype=np.float64).reshape(S, R)
+        if self.queries is not None:
+            self.queries = {k: np.asarray(v) for k, v in self.queries.items()}
+            bad = {k: v.shape for k, v in self.queries.items() if v.ndim == 0 or v.shape[0] != Q}
+            if bad: raise ValueError(f"query arrays {bad} must have Q={Q} rows, one per output column")
 
     @property
     def n_subsets(self): return self.masks.shape[0]
@@ -88,17 +93,19 @@ class GroundTruth:
         return self.outputs.astype(np.float64).mean(1).T
 
     def data_hash(self) -> str:
-        "sha256 of masks, seeds and outputs (what LDS depends on)"
-        return _sha(np.packbits(self.masks, axis=1).tobytes() + self.seeds.tobytes() + self.outputs.tobytes())
+        "sha256 of masks, seeds, outputs and stored queries (what LDS depends on)"
+        q = b''.join(k.encode() + np.ascontiguousarray(self.queries[k]).tobytes() for k in sorted(self.queries or {}))
+        return _sha(np.packbits(self.masks, axis=1).tobytes() + self.seeds.tobytes() + self.outputs.tobytes() + q)
 
     def save(self, path) -> Path: # the .npz path
         "Save as `path.npz` (masks bit-packed, seeds, float32 outputs) + `path.json` (ids, hashes, timing)"
         stem = _stem(path); stem.parent.mkdir(parents=True, exist_ok=True)
         _write_npz(stem.with_suffix('.npz'), {'masks': np.packbits(self.masks, axis=1), 'seeds': self.seeds,
-                                              'outputs': self.outputs})
+                                              'outputs': self.outputs, **{f'q_{k}': v for k, v in (self.queries or {}).items()}})
         info = {'format': 'pwattr.groundtruth/1', 'kind': self.kind, 'config_hash': self.config_hash,
                 'query_ids': [_jsonable(i) for i in self.query_ids], 'shape': dict(S=self.n_subsets, R=self.n_seeds,
                 Q=self.n_queries, N=self.n_train), 'data_hash': self.data_hash(), 'meta': _jsonable(self.meta),
+                'queries': sorted(self.queries or {}),
                 'timing': None if self.times is None else {'per_model_s': np.round(self.times, 4).tolist(),
                     'total_model_s': round(float(self.times.sum()), 3), 'mean_model_s': round(float(self.times.mean()), 4)}}
         _write_json(stem.with_suffix('.json'), info)
@@ -114,14 +121,15 @@ class GroundTruth:
         with np.load(stem.with_suffix('.npz')) as z:
             masks = np.unpackbits(z['masks'], axis=1, count=info['shape']['N']).astype(bool)
             gt = cls(masks, z['seeds'], z['outputs'], info['query_ids'], info['kind'], info['config_hash'],
-                     None if not info.get('timing') else np.array(info['timing']['per_model_s']), info['meta'])
+                     None if not info.get('timing') else np.array(info['timing']['per_model_s']), info['meta'],
+                     {k: z[f'q_{k}'] for k in info['queries']} if info.get('queries') else None)
         if gt.data_hash() != info['data_hash']: raise ValueError(f"{stem}.npz does not match the hash in its .json: the files are out of step")
         return gt
 
     def __repr__(self):
         t = '' if self.times is None else f", {self.times.sum()/3600:.2f} model-hours"
         return (f"GroundTruth({self.meta.get('name', '')!r}: {self.n_subsets} subsets x {self.n_seeds} seeds, "
-                f"N={self.n_train}, Q={self.n_queries}, kind={self.kind!r}{t})")
+                f"N={self.n_train}, Q={self.n_queries}{' generated' if self.queries else ''}, kind={self.kind!r}{t})")
 
 # %% ../nbs/08b_groundtruth.ipynb #1ca81ef0
 def _jsonable(o):
@@ -344,6 +352,7 @@ def run_groundtruth(train_fn, # (idx: LongTensor of training indices, seed: int)
                     wait_s:float=24*3600, # torchrun rank 0: how long to wait for the other ranks' models
                     randomness:str='random', # 'random': every model its own seed; 'controlled': replicate r of every subset shares one seed
                     start_method:str|None=None, # how workers start: None = forked where safe (`choose_start_method`), else 'spawn' / 'fork' / 'forkserver'
+                    query_data:dict|None=None, # queries that are in no data split (generated): name -> array [Q, ...], stored with the result
                    )->GroundTruth|None: # None on torchrun ranks other than 0
     "Retrain on `m` seeded subsets x R seeds, record every model's outputs on the queries; resumable and parallel"
     t_start = time.time()
@@ -356,6 +365,9 @@ def run_groundtruth(train_fn, # (idx: LongTensor of training indices, seed: int)
             'config_hash': config_hash, 'stratified': stratify is not None, 'masks': _sha(np.packbits(masks, axis=1).tobytes()),
             'query_ids': None if query_ids is None else [_jsonable(q) for q in query_ids]}
     if randomness != 'random': spec['randomness'] = randomness   # absent for 'random': earlier ground truths keep their hash
+    if query_data is not None:
+        query_data = {k: np.asarray(v.cpu() if isinstance(v, torch.Tensor) else v) for k, v in query_data.items()}
+        spec['query_data'] = _sha(b''.join(k.encode() + np.ascontiguousarray(query_data[k]).tobytes() for k in sorted(query_data)))
     spec_hash = _sha(json.dumps(spec, sort_keys=True).encode())[:16]
     rank, world = _dist_info()
     if out_path is not None:            # a finished run of this very spec: return it, train nothing
@@ -376,6 +388,7 @@ def run_groundtruth(train_fn, # (idx: LongTensor of training indices, seed: int)
                                                "delete it or choose another out_path")
     else: _write_json(spec_file, {'spec_hash': spec_hash, 'spec': spec, 'meta': _jsonable(meta or {}),
                                   'stratify': None if stratify is None else _jsonable(np.asarray(stratify))})
+    if query_data is not None and not (workdir / 'queries.npz').exists(): _write_npz(workdir / 'queries.npz', query_data)
     todo = [(j, r, np.flatnonzero(masks[j]), int(mseeds[j, r]))
             for j in range(rank, m, world) for r in range(R) if not _job_file(workdir, j, r).exists()]
     parallel = workers > 1 and len(todo) > 1
@@ -430,7 +443,7 @@ def _finished(out_path, spec_hash:str, m:int)->GroundTruth|None:
 # %% ../nbs/08b_groundtruth.ipynb #63e8a031
 def _remove_work(workdir:Path):
     "Delete a finished run's work dir: result files, spec, and temp files a killed worker left behind"
-    for pat in ('model_*.json', '*.tmp*', 'spec.json'):
+    for pat in ('model_*.json', '*.tmp*', 'spec.json', 'queries.npz'):
         for f in workdir.glob(pat): f.unlink(missing_ok=True)
     try: workdir.rmdir()
     except OSError:
@@ -438,13 +451,17 @@ def _remove_work(workdir:Path):
 
 # %% ../nbs/08b_groundtruth.ipynb #7a93ab4a
 def _collect(workdir, masks, mseeds, subsets, query_ids, kind, config_hash, meta) -> GroundTruth:
-    "Read the result files of `subsets` (all seeds) into a GroundTruth"
+    "Read the result files of `subsets` (all seeds) and the stored queries, if any, into a GroundTruth"
     subsets = list(subsets)
+    qf = Path(workdir) / 'queries.npz'
+    queries = None
+    if qf.exists():
+        with np.load(qf) as z: queries = {k: z[k] for k in z.files}
     res = [[json.loads(_job_file(workdir, j, r).read_text()) for r in range(mseeds.shape[1])] for j in subsets]
     outputs = np.array([[x['out'] for x in row] for row in res], dtype=np.float32)
     times = np.array([[x['seconds'] for x in row] for row in res])
     return GroundTruth(masks[subsets], mseeds[subsets], outputs,
-                       list(range(outputs.shape[2])) if query_ids is None else query_ids, kind, config_hash, times, meta)
+                       list(range(outputs.shape[2])) if query_ids is None else query_ids, kind, config_hash, times, meta, queries)
 
 # %% ../nbs/08b_groundtruth.ipynb #07551186
 def merge_work(out_path, # the `out_path` of a running, stopped or killed `run_groundtruth`
@@ -498,6 +515,7 @@ GT_DIR = Path(__file__).parent / 'assets' / 'groundtruth' if '__file__' in globa
 
 class PresetTask:
     "Picklable `train_fn` / `output_fn` pair for a registered preset (each worker process loads the preset once)"
+    query_data, query_meta = None, {}   # set by `setup` for queries in no data split (generated): their arrays and how they were made
     def __init__(self, preset:str, # preset name (`pwattr.presets.PRESETS`)
                  n_queries:int=100, # evaluation queries drawn from the preset's test split
                  query_seed:int=0, # seed of that draw
@@ -548,13 +566,14 @@ class PresetTask:
 def preset_task(preset:str, # preset name
                 n_queries:int=100, query_seed:int=0, device:str='cpu', # as `PresetTask`
                 randomness:str='random', # 'random' or 'controlled'
-                diffusion:dict|None=None, # diffusion presets: K, noise_seeds, timesteps of the LDS output
+                diffusion:dict|None=None, # diffusion presets: K, noise_seeds, timesteps of the LDS output; generated, generator (`DiffusionPresetTask`)
                )->tuple: # (task, extra meta)
     "The task `groundtruth_for_preset` trains: `PresetTask`, or for a diffusion preset the multi-seed denoising loss"
     from pwattr.presets import get_preset
     if get_preset(preset).domain != 'diffusion': return PresetTask(preset, n_queries, query_seed, device, randomness=randomness), {}
     d = {'K': 10, 'noise_seeds': [0, 1, 2], 'timesteps': 'uniform', **(diffusion or {})}
-    task = DiffusionPresetTask(preset, n_queries, query_seed, device, K=d['K'], noise_seeds=d['noise_seeds'], timesteps=d['timesteps'])
+    gen = {k: d.pop(k) for k in ('generated', 'generator') if k in d}
+    task = DiffusionPresetTask(preset, n_queries, query_seed, device, K=d['K'], noise_seeds=d['noise_seeds'], timesteps=d['timesteps'], **gen)
     task.randomness = randomness
     return task, {k: list(v) if k == 'noise_seeds' else v for k, v in d.items()}
 
@@ -571,7 +590,7 @@ def groundtruth_for_preset(preset:str, # preset name
                            stratify:bool=False, # stratify subsets by the training labels 'y'
                            device:str='cpu', # device
                            randomness:str='random', # 'random' or 'controlled' (shared init and example order per replicate)
-                           diffusion:dict|None=None, # a diffusion preset's LDS output: K, noise_seeds, timesteps (default 10, (0, 1, 2), 'uniform')
+                           diffusion:dict|None=None, # a diffusion preset's LDS output: K, noise_seeds, timesteps (default 10, (0, 1, 2), 'uniform'); generated=True: queries sampled from the full-data model (`DiffusionPresetTask`)
                            **kwargs, # passed to `run_groundtruth`
                           )->GroundTruth:
     "Generate (or resume) the LDS ground truth of a preset with its own trainer and output"
@@ -580,21 +599,26 @@ def groundtruth_for_preset(preset:str, # preset name
     if stratify and labels is None: raise ValueError(f"preset {preset!r} has no labels 'y' to stratify by")
     out_path = Path(out_path) if out_path is not None else GT_DIR / f'{preset}.npz'
     meta = {'name': preset, 'output': out_name, 'n_queries': n_queries, 'query_seed': query_seed, 'device': device,
-            'torch': torch.__version__, 'threads': kwargs.get('threads', 1), **extra}
+            'torch': torch.__version__, 'threads': kwargs.get('threads', 1), **extra, **task.query_meta}
     t0 = time.time()
     gt = run_groundtruth(task.train_fn, task.output_fn, n, batch, m, alpha, seeds, out_path, workers, seed,
-                         labels if stratify else None, kind, qids, chash, meta, randomness=randomness, **kwargs)
+                         labels if stratify else None, kind, qids, chash, meta, randomness=randomness, query_data=task.query_data, **kwargs)
     if gt is not None and not getattr(gt, '_reused', False):  # record the wall time of this session; model times are in gt.times
         gt.meta['wall_s_last_session'] = round(time.time() - t0, 2); gt.save(out_path)
     return gt
 
 # %% ../nbs/08b_groundtruth.ipynb #5fef94af
 class DiffusionPresetTask(PresetTask):
-    "A preset's LDS task whose query output is `DiffusionLDSLoss` (K timesteps x several noise seeds)"
+    "A preset's LDS task whose query output is `DiffusionLDSLoss` (K timesteps x several noise seeds), on test images or generated ones"
     def __init__(self, preset:str, n_queries:int=100, query_seed:int=0, device:str='cpu', batch_size:int=256,
-                 train_kwargs:dict|None=None, K:int=10, noise_seeds=(0, 1, 2), timesteps='uniform'):
+                 train_kwargs:dict|None=None, K:int=10, noise_seeds=(0, 1, 2), timesteps='uniform',
+                 generated:bool=False, # the queries are `n_queries` samples of the full-data model (`generate`), not test images
+                 generator=None, # that model: None (train it, seed 0), a model file `pwattr audit` cached, or an nn.Module
+                 gen_steps:int=50, # DDIM sampling steps
+                ):
         super().__init__(preset, n_queries, query_seed, device, batch_size, train_kwargs)
         self.K, self.noise_seeds, self.timesteps = K, tuple(noise_seeds), timesteps
+        self.generated, self.generator, self.gen_steps = generated, generator, gen_steps
 
     def out_fn(self)->DiffusionLDSLoss:
         return DiffusionLDSLoss(self.K, self.noise_seeds, self.timesteps, scheduler=self._get().scheduler())
@@ -602,9 +626,44 @@ class DiffusionPresetTask(PresetTask):
     def setup(self):
         "As `PresetTask.setup`, with the multi-seed diffusion loss prepared once for the queries"
         n, _, qids, kind, _, chash, labels = super().setup()
-        _, test = self._get().load(); pos = test.index_of(qids)
-        qs = test[pos]; fn = self.out_fn()
+        if self.generated:
+            qs = self.generate(); qids = qs.ids
+            self.query_data = {k: v for k, v in qs.tensors.items() if not k.startswith('traj_')}
+            self.query_meta = {'generation': {'seeds': qs.meta['seed'].tolist(), 'steps': self.gen_steps, 'method': 'ddim',
+                                              'prompts': self.prompts, 'model': 'the full training set, seed 0'}}
+        else:
+            _, test = self._get().load(); qs = test[test.index_of(qids)]
+        fn = self.out_fn()
         return n, fn.prepare(qs.batch(), qs.ids), qids, 'loss', fn.name, chash, labels
+
+    def generator_model(self)->torch.nn.Module:
+        "The model whose samples are the queries: the preset's model trained on the whole training set with seed 0"
+        from pwattr.audit import TrainedModel, RunSettings, settings_file
+        if isinstance(self.generator, torch.nn.Module): return self.generator.to(self.device).eval()
+        p = self._get(); train, _ = p.load()
+        if self.generator is None:
+            print(f"[groundtruth] training the model that generates the queries ({p.name}, seed 0)", flush=True)
+            return p.train(train, seed=0, progress=False, device=self.device).model.eval()
+        path = Path(self.generator); want = RunSettings(p.name, p.config_hash, 0, 4, train.name)
+        sf = settings_file(path)
+        have = json.loads(sf.read_text()) if sf.exists() else None
+        if not path.exists() or have is None or any(have.get(k) != v for k, v in asdict(want).items() if k != 'n_checkpoints'):
+            raise ValueError(f"generator={path} is not {p.name}'s model trained on its training set with seed 0 (its settings "
+                             f"file {sf} says {have}): pass the `model-s0.pt` that `pwattr audit --preset {p.name}` cached, or None to train it.")
+        return TrainedModel(p, train, path, 0, have['n_checkpoints'], self.device, False, None).model()
+
+    def generate(self)->ExampleSet:
+        "`n_queries` DDIM samples of `generator_model` (seeds `generation_seeds(n, 0, 'eval')`; a conditional model is prompted with each training subject in turn)"
+        from pwattr.audit import generation_seeds
+        from pwattr.diffusion import generate_queries
+        p = self._get(); train, _ = p.load(); model = self.generator_model()
+        seeds = generation_seeds(self.n_queries, 0, 'eval')
+        self.prompts = None
+        if 'subject' in train.tensors:
+            subj = sorted(set(train.meta['subject']))
+            self.prompts = [{'subject': subj[i % len(subj)]} for i in range(len(seeds))]
+        return generate_queries(model, seeds, self.prompts, scheduler=p.scheduler(), steps=self.gen_steps, vocab=train.info,
+                                name=f'{p.name}-generated')
 
 # %% ../nbs/08b_groundtruth.ipynb #40802be6
     # output_fn is inherited: the prepared batch carries every (timestep, noise) draw, so the loss averages them all
@@ -682,6 +741,10 @@ def main(argv=None):
     ap.add_argument('--device', default='cpu', help='training device: cpu, cuda, cuda:N or mps')
     ap.add_argument('--out', default=None, help='output path; None: ./groundtruth/<preset>.npz (the committed ones are '
                     'in pwattr/assets/groundtruth/: pass that path to regenerate them in a source checkout)')
+    ap.add_argument('--generated', action='store_true', help="diffusion presets: the queries are samples of the model trained on the "
+                    "full set (seed 0, DDIM 50 steps; a conditional model prompted with each subject in turn), not test images")
+    ap.add_argument('--generator', default=None, help="with --generated: that model's file as `pwattr audit` cached it "
+                    "(runs/<preset>/cache/<hash>/model-s0.pt); default: train it first")
     ap.add_argument('--merge-partial', action='store_true', help='do not train: save the subsets finished so far')
     a = ap.parse_args(argv)
     out = Path(a.out) if a.out is not None else Path('groundtruth') / f'{a.preset}.npz'
@@ -693,11 +756,15 @@ def main(argv=None):
                             ('--query-seed', a.query_seed, 0)]: _positive(name, v, lo)
         if not 0 < a.alpha < 1: raise ValueError(f"--alpha is the subset fraction and must be in (0, 1), got {a.alpha}.")
         check_device(a.device); check_writable(out)
+        if (a.generated or a.generator) and PRESETS[a.preset].domain != 'diffusion':
+            raise ValueError(f"--generated / --generator need a diffusion preset; {a.preset} is {PRESETS[a.preset].domain}.")
+        if a.generator and not a.generated: raise ValueError("--generator names the model that generates the queries: add --generated.")
         torch.set_num_threads(a.threads)
         if a.merge_partial:
             print(merge_work(out, meta={'name': a.preset})); return
         gt = groundtruth_for_preset(a.preset, a.subsets, a.seeds, a.alpha, a.queries, a.workers, out, a.seed,
-                                    a.query_seed, a.stratify, a.device, a.randomness, threads=a.threads)
+                                    a.query_seed, a.stratify, a.device, a.randomness,
+                                    {'generated': True, 'generator': a.generator} if a.generated else None, threads=a.threads)
     except (ValueError, FileNotFoundError, KeyError) as e:
         ap.exit(2, f"{ap.prog}: error: {e.args[0] if e.args else e}\n")
     if gt is not None: print(gt)

@@ -285,3 +285,41 @@ def test_emoji_groundtruth_rebuilds_one_subset():
     np.testing.assert_allclose(o, gt.outputs[0, 0], rtol=0, atol=tol)
     other = min(np.abs(gt.outputs[k, 0] - gt.outputs[0, 0]).max() for k in range(1, gt.n_subsets))
     assert other > 1.5 * tol, (other, tol)                   # the tolerance still tells subset 0's model from the others
+
+def test_generated_groundtruth(tmp_path):
+    """A ground truth on generated queries stores the very images it measured (through a reload and a partial merge),
+    each model's outputs are the diffusion LDS loss of those images under that model retrained by hand, and an audit
+    of the generating model retraces them (with their sampling paths); another model's audit keeps the stored images"""
+    from pwattr.audit import AuditRun, generation_seeds
+    from pwattr.diffusion import DiffusionLDSLoss, generate_queries
+    from pwattr.groundtruth import DiffusionPresetTask
+    from pwattr.presets import get_preset
+    p = get_preset('emoji-unet-gen').with_config(recipe={'steps': 3})     # a 3-step recipe: the same code, seconds to train
+    train, _ = p.load()
+    task = DiffusionPresetTask(p, n_queries=3, K=2, noise_seeds=(0,), generated=True, gen_steps=4)
+    n, batch, qids, kind, name, chash, _ = task.setup()
+    seeds = generation_seeds(3, 0, 'eval')
+    assert qids == [f'gen/{s}' for s in seeds] and task.query_meta['generation']['seeds'] == seeds
+    out = tmp_path / 'gen.npz'
+    gt = run_groundtruth(task.train_fn, task.output_fn, n, batch, m=3, out_path=out, kind=kind, query_ids=qids,
+                         config_hash=chash, meta=task.query_meta, progress=False, keep_work=True, query_data=task.query_data)
+    full = p.train(train, seed=0, progress=False).model.eval()      # the generating model, trained again by hand
+    x = generate_queries(full, seeds, scheduler=p.scheduler(), steps=4).tensors['x']
+    np.testing.assert_array_equal(gt.queries['x'], x.numpy())
+    fn = DiffusionLDSLoss(2, (0,), scheduler=p.scheduler())
+    for j in range(3):
+        mj = p.train(train, idx=torch.from_numpy(np.flatnonzero(gt.masks[j])), seed=int(gt.seeds[j, 0]), progress=False).model.eval()
+        with torch.no_grad(): want = fn(mj, fn.prepare({'x': x}, qids)).numpy()
+        np.testing.assert_allclose(gt.outputs[j, 0], want, rtol=1e-5, atol=1e-6 * np.abs(want).max())
+    back = GroundTruth.load(out)
+    assert back.data_hash() == gt.data_hash() and np.array_equal(back.queries['x'], gt.queries['x'])
+    assert 'generated' in repr(back) and back.meta['generation']['steps'] == 4
+    part = merge_work(out, save=False)                               # the work dir (kept) holds the images too
+    assert np.array_equal(part.queries['x'], gt.queries['x'])
+    kw = dict(n_learn=2, gen_steps=4, progress=False, log=None)
+    run = AuditRun(p, back, tmp_path / 'audit', **kw)
+    q = run.eval_q
+    assert q.ids == qids and 'traj_x0' in q.tensors and torch.equal(q.tensors['x'], torch.from_numpy(back.queries['x']))
+    other = AuditRun(p, back, tmp_path / 'audit', seed=1, **kw).eval_q
+    assert 'traj_x0' not in other.tensors and torch.equal(other.tensors['x'], q.tensors['x'])
+    assert not set(run.learn_q.ids) & set(qids)
