@@ -730,7 +730,7 @@ def main(argv=None):
     ap.add_argument('--subsets', type=int, default=50, help='number of subsets S')
     ap.add_argument('--seeds', type=int, default=1, help='training seeds per subset R')
     ap.add_argument('--alpha', type=float, default=0.5, help='subset fraction, in (0, 1)')
-    ap.add_argument('--queries', type=int, default=100, help='evaluation queries drawn from the test split')
+    ap.add_argument('--queries', type=int, default=100, help='evaluation queries: drawn from the test split, or generated (--generated)')
     ap.add_argument('--query-seed', type=int, default=0, help='seed of the query draw')
     ap.add_argument('--seed', type=int, default=0, help='subset seed')
     ap.add_argument('--stratify', action='store_true', help="stratify subsets by the labels 'y'")
@@ -759,6 +759,8 @@ def main(argv=None):
         if (a.generated or a.generator) and PRESETS[a.preset].domain != 'diffusion':
             raise ValueError(f"--generated / --generator need a diffusion preset; {a.preset} is {PRESETS[a.preset].domain}.")
         if a.generator and not a.generated: raise ValueError("--generator names the model that generates the queries: add --generated.")
+        if a.generator and not Path(a.generator).is_file():
+            raise ValueError(f"--generator {a.generator}: no such file; give the model-s0.pt that `pwattr audit --preset {a.preset}` cached, or leave it out to train it.")
         torch.set_num_threads(a.threads)
         if a.merge_partial:
             print(merge_work(out, meta={'name': a.preset})); return
