@@ -44,6 +44,8 @@ def _stem(path) -> Path:
 
 # %% ../nbs/08b_groundtruth.ipynb #d8583f23
 def _sha(b:bytes) -> str: return hashlib.sha256(b).hexdigest()
+def _arrays_bytes(arrays:dict|None) -> bytes: # each array's name and bytes, in name order (b'' for None)
+    return b''.join(k.encode() + np.ascontiguousarray(arrays[k]).tobytes() for k in sorted(arrays or {}))
 
 # %% ../nbs/08b_groundtruth.ipynb #75a8c85a
 @dataclass
@@ -94,8 +96,7 @@ class GroundTruth:
 
     def data_hash(self) -> str:
         "sha256 of masks, seeds, outputs and stored queries (what LDS depends on)"
-        q = b''.join(k.encode() + np.ascontiguousarray(self.queries[k]).tobytes() for k in sorted(self.queries or {}))
-        return _sha(np.packbits(self.masks, axis=1).tobytes() + self.seeds.tobytes() + self.outputs.tobytes() + q)
+        return _sha(np.packbits(self.masks, axis=1).tobytes() + self.seeds.tobytes() + self.outputs.tobytes() + _arrays_bytes(self.queries))
 
     def save(self, path) -> Path: # the .npz path
         "Save as `path.npz` (masks bit-packed, seeds, float32 outputs) + `path.json` (ids, hashes, timing)"
@@ -367,7 +368,7 @@ def run_groundtruth(train_fn, # (idx: LongTensor of training indices, seed: int)
     if randomness != 'random': spec['randomness'] = randomness   # absent for 'random': earlier ground truths keep their hash
     if query_data is not None:
         query_data = {k: np.asarray(v.cpu() if isinstance(v, torch.Tensor) else v) for k, v in query_data.items()}
-        spec['query_data'] = _sha(b''.join(k.encode() + np.ascontiguousarray(query_data[k]).tobytes() for k in sorted(query_data)))
+        spec['query_data'] = _sha(_arrays_bytes(query_data))
     spec_hash = _sha(json.dumps(spec, sort_keys=True).encode())[:16]
     rank, world = _dist_info()
     if out_path is not None:            # a finished run of this very spec: return it, train nothing

@@ -215,10 +215,12 @@ def test_committed_groundtruth_reproduces(preset):
     assert n == gt.n_train and [str(i) for i in qids] == [str(i) for i in gt.query_ids] and chash == gt.config_hash
     assert (gt.masks == make_subsets(n, gt.n_subsets, gt.meta['alpha'], gt.meta['subset_seed'])[:gt.n_subsets]).all()
     j, r = 7, 1
-    model = task.train_fn(torch.from_numpy(np.flatnonzero(gt.masks[j])), int(gt.seeds[j, r]))
-    with torch.no_grad(): o = task.output_fn(model, batch).numpy()
-    same_cpu = (gt.meta.get('cpu_capability') == torch.backends.cpu.get_cpu_capability()
-                and gt.meta.get('torch') == torch.__version__ and gt.meta.get('threads', 1) == 1)
+    prev = torch.get_num_threads(); torch.set_num_threads(gt.meta.get('threads', 1))   # the recording's thread count
+    try:
+        model = task.train_fn(torch.from_numpy(np.flatnonzero(gt.masks[j])), int(gt.seeds[j, r]))
+        with torch.no_grad(): o = task.output_fn(model, batch).numpy()
+    finally: torch.set_num_threads(prev)
+    same_cpu = gt.meta.get('cpu_capability') == torch.backends.cpu.get_cpu_capability() and gt.meta.get('torch') == torch.__version__
     if same_cpu: np.testing.assert_array_equal(o, gt.outputs[j, r])           # same instruction set: bit-identical
     else:
         tol = CROSS_CPU_RTOL[preset] * np.abs(gt.outputs[j, r]).max()
