@@ -1,0 +1,50 @@
+"""Does the agreement gate (`pwattr.safe.agreement_gate`, references: the other methods' unweighted scores) let the
+cross-seed Wiener weights of `cross_seed.py` through where they help and stop them where they hurt? (issue 15, exploratory)
+
+    OMP_NUM_THREADS=1 nice -n 5 .venv/bin/python benchmarks/cross_seed_gate.py --preset fmnist-resnet9 \\
+        --out runs/fmnist-resnet9 --methods tracin,trak,trak-block,ekfac --targets trak-block,ekfac
+Needs the seed-1 audit caches `cross_seed.py` leaves. Prints per target: the Wiener weights' LDS gain (paired 95%
+interval), the gate's verdict, the gain of what it applies, and the oracle's. Appends to results/cross_seed.txt.
+"""
+import argparse, sys, time
+from pathlib import Path
+import numpy as np, torch
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT)); sys.path.insert(0, str(ROOT / 'benchmarks'))
+from cross_seed import pooled_cov
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument('--preset', required=True); ap.add_argument('--out', required=True)
+    ap.add_argument('--methods', required=True); ap.add_argument('--targets', required=True)
+    a = ap.parse_args()
+    torch.set_num_threads(1)
+    from pwattr.groundtruth import GroundTruth, GT_DIR
+    from pwattr.audit import AuditRun
+    from pwattr.evaluate import lds
+    from pwattr.safe import agreement_gate
+    from pwattr.study import oracle_lds, paired_gain
+    gt = GroundTruth.load(GT_DIR / f'{a.preset}.npz')
+    r0 = AuditRun(a.preset, gt, ROOT / a.out, progress=False, log=None)
+    r1 = AuditRun(a.preset, gt, ROOT / a.out, seed=1, progress=False, log=None); r1.learn_q = r0.learn_q
+    ms = a.methods.split(','); c0 = {m: r0.contributions(m) for m in ms}
+    lines = [f"== gate on the Wiener weights: {a.preset}, references {ms}"]
+    for m in a.targets.split(','):
+        (ce, cl), (_, cl1) = c0[m], r1.contributions(m)
+        S0, S1 = cl.S.double(), cl1.S.double(); G = S0.shape[-1]
+        scale = 0.5 * (S0.sum(-1).var(1) + S1.sum(-1).var(1))
+        Cw = 0.5 * (pooled_cov(S0, S0, scale) + pooled_cov(S1, S1, scale)); Cx = pooled_cov(S0, S1, scale); Cx = 0.5 * (Cx + Cx.T)
+        w = torch.linalg.solve(Cw, Cx @ torch.ones(G, dtype=torch.float64)).clamp_min(0); w = w / w.mean()
+        refs = {r: c0[r][1].S.double().sum(-1) for r in ms if r != m}
+        g = agreement_gate({'wiener': (w, lambda v: S0 @ v.to(S0))}, S0.sum(-1), refs)
+        base = lds(ce, gt)
+        gw = paired_gain(base, lds(ce, gt, w=w.float().numpy())); gg = paired_gain(base, lds(ce, gt, w=g.w.float().numpy()))
+        orc = oracle_lds(ce, gt)[0].mean - base.mean
+        row = g.table.iloc[int(g.table['G select'].idxmax())]
+        lines.append(f"{m:11s} wiener {gw[0]:+.3f} [{gw[1]:+.3f}, {gw[2]:+.3f}] | gate: {g.verdict} (shrink {g.shrink}, G {g.gain:+.4f}, "
+                     f"lower {g.lower:+.4f}; per reference {', '.join(f'{k[8:]} {v:+.4f}' for k, v in row.items() if str(k).startswith('gain vs'))}) "
+                     f"-> applied {gg[0]:+.3f} [{gg[1]:+.3f}, {gg[2]:+.3f}] | oracle {orc:+.3f}")
+        print(lines[-1], flush=True)
+    with open(ROOT / 'benchmarks' / 'results' / 'cross_seed.txt', 'a') as f: f.write('\n'.join(lines) + '\n')
+
+if __name__ == '__main__': main()
