@@ -17,6 +17,8 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument('--preset', required=True); ap.add_argument('--out', required=True)
     ap.add_argument('--methods', required=True); ap.add_argument('--targets', required=True)
+    ap.add_argument('--judges', choices=('all', 'adding'), default='all',
+                    help="'adding': only references whose group terms add up (cancellation ratio >= 1, see below)")
     a = ap.parse_args()
     torch.set_num_threads(1)
     from pwattr.groundtruth import GroundTruth, GT_DIR
@@ -28,20 +30,25 @@ def main():
     r0 = AuditRun(a.preset, gt, ROOT / a.out, progress=False, log=None)
     r1 = AuditRun(a.preset, gt, ROOT / a.out, seed=1, progress=False, log=None); r1.learn_q = r0.learn_q
     ms = a.methods.split(','); c0 = {m: r0.contributions(m) for m in ms}
-    lines = [f"== gate on the Wiener weights: {a.preset}, references {ms}"]
+    def ratio(S):   # ||sum_j S_j||^2 / sum_j ||S_j||^2 over the centred rows: < 1 when the group terms cancel (global kernels)
+        S = S - S.mean(1, keepdim=True)
+        return float(S.sum(-1).pow(2).sum() / S.pow(2).sum())
+    ratios = {m: ratio(c0[m][1].S.double()) for m in ms}
+    lines = [f"== gate on the Wiener weights: {a.preset}, judges {a.judges}; cancellation ratios "
+             + ', '.join(f'{m} {v:.2f}' for m, v in ratios.items())]
     for m in a.targets.split(','):
         (ce, cl), (_, cl1) = c0[m], r1.contributions(m)
         S0, S1 = cl.S.double(), cl1.S.double(); G = S0.shape[-1]
         scale = 0.5 * (S0.sum(-1).var(1) + S1.sum(-1).var(1))
         Cw = 0.5 * (pooled_cov(S0, S0, scale) + pooled_cov(S1, S1, scale)); Cx = pooled_cov(S0, S1, scale); Cx = 0.5 * (Cx + Cx.T)
         w = torch.linalg.solve(Cw, Cx @ torch.ones(G, dtype=torch.float64)).clamp_min(0); w = w / w.mean()
-        refs = {r: c0[r][1].S.double().sum(-1) for r in ms if r != m}
+        refs = {r: c0[r][1].S.double().sum(-1) for r in ms if r != m and (a.judges == 'all' or ratios[r] >= 1)}
         g = agreement_gate({'wiener': (w, lambda v: S0 @ v.to(S0))}, S0.sum(-1), refs)
         base = lds(ce, gt)
         gw = paired_gain(base, lds(ce, gt, w=w.float().numpy())); gg = paired_gain(base, lds(ce, gt, w=g.w.float().numpy()))
         orc = oracle_lds(ce, gt)[0].mean - base.mean
         row = g.table.iloc[int(g.table['G select'].idxmax())]
-        lines.append(f"{m:11s} wiener {gw[0]:+.3f} [{gw[1]:+.3f}, {gw[2]:+.3f}] | gate: {g.verdict} (shrink {g.shrink}, G {g.gain:+.4f}, "
+        lines.append(f"{m:11s} ratio {ratios[m]:.2f} wiener {gw[0]:+.3f} [{gw[1]:+.3f}, {gw[2]:+.3f}] | gate: {g.verdict} (shrink {g.shrink}, G {g.gain:+.4f}, "
                      f"lower {g.lower:+.4f}; per reference {', '.join(f'{k[8:]} {v:+.4f}' for k, v in row.items() if str(k).startswith('gain vs'))}) "
                      f"-> applied {gg[0]:+.3f} [{gg[1]:+.3f}, {gg[2]:+.3f}] | oracle {orc:+.3f}")
         print(lines[-1], flush=True)

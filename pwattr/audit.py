@@ -19,7 +19,7 @@ from .grouping import GroupSpec, block_of, function_of, module_of
 from .features import featurize, Projector, output_fn, Features
 from .methods import Contributions
 from .kronecker import kron_features, fit_kron_factors, fisher_output_for
-from .diffusion import generate_queries
+from .diffusion import generate_queries, generation_seeds
 from .recipes import LOSS, RECIPES, recipe, parse_methods, diffusion_features
 from .weights import learn_weights, check_disjoint
 from .safe import safe_weights, refit_from, query_matrix, learn_refit_weights
@@ -29,9 +29,9 @@ from .store import config_hash, atomic_write
 from .plots import plot_lds_table, plot_group_lds, plot_block_function, plot_weights, plot_topk_gallery, figure_png
 
 # %% auto #0
-__all__ = ['CACHE_FORMAT', 'GROUPINGS', 'LEARN_FROM', 'cached', 'settings_file', 'save_settings', 'make_groups',
-           'generation_seeds', 'learn_source', 'RunSettings', 'model_file', 'TrainedModel', 'AuditRun', 'AuditResult',
-           'audit', 'reproduce_command', 'write_report', 'load_callable', 'CustomPreset', 'CustomTask', 'check_custom']
+__all__ = ['CACHE_FORMAT', 'GROUPINGS', 'LEARN_FROM', 'cached', 'settings_file', 'save_settings', 'make_groups', 'learn_source',
+           'RunSettings', 'model_file', 'TrainedModel', 'AuditRun', 'AuditResult', 'audit', 'reproduce_command',
+           'write_report', 'load_callable', 'CustomPreset', 'CustomTask', 'check_custom']
 
 # %% ../nbs/10_audit.ipynb #679ed5b8
 CACHE_FORMAT = 'pwattr.cache/1'
@@ -159,18 +159,6 @@ def make_groups(model, # the model
              'block': GroupSpec.by_block, 'function': GroupSpec.by_function}
     if grouping not in rules: raise ValueError(f"grouping={grouping!r}: use one of {GROUPINGS}.")
     return rules[grouping](model)
-
-# %% ../nbs/10_audit.ipynb #1b2e9139
-def generation_seeds(n:int, # samples
-                     seed:int=0, # the audit's seed
-                     purpose:str='learn', # 'learn' (weight-learning queries) | 'show' (gallery samples) | 'eval' (a ground truth's queries)
-                    )->list:
-    "Sampling seeds of generated queries: disjoint ranges per purpose and per audit seed"
-    span = {'learn': (0, 50_000), 'show': (50_000, 90_000), 'eval': (90_000, 100_000)}
-    if purpose not in span: raise ValueError(f"purpose must be one of {list(span)}, got {purpose!r}.")
-    lo, hi = span[purpose]
-    if n > hi - lo: raise ValueError(f"n={n}: at most {hi - lo:,} generated {purpose} queries.")
-    return [100_000 * seed + lo + i for i in range(n)]
 
 # %% ../nbs/10_audit.ipynb #2dd5e497
 LEARN_FROM = ('auto', 'test', 'generated')

@@ -17,9 +17,9 @@ from .store import read_rows, row_spans
 from .models import AttributeUNet, ATTRIBUTES, predict_noise, ddpm_scheduler
 
 # %% auto #0
-__all__ = ['timestep_features', 'SharedNoise', 'generate_queries', 'journey_features', 'DTRAK', 'DAS', 'JourneyTRAK',
-           'DiffusionLDSLoss', 'diffusion_outputs', 'lds_sign', 'plot_topk', 'small_cnn', 'AttributeClassifier',
-           'train_attribute_classifier', 'nearest_train', 'SampleQuality', 'sample_quality']
+__all__ = ['timestep_features', 'SharedNoise', 'generate_queries', 'generation_seeds', 'journey_features', 'DTRAK', 'DAS',
+           'JourneyTRAK', 'DiffusionLDSLoss', 'diffusion_outputs', 'lds_sign', 'plot_topk', 'small_cnn',
+           'AttributeClassifier', 'train_attribute_classifier', 'nearest_train', 'SampleQuality', 'sample_quality']
 
 # %% ../nbs/06_diffusion.ipynb #044c1038
 def _at_step(batch:dict, k:int)->dict:
@@ -193,6 +193,18 @@ def generate_queries(model:nn.Module, # UNet2DModel or AttributeUNet
     if cond: tens.update({k: torch.tensor(v, dtype=torch.long) for k, v in attrs.items()})
     return ExampleSet(name, tens, pd.DataFrame(rows), {**({k: vocab[k] for k in ('subjects', 'styles', 'backgrounds')
                                                            if vocab and k in vocab}), 'generated': True})
+
+# %% ../nbs/06_diffusion.ipynb #1b2e9139
+def generation_seeds(n:int, # samples
+                     seed:int=0, # the audit's seed (its block of 100,000 seeds)
+                     purpose:str='learn', # 'learn' (weight-learning queries) | 'show' (gallery samples) | 'eval' (a ground truth's queries)
+                    )->list:
+    "Sampling seeds of generated queries: disjoint ranges per purpose and per audit seed"
+    span = {'learn': (0, 50_000), 'show': (50_000, 90_000), 'eval': (90_000, 100_000)}
+    if purpose not in span: raise ValueError(f"purpose must be one of {list(span)}, got {purpose!r}.")
+    lo, hi = span[purpose]
+    if n > hi - lo: raise ValueError(f"n={n}: at most {hi - lo:,} generated {purpose} queries.")
+    return [100_000 * seed + lo + i for i in range(n)]
 
 # %% ../nbs/06_diffusion.ipynb #584f6912
 def journey_features(model:nn.Module, # the model that generated the queries

@@ -6,7 +6,7 @@
 from __future__ import annotations
 import argparse, contextlib, hashlib, importlib, io, json, os, pickle, signal, sys, tempfile, threading, time, traceback, warnings, zipfile
 import multiprocessing as mp, multiprocessing.connection
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 import numpy as np, torch
 from .diffusion import DiffusionLDSLoss
@@ -614,7 +614,7 @@ class DiffusionPresetTask(PresetTask):
     def __init__(self, preset:str, n_queries:int=100, query_seed:int=0, device:str='cpu', batch_size:int=256,
                  train_kwargs:dict|None=None, K:int=10, noise_seeds=(0, 1, 2), timesteps='uniform',
                  generated:bool=False, # the queries are `n_queries` samples of the full-data model (`generate`), not test images
-                 generator=None, # that model: None (train it, seed 0), a model file `pwattr audit` cached, or an nn.Module
+                 generator=None, # that model: None (train it, seed 0), or the model itself (e.g. `AuditRun(...).model()`)
                  gen_steps:int=50, # DDIM sampling steps
                 ):
         super().__init__(preset, n_queries, query_seed, device, batch_size, train_kwargs)
@@ -639,24 +639,14 @@ class DiffusionPresetTask(PresetTask):
 
     def generator_model(self)->torch.nn.Module:
         "The model whose samples are the queries: the preset's model trained on the whole training set with seed 0"
-        from pwattr.audit import TrainedModel, RunSettings, settings_file
-        if isinstance(self.generator, torch.nn.Module): return self.generator.to(self.device).eval()
+        if self.generator is not None: return self.generator.to(self.device).eval()
         p = self._get(); train, _ = p.load()
-        if self.generator is None:
-            print(f"[groundtruth] training the model that generates the queries ({p.name}, seed 0)", flush=True)
-            return p.train(train, seed=0, progress=False, device=self.device).model.eval()
-        path = Path(self.generator); want = RunSettings(p.name, p.config_hash, 0, 4, train.name)
-        sf = settings_file(path)
-        have = json.loads(sf.read_text()) if sf.exists() else None
-        if not path.exists() or have is None or any(have.get(k) != v for k, v in asdict(want).items() if k != 'n_checkpoints'):
-            raise ValueError(f"generator={path} is not {p.name}'s model trained on its training set with seed 0 (its settings "
-                             f"file {sf} says {have}): pass the `model-s0.pt` that `pwattr audit --preset {p.name}` cached, or None to train it.")
-        return TrainedModel(p, train, path, 0, have['n_checkpoints'], self.device, False, None).model()
+        print(f"[groundtruth] training the model that generates the queries ({p.name}, seed 0)", flush=True)
+        return p.train(train, seed=0, progress=False, device=self.device).model.eval()
 
     def generate(self)->ExampleSet:
         "`n_queries` DDIM samples of `generator_model` (seeds `generation_seeds(n, 0, 'eval')`; a conditional model is prompted with each training subject in turn)"
-        from pwattr.audit import generation_seeds
-        from pwattr.diffusion import generate_queries
+        from pwattr.diffusion import generate_queries, generation_seeds
         p = self._get(); train, _ = p.load(); model = self.generator_model()
         seeds = generation_seeds(self.n_queries, 0, 'eval')
         self.prompts = None
@@ -743,9 +733,7 @@ def main(argv=None):
     ap.add_argument('--out', default=None, help='output path; None: ./groundtruth/<preset>.npz (the committed ones are '
                     'in pwattr/assets/groundtruth/: pass that path to regenerate them in a source checkout)')
     ap.add_argument('--generated', action='store_true', help="diffusion presets: the queries are samples of the model trained on the "
-                    "full set (seed 0, DDIM 50 steps; a conditional model prompted with each subject in turn), not test images")
-    ap.add_argument('--generator', default=None, help="with --generated: that model's file as `pwattr audit` cached it "
-                    "(runs/<preset>/cache/<hash>/model-s0.pt); default: train it first")
+                    "full set (seed 0, trained first; DDIM 50 steps; a conditional model prompted with each subject in turn), not test images")
     ap.add_argument('--merge-partial', action='store_true', help='do not train: save the subsets finished so far')
     a = ap.parse_args(argv)
     out = Path(a.out) if a.out is not None else Path('groundtruth') / f'{a.preset}.npz'
@@ -757,17 +745,14 @@ def main(argv=None):
                             ('--query-seed', a.query_seed, 0)]: _positive(name, v, lo)
         if not 0 < a.alpha < 1: raise ValueError(f"--alpha is the subset fraction and must be in (0, 1), got {a.alpha}.")
         check_device(a.device); check_writable(out)
-        if (a.generated or a.generator) and PRESETS[a.preset].domain != 'diffusion':
-            raise ValueError(f"--generated / --generator need a diffusion preset; {a.preset} is {PRESETS[a.preset].domain}.")
-        if a.generator and not a.generated: raise ValueError("--generator names the model that generates the queries: add --generated.")
-        if a.generator and not Path(a.generator).is_file():
-            raise ValueError(f"--generator {a.generator}: no such file; give the model-s0.pt that `pwattr audit --preset {a.preset}` cached, or leave it out to train it.")
+        if a.generated and PRESETS[a.preset].domain != 'diffusion':
+            raise ValueError(f"--generated needs a diffusion preset; {a.preset} is {PRESETS[a.preset].domain}.")
         torch.set_num_threads(a.threads)
         if a.merge_partial:
             print(merge_work(out, meta={'name': a.preset})); return
         gt = groundtruth_for_preset(a.preset, a.subsets, a.seeds, a.alpha, a.queries, a.workers, out, a.seed,
                                     a.query_seed, a.stratify, a.device, a.randomness,
-                                    {'generated': True, 'generator': a.generator} if a.generated else None, threads=a.threads)
+                                    {'generated': True} if a.generated else None, threads=a.threads)
     except (ValueError, FileNotFoundError, KeyError) as e:
         ap.exit(2, f"{ap.prog}: error: {e.args[0] if e.args else e}\n")
     if gt is not None: print(gt)
