@@ -1,0 +1,58 @@
+"""Cross-seed Wiener weights shrunk toward uniform by their own sampling noise (positive-part James-Stein over
+bootstrap resamples of the learning queries): w = 1 + a (w_hat - 1), a = max(0, 1 - tr Var(w_hat) / ||w_hat - 1||^2).
+No threshold: a follows from the measured spread of the estimate. (issue 15, exploratory; needs cross_seed.py's caches)
+
+    OMP_NUM_THREADS=1 nice -n 10 .venv/bin/python benchmarks/cross_seed_shrink.py --preset fmnist-resnet9 --out runs/fmnist-resnet9 --methods trak-block,ekfac,tracin
+Appends to results/cross_seed.txt.
+"""
+import argparse, sys
+from pathlib import Path
+import numpy as np, torch
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+def per_query_cov(A, B, scale):
+    "[Q, G, G]: each query's A_q^T B_q / (N scale_q), rows centred over the N training examples"
+    A = A - A.mean(1, keepdim=True); B = B - B.mean(1, keepdim=True)
+    return torch.einsum('qnj,qnk->qjk', A, B) / (A.shape[1] * scale[:, None, None])
+
+def wiener(Cw, Cx):
+    "w = C_within^-1 C_cross 1 from pooled [G, G] matrices, clipped at 0, mean 1"
+    Cx = 0.5 * (Cx + Cx.T)
+    w = torch.linalg.solve(Cw, Cx @ torch.ones(Cw.shape[0], dtype=Cw.dtype)).clamp_min(0)
+    return w / w.mean()
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument('--preset', required=True); ap.add_argument('--out', required=True); ap.add_argument('--methods', required=True)
+    ap.add_argument('--boot', type=int, default=200)
+    a = ap.parse_args()
+    torch.set_num_threads(1)
+    from pwattr.groundtruth import GroundTruth, GT_DIR
+    from pwattr.audit import AuditRun
+    from pwattr.evaluate import lds
+    from pwattr.study import oracle_lds, paired_gain
+    gt = GroundTruth.load(GT_DIR / f'{a.preset}.npz')
+    r0 = AuditRun(a.preset, gt, ROOT / a.out, progress=False, log=None)
+    r1 = AuditRun(a.preset, gt, ROOT / a.out, seed=1, progress=False, log=None); r1.learn_q = r0.learn_q
+    rng = np.random.default_rng(0)
+    lines = [f"== Wiener weights shrunk by their bootstrap spread: {a.preset}"]
+    for m in a.methods.split(','):
+        (ce, cl), (_, cl1) = r0.contributions(m), r1.contributions(m)
+        S0, S1 = cl.S.double(), cl1.S.double(); Q = S0.shape[0]
+        scale = 0.5 * (S0.sum(-1).var(1) + S1.sum(-1).var(1))
+        Cw = 0.5 * (per_query_cov(S0, S0, scale) + per_query_cov(S1, S1, scale)); Cx = per_query_cov(S0, S1, scale)
+        w = wiener(Cw.sum(0), Cx.sum(0))
+        boots = torch.stack([wiener(Cw[i].sum(0), Cx[i].sum(0)) for i in (torch.from_numpy(rng.integers(0, Q, Q)) for _ in range(a.boot))])
+        var = float(boots.var(0).sum()); dev = float((w - 1).pow(2).sum())
+        shrink = max(0.0, 1 - var / dev) if dev > 0 else 0.0
+        ws = 1 + shrink * (w - 1)
+        base = lds(ce, gt)
+        gw, gs = paired_gain(base, lds(ce, gt, w=w.float().numpy())), paired_gain(base, lds(ce, gt, w=ws.float().numpy()))
+        orc = oracle_lds(ce, gt)[0].mean - base.mean
+        lines.append(f"{m:11s} wiener {gw[0]:+.3f} [{gw[1]:+.3f}, {gw[2]:+.3f}] | tr Var {var:.3g} vs ||w-1||^2 {dev:.3g}: a = {shrink:.2f} "
+                     f"-> {gs[0]:+.3f} [{gs[1]:+.3f}, {gs[2]:+.3f}] | oracle {orc:+.3f}")
+        print(lines[-1], flush=True)
+    with open(ROOT / 'benchmarks' / 'results' / 'cross_seed.txt', 'a') as f: f.write('\n'.join(lines) + '\n')
+
+if __name__ == '__main__': main()
