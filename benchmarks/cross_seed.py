@@ -23,10 +23,21 @@ from scipy.stats import spearmanr
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-def pooled_cov(A, B, scale):
-    "sum_q A_q^T B_q / (N scale_q) with each query's rows centred over the N training examples"
+def per_query_cov(A, B, scale):
+    "[Q, G, G]: each query's A_q^T B_q / (N scale_q), rows centred over the N training examples"
     A = A - A.mean(1, keepdim=True); B = B - B.mean(1, keepdim=True)
-    return torch.einsum('qnj,qnk,q->jk', A, B, 1 / scale) / A.shape[1]
+    return torch.einsum('qnj,qnk->qjk', A, B) / (A.shape[1] * scale[:, None, None])
+
+def cross_seed_covs(S0, S1):
+    "Per-query within-model (both models averaged) and cross-model group covariances [Q, G, G], each query scaled by its uniform score's variance"
+    scale = 0.5 * (S0.sum(-1).var(1) + S1.sum(-1).var(1))
+    return 0.5 * (per_query_cov(S0, S0, scale) + per_query_cov(S1, S1, scale)), per_query_cov(S0, S1, scale)
+
+def wiener(Cw, Cx):
+    "w = C_within^-1 C_cross 1 from pooled [G, G] matrices (the cross one symmetrised), clipped at 0, mean 1"
+    Cx = 0.5 * (Cx + Cx.T)
+    w = torch.linalg.solve(Cw, Cx @ torch.ones(Cw.shape[0], dtype=Cw.dtype)).clamp_min(0)
+    return w / w.mean()
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -50,9 +61,7 @@ def main():
         (ce0, cl0), (ce1, cl1) = r0.contributions(m), r1.contributions(m)
         S0, S1 = cl0.S.double(), cl1.S.double(); G = S0.shape[-1]
         agree = lambda w: float(row_pearson(S0 @ torch.as_tensor(w, dtype=torch.float64), S1 @ torch.as_tensor(w, dtype=torch.float64)).mean())
-        scale = 0.5 * (S0.sum(-1).var(1) + S1.sum(-1).var(1))
-        Cw = 0.5 * (pooled_cov(S0, S0, scale) + pooled_cov(S1, S1, scale)); Cx = pooled_cov(S0, S1, scale); Cx = 0.5 * (Cx + Cx.T)
-        w = torch.linalg.solve(Cw, Cx @ torch.ones(G, dtype=torch.float64)).clamp_min(0).numpy(); w = w / w.mean()
+        Cw, Cx = cross_seed_covs(S0, S1); w = wiener(Cw.sum(0), Cx.sum(0)).numpy()
         W = np.exp(rng.normal(0, 1.0, (a.samples, G)))
         rho = spearmanr([agree(v) for v in W], [lds(ce0, gt, w=v, n_boot=1).mean for v in W]).correlation
         base, wie = lds(ce0, gt), lds(ce0, gt, w=w)

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np, torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT)); sys.path.insert(0, str(ROOT / 'benchmarks'))
-from cross_seed import pooled_cov
+from cross_seed import cross_seed_covs, wiener
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -38,10 +38,8 @@ def main():
              + ', '.join(f'{m} {v:.2f}' for m, v in ratios.items())]
     for m in a.targets.split(','):
         (ce, cl), (_, cl1) = c0[m], r1.contributions(m)
-        S0, S1 = cl.S.double(), cl1.S.double(); G = S0.shape[-1]
-        scale = 0.5 * (S0.sum(-1).var(1) + S1.sum(-1).var(1))
-        Cw = 0.5 * (pooled_cov(S0, S0, scale) + pooled_cov(S1, S1, scale)); Cx = pooled_cov(S0, S1, scale); Cx = 0.5 * (Cx + Cx.T)
-        w = torch.linalg.solve(Cw, Cx @ torch.ones(G, dtype=torch.float64)).clamp_min(0); w = w / w.mean()
+        S0, S1 = cl.S.double(), cl1.S.double()
+        Cw, Cx = cross_seed_covs(S0, S1); w = wiener(Cw.sum(0), Cx.sum(0))
         refs = {r: c0[r][1].S.double().sum(-1) for r in ms if r != m and (a.judges == 'all' or ratios[r] >= 1)}
         g = agreement_gate({'wiener': (w, lambda v: S0 @ v.to(S0))}, S0.sum(-1), refs)
         base = lds(ce, gt)

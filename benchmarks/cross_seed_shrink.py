@@ -9,18 +9,8 @@ import argparse, sys
 from pathlib import Path
 import numpy as np, torch
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-def per_query_cov(A, B, scale):
-    "[Q, G, G]: each query's A_q^T B_q / (N scale_q), rows centred over the N training examples"
-    A = A - A.mean(1, keepdim=True); B = B - B.mean(1, keepdim=True)
-    return torch.einsum('qnj,qnk->qjk', A, B) / (A.shape[1] * scale[:, None, None])
-
-def wiener(Cw, Cx):
-    "w = C_within^-1 C_cross 1 from pooled [G, G] matrices, clipped at 0, mean 1"
-    Cx = 0.5 * (Cx + Cx.T)
-    w = torch.linalg.solve(Cw, Cx @ torch.ones(Cw.shape[0], dtype=Cw.dtype)).clamp_min(0)
-    return w / w.mean()
+sys.path.insert(0, str(ROOT)); sys.path.insert(0, str(ROOT / 'benchmarks'))
+from cross_seed import cross_seed_covs, wiener
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -40,8 +30,7 @@ def main():
     for m in a.methods.split(','):
         (ce, cl), (_, cl1) = r0.contributions(m), r1.contributions(m)
         S0, S1 = cl.S.double(), cl1.S.double(); Q = S0.shape[0]
-        scale = 0.5 * (S0.sum(-1).var(1) + S1.sum(-1).var(1))
-        Cw = 0.5 * (per_query_cov(S0, S0, scale) + per_query_cov(S1, S1, scale)); Cx = per_query_cov(S0, S1, scale)
+        Cw, Cx = cross_seed_covs(S0, S1)
         w = wiener(Cw.sum(0), Cx.sum(0))
         boots = torch.stack([wiener(Cw[i].sum(0), Cx[i].sum(0)) for i in (torch.from_numpy(rng.integers(0, Q, Q)) for _ in range(a.boot))])
         var = float(boots.var(0).sum()); dev = float((w - 1).pow(2).sum())
