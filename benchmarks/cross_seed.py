@@ -71,8 +71,8 @@ def main():
         lines.append(f"{m:11s} G={G:3d} LDS uniform {base.mean:.3f}, wiener {wie.mean:.3f} (gain {g[0]:+.3f} [{g[1]:+.3f}, {g[2]:+.3f}]), "
                      f"oracle {orc.mean:.3f}, 2-model ensemble {ens.mean:.3f} | agree uniform {agree(np.ones(G)):.3f}, "
                      f"oracle {agree(wo):.3f}, wiener {agree(w):.3f}; rho(agree, LDS) {rho:+.2f}  [{time.time() - t:.0f} s]")
-        if G <= 8: lines.append(f"{'':11s} weights: wiener {np.round(w, 2)}, oracle {np.round(wo / wo.mean(), 2)}")
-        print(lines[-2 if G <= 8 else -1]); print(lines[-1]) if G <= 8 else None
+        print(lines[-1])
+        if G <= 8: lines.append(f"{'':11s} weights: wiener {np.round(w, 2)}, oracle {np.round(wo / wo.mean(), 2)}"); print(lines[-1])
     with open(ROOT / 'benchmarks' / 'results' / 'cross_seed.txt', 'a') as f: f.write('\n'.join(lines) + '\n')
 
 if __name__ == '__main__': main()

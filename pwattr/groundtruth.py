@@ -9,7 +9,7 @@ import multiprocessing as mp, multiprocessing.connection
 from dataclasses import dataclass, field
 from pathlib import Path
 import numpy as np, torch
-from .diffusion import DiffusionLDSLoss
+from .diffusion import DiffusionLDSLoss, generate_queries, generation_seeds
 
 # %% auto #0
 __all__ = ['GT_DIR', 'GroundTruth', 'make_subsets', 'model_seeds', 'WorkerDied', 'choose_start_method', 'run_groundtruth',
@@ -646,7 +646,6 @@ class DiffusionPresetTask(PresetTask):
 
     def generate(self)->ExampleSet:
         "`n_queries` DDIM samples of `generator_model` (seeds `generation_seeds(n, 0, 'eval')`; a conditional model is prompted with each training subject in turn)"
-        from pwattr.diffusion import generate_queries, generation_seeds
         p = self._get(); train, _ = p.load(); model = self.generator_model()
         seeds = generation_seeds(self.n_queries, 0, 'eval')
         self.prompts = None
