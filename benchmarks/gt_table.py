@@ -20,7 +20,7 @@ from pwattr.evaluate import lds, seed_agreement
 from gt_randomness import method_scores
 
 RES = Path(__file__).parent / 'results'
-PRESETS = ['fmnist-mlp', 'fmnist-resnet9', 'fmnist-vit', 'kjv-gpt2', 'kjv-gpt2-ft', 'emoji-unet']
+PRESETS = ['fmnist-mlp', 'fmnist-resnet9', 'fmnist-vit', 'kjv-gpt2', 'kjv-gpt2-ft', 'emoji-unet', 'emoji-unet-gen']
 SPEEDUP_2W = 1.90        # benchmarks/results/groundtruth_workers.txt: 2 forked workers vs 1, same models, quiet machine
 CARRIED = {'kjv-gpt2-ft': 32}   # models copied in from an earlier run (meta['carried_over'] says which), when meta does not count them
 
