@@ -23,6 +23,7 @@ RES = Path(__file__).parent / 'results'
 PRESETS = ['fmnist-mlp', 'fmnist-resnet9', 'fmnist-vit', 'kjv-gpt2', 'kjv-gpt2-ft', 'emoji-unet', 'emoji-unet-gen']
 SPEEDUP_2W = 1.90        # benchmarks/results/groundtruth_workers.txt: 2 forked workers vs 1, same models, quiet machine
 CARRIED = {'kjv-gpt2-ft': 32}   # models copied in from an earlier run (meta['carried_over'] says which), when meta does not count them
+RESUMED = {'emoji-unet-gen': 28}   # models the last session trained, for runs resumed before meta['models_last_session'] was recorded (runs/gt/gen_resume.log: "28 of 50 models to train")
 
 def widths(gt:GroundTruth, runs:Path)->dict:
     "cache name -> (LDS mean, interval width) of every cached method (and setting) of this ground truth's preset and queries"
@@ -40,7 +41,8 @@ def row(preset:str, runs:Path)->dict:
     model_s = float(gt.times.sum())
     two = m.get('workers') == 2
     carried = int(m.get('carried_over_models', CARRIED.get(preset, 0))) if 'carried_over' in m else 0
-    trained = gt.n_subsets * gt.n_seeds - carried       # the models the recorded wall time covers
+    trained = int(m.get('models_last_session') or RESUMED.get(preset, gt.n_subsets * gt.n_seeds - carried))   # the models the recorded wall time covers
+    carried = gt.n_subsets * gt.n_seeds - trained
     r = {'preset': preset, 'subsets': gt.n_subsets, 'seeds': gt.n_seeds, 'queries': gt.n_queries,
          'randomness': m.get('randomness', 'random'),
          'seed_agreement': round(seed_agreement(gt).mean, 4) if gt.n_seeds >= 2 else '',

@@ -57,7 +57,7 @@ def _alive(pid):
 
 def _json_wo_timing(p):
     d = json.loads(Path(p).read_text()); d.pop('timing')
-    for k in ('wall_s_last_session',): d['meta'].pop(k, None)
+    for k in ('wall_s_last_session', 'models_last_session'): d['meta'].pop(k, None)
     return d
 
 def featurize_trials(n, rng, d):

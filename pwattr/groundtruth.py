@@ -422,7 +422,7 @@ def run_groundtruth(train_fn, # (idx: LongTensor of training indices, seed: int)
     meta = {**(meta or {}), 'alpha': alpha, 'subset_seed': seed, 'stratified': stratify is not None, 'spec_hash': spec_hash,
             'randomness': randomness, 'workers': workers, 'world_size': world,
             'cpu_capability': torch.backends.cpu.get_cpu_capability(),  # bit-identical retraining needs the same instruction set
-            'wall_s_last_session': round(time.time() - t_start, 2)}
+            'wall_s_last_session': round(time.time() - t_start, 2), 'models_last_session': len(todo) if world == 1 else None}   # fewer than S x R when resumed
     gt = _collect(workdir, masks, mseeds, range(m), query_ids, kind, config_hash, meta)
     if out_path is not None:
         gt.save(out_path)

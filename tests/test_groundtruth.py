@@ -23,7 +23,7 @@ def _run_script(tmp_path, out, m, workers=1, delay=0.0, *extra, wait=True):
     subprocess.run(cmd, env=ENV, cwd=tmp_path, check=True, timeout=600)
 
 def _json_wo_timing(p):
-    d = json.loads(Path(p).read_text()); d.pop('timing'); d['meta'].pop('wall_s_last_session'); d['meta'].pop('workers')
+    d = json.loads(Path(p).read_text()); d.pop('timing'); d['meta'].pop('wall_s_last_session'); d['meta'].pop('models_last_session'); d['meta'].pop('workers')
     d['meta'].pop('world_size'); return d
 
 def test_make_subsets():
@@ -115,6 +115,8 @@ def test_killed_run_resumes_to_identical_file(tmp_path, workers):
     after = {f.name: f.stat().st_mtime_ns for f in work.glob('model_*.json')}
     assert len(after) == m * R and all(after[k] == v for k, v in before.items())   # finished models not retrained
     assert out.read_bytes() == (tmp_path / 'ref.npz').read_bytes()
+    trained = lambda p: json.loads(p.read_text())['meta']['models_last_session']   # what the recorded wall time covers
+    assert (trained(out.with_suffix('.json')), trained(tmp_path / 'ref.json')) == (m * R - len(before), m * R)
     assert _json_wo_timing(out.with_suffix('.json')) == _json_wo_timing(tmp_path / 'ref.json')
 
 @pytest.mark.parametrize('method', ['fork', 'spawn'])
