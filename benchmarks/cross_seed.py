@@ -39,21 +39,30 @@ def wiener(Cw, Cx):
     w = torch.linalg.solve(Cw, Cx @ torch.ones(Cw.shape[0], dtype=Cw.dtype)).clamp_min(0)
     return w / w.mean()
 
+def two_models(preset:str, out:str):
+    "The committed ground truth, the audit's run (seed 0) and a seed-1 run of the same preset attributing the same learning queries"
+    from pwattr.groundtruth import GroundTruth, GT_DIR
+    from pwattr.audit import AuditRun
+    gt = GroundTruth.load(GT_DIR / f'{preset}.npz')
+    r0 = AuditRun(preset, gt, ROOT / out, progress=False, log=None)
+    r1 = AuditRun(preset, gt, ROOT / out, seed=1, progress=False, log=None)
+    r1.learn_q = r0.learn_q
+    return gt, r0, r1
+
+def append_results(lines:list):
+    "Append lines to benchmarks/results/cross_seed.txt"
+    with open(ROOT / 'benchmarks' / 'results' / 'cross_seed.txt', 'a') as f: f.write('\n'.join(lines) + '\n')
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument('--preset', default='fmnist-mlp'); ap.add_argument('--out', default='runs/demo')
     ap.add_argument('--methods', default='tracin,trak,trak-block,logra,ekfac'); ap.add_argument('--samples', type=int, default=300)
     a = ap.parse_args()
     torch.set_num_threads(1)
-    from pwattr.groundtruth import GroundTruth, GT_DIR
-    from pwattr.audit import AuditRun
     from pwattr.evaluate import lds
     from pwattr.safe import row_pearson
     from pwattr.study import oracle_lds, paired_gain
-    gt = GroundTruth.load(GT_DIR / f'{a.preset}.npz')
-    r0 = AuditRun(a.preset, gt, ROOT / a.out, progress=False, log=None)
-    r1 = AuditRun(a.preset, gt, ROOT / a.out, seed=1, progress=False, log=None)
-    r1.learn_q = r0.learn_q                      # the same learning queries for both models
+    gt, r0, r1 = two_models(a.preset, a.out)
     rng = np.random.default_rng(0)
     lines = [f"== {a.preset} ({a.out}), {time.strftime('%Y-%m-%d')}"]
     for m in a.methods.split(','):
@@ -73,6 +82,6 @@ def main():
                      f"oracle {agree(wo):.3f}, wiener {agree(w):.3f}; rho(agree, LDS) {rho:+.2f}  [{time.time() - t:.0f} s]")
         print(lines[-1])
         if G <= 8: lines.append(f"{'':11s} weights: wiener {np.round(w, 2)}, oracle {np.round(wo / wo.mean(), 2)}"); print(lines[-1])
-    with open(ROOT / 'benchmarks' / 'results' / 'cross_seed.txt', 'a') as f: f.write('\n'.join(lines) + '\n')
+    append_results(lines)
 
 if __name__ == '__main__': main()

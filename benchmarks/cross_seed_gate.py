@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np, torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT)); sys.path.insert(0, str(ROOT / 'benchmarks'))
-from cross_seed import cross_seed_covs, wiener
+from cross_seed import cross_seed_covs, wiener, two_models, append_results
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -21,14 +21,10 @@ def main():
                     help="'adding': only references whose group terms add up (cancellation ratio >= 1, see below)")
     a = ap.parse_args()
     torch.set_num_threads(1)
-    from pwattr.groundtruth import GroundTruth, GT_DIR
-    from pwattr.audit import AuditRun
     from pwattr.evaluate import lds
     from pwattr.safe import agreement_gate
     from pwattr.study import oracle_lds, paired_gain
-    gt = GroundTruth.load(GT_DIR / f'{a.preset}.npz')
-    r0 = AuditRun(a.preset, gt, ROOT / a.out, progress=False, log=None)
-    r1 = AuditRun(a.preset, gt, ROOT / a.out, seed=1, progress=False, log=None); r1.learn_q = r0.learn_q
+    gt, r0, r1 = two_models(a.preset, a.out)
     ms = a.methods.split(','); c0 = {m: r0.contributions(m) for m in ms}
     def ratio(S):   # ||sum_j S_j||^2 / sum_j ||S_j||^2 over the centred rows: < 1 when the group terms cancel (global kernels)
         S = S - S.mean(1, keepdim=True)
@@ -50,6 +46,6 @@ def main():
                      f"lower {g.lower:+.4f}; per reference {', '.join(f'{k[8:]} {v:+.4f}' for k, v in row.items() if str(k).startswith('gain vs'))}) "
                      f"-> applied {gg[0]:+.3f} [{gg[1]:+.3f}, {gg[2]:+.3f}] | oracle {orc:+.3f}")
         print(lines[-1], flush=True)
-    with open(ROOT / 'benchmarks' / 'results' / 'cross_seed.txt', 'a') as f: f.write('\n'.join(lines) + '\n')
+    append_results(lines)
 
 if __name__ == '__main__': main()

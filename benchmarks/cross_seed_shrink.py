@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np, torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT)); sys.path.insert(0, str(ROOT / 'benchmarks'))
-from cross_seed import cross_seed_covs, wiener
+from cross_seed import cross_seed_covs, wiener, two_models, append_results
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -18,13 +18,9 @@ def main():
     ap.add_argument('--boot', type=int, default=200)
     a = ap.parse_args()
     torch.set_num_threads(1)
-    from pwattr.groundtruth import GroundTruth, GT_DIR
-    from pwattr.audit import AuditRun
     from pwattr.evaluate import lds
     from pwattr.study import oracle_lds, paired_gain
-    gt = GroundTruth.load(GT_DIR / f'{a.preset}.npz')
-    r0 = AuditRun(a.preset, gt, ROOT / a.out, progress=False, log=None)
-    r1 = AuditRun(a.preset, gt, ROOT / a.out, seed=1, progress=False, log=None); r1.learn_q = r0.learn_q
+    gt, r0, r1 = two_models(a.preset, a.out)
     rng = np.random.default_rng(0)
     lines = [f"== Wiener weights shrunk by their bootstrap spread: {a.preset}"]
     for m in a.methods.split(','):
@@ -42,6 +38,6 @@ def main():
         lines.append(f"{m:11s} wiener {gw[0]:+.3f} [{gw[1]:+.3f}, {gw[2]:+.3f}] | tr Var {var:.3g} vs ||w-1||^2 {dev:.3g}: a = {shrink:.2f} "
                      f"-> {gs[0]:+.3f} [{gs[1]:+.3f}, {gs[2]:+.3f}] | oracle {orc:+.3f}")
         print(lines[-1], flush=True)
-    with open(ROOT / 'benchmarks' / 'results' / 'cross_seed.txt', 'a') as f: f.write('\n'.join(lines) + '\n')
+    append_results(lines)
 
 if __name__ == '__main__': main()

@@ -40,9 +40,9 @@ def row(preset:str, runs:Path)->dict:
     w = widths(gt, runs); ws = [v[1] for v in w.values()]
     model_s = float(gt.times.sum())
     two = m.get('workers') == 2
+    total = gt.n_subsets * gt.n_seeds
     carried = int(m.get('carried_over_models', CARRIED.get(preset, 0))) if 'carried_over' in m else 0
-    trained = int(m.get('models_last_session') or RESUMED.get(preset, gt.n_subsets * gt.n_seeds - carried))   # the models the recorded wall time covers
-    carried = gt.n_subsets * gt.n_seeds - trained
+    trained = int(m.get('models_last_session') or RESUMED.get(preset, total - carried))   # the models the recorded wall time covers
     r = {'preset': preset, 'subsets': gt.n_subsets, 'seeds': gt.n_seeds, 'queries': gt.n_queries,
          'randomness': m.get('randomness', 'random'),
          'seed_agreement': round(seed_agreement(gt).mean, 4) if gt.n_seeds >= 2 else '',
@@ -53,10 +53,10 @@ def row(preset:str, runs:Path)->dict:
          'lds_by_method': json.dumps(w, sort_keys=True),
          'model_h': round(model_s / 3600, 3), 'workers_recorded': m.get('workers', ''),
          'wall_s_recorded': m.get('wall_s_last_session', ''),
-         'wall_s_2_workers': (round(m['wall_s_last_session'] * gt.n_subsets * gt.n_seeds / trained) if two
+         'wall_s_2_workers': (round(m['wall_s_last_session'] * total / trained) if two
                               else round(model_s / SPEEDUP_2W)),
-         'wall_2w_kind': ('measured' if two and not carried else
-                          f'measured for {trained} models, scaled to all {trained + carried}' if two else
+         'wall_2w_kind': ('measured' if two and trained == total else
+                          f'measured for {trained} models, scaled to all {total}' if two else
                           f'estimated: model-s / {SPEEDUP_2W}'),
          'cpu_capability': m.get('cpu_capability', 'AVX512 (not recorded)'), 'config_hash': gt.config_hash}
     return r
