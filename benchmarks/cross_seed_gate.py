@@ -12,6 +12,7 @@ import numpy as np, torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT)); sys.path.insert(0, str(ROOT / 'benchmarks'))
 from cross_seed import cross_seed_covs, wiener, two_models, append_results
+from judges import cancellation_ratio
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -26,10 +27,7 @@ def main():
     from pwattr.study import oracle_lds, paired_gain
     gt, r0, r1 = two_models(a.preset, a.out)
     ms = a.methods.split(','); c0 = {m: r0.contributions(m) for m in ms}
-    def ratio(S):   # ||sum_j S_j||^2 / sum_j ||S_j||^2 over the centred rows: < 1 when the group terms cancel (global kernels)
-        S = S - S.mean(1, keepdim=True)
-        return float(S.sum(-1).pow(2).sum() / S.pow(2).sum())
-    ratios = {m: ratio(c0[m][1].S.double()) for m in ms}
+    ratios = {m: cancellation_ratio(c0[m][1].S.double()) for m in ms}
     lines = [f"== gate on the Wiener weights: {a.preset}, judges {a.judges}; cancellation ratios "
              + ', '.join(f'{m} {v:.2f}' for m, v in ratios.items())]
     for m in a.targets.split(','):

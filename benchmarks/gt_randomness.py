@@ -20,15 +20,21 @@ def head(gt:GroundTruth, m:int)->GroundTruth:
     return GroundTruth(gt.masks[:m], gt.seeds[:m], gt.outputs[:m], gt.query_ids, gt.kind, gt.config_hash,
                        None if gt.times is None else gt.times[:m], dict(gt.meta))
 
-def method_scores(cache:Path, qids)->dict:
-    "name -> [Q, N] scores of the cached contributions whose evaluation queries are `qids`"
-    from pwattr.audit import _load_cache
+def method_scores(cache:Path, qids, keep=None)->dict:
+    """name -> [Q, N] scores of the cached contributions whose evaluation queries are `qids` (and, given `keep`, whose
+    settings JSON beside them passes `keep(settings)`)"""
+    from pwattr.audit import _load_cache, settings_file
     out = {}
     for f in sorted(Path(cache).glob('contrib-*.pt')):
+        if keep is not None:
+            sf = settings_file(f)
+            if not sf.exists() or not keep(json.loads(sf.read_text())): continue
         try: c = _load_cache(f)
         except ValueError: continue
         c = c[0] if isinstance(c, (tuple, list)) else c
-        if [str(i) for i in c.query_ids] != [str(i) for i in qids]: continue
+        ids, q = [str(i) for i in c.query_ids], [str(i) for i in qids]
+        if ids[:len(q)] != q: continue
+        c = c[:len(q)]   # EK-FAC caches the evaluation and learning queries as one, evaluation first
         out[f.stem.removeprefix('contrib-')] = c.scores().numpy()
     return out
 

@@ -6,7 +6,8 @@ model-hours, wall time with 2 workers.
 Read from pwattr/assets/groundtruth/*.npz. The LDS interval width is the 95% bootstrap interval (over the queries) of
 every method whose cached contributions (an audit run's `contrib-*.pt` under `<runs>/*/cache/<config hash>/`, the
 ground truth's own preset hash, so only contributions of the model the ground truth retrains) hold the ground truth's
-queries; the median over those methods is reported, with their count and range. Model-hours are the recorded
+queries and were made with the audit's defaults (the seed-0 model, the method's own regulariser, the preset's groups;
+`audit_default`: not a second seed's model from cross_seed.py, nor a regulariser grid); the median over those methods is reported, with their count and range. Model-hours are the recorded
 per-model seconds (train + outputs, one thread each), summed. Wall time with 2 workers is the recorded
 `wall_s_last_session` where the ground truth was made in one session with 2 workers; for the ones made with 1 worker
 it is estimated as model-seconds / 1.90, the 2-worker speedup measured on this machine (benchmarks/groundtruth_workers.py).
@@ -25,11 +26,15 @@ SPEEDUP_2W = 1.90        # benchmarks/results/groundtruth_workers.txt: 2 forked 
 CARRIED = {'kjv-gpt2-ft': 32}   # models copied in from an earlier run (meta['carried_over'] says which), when meta does not count them
 RESUMED = {'emoji-unet-gen': 28}   # models the last session trained, for runs resumed before meta['models_last_session'] was recorded (runs/gt/gen_resume.log: "28 of 50 models to train")
 
+def audit_default(st:dict)->bool:
+    "Contributions an audit makes by default: of the seed-0 model (the one the ground truth retrains), own regulariser, preset groups"
+    return st.get('seed') == 0 and st.get('reg') is None and st.get('grouping') == 'preset'
+
 def widths(gt:GroundTruth, runs:Path)->dict:
-    "cache name -> (LDS mean, interval width) of every cached method (and setting) of this ground truth's preset and queries"
+    "cache name -> (LDS mean, interval width) of every method an audit caches by default for this ground truth's preset and queries"
     out = {}
     for cache in sorted(runs.glob(f'*/cache/{gt.config_hash}')):
-        for name, s in method_scores(cache, gt.query_ids).items():
+        for name, s in method_scores(cache, gt.query_ids, audit_default).items():
             l = lds(s, gt); v = (round(l.mean, 4), round(l.ci[1] - l.ci[0], 4))
             if name in out or v in out.values(): continue                    # the same contributions cached twice (two runs, two keys)
             out[name] = v
