@@ -7,8 +7,9 @@ Read from pwattr/assets/groundtruth/*.npz. The LDS interval width is the 95% boo
 every method whose cached contributions (an audit run's `contrib-*.pt` under `<runs>/*/cache/<config hash>/`, the
 ground truth's own preset hash, so only contributions of the model the ground truth retrains) hold the ground truth's
 queries and were made with the audit's defaults (the seed-0 model, the method's own regulariser, the preset's groups;
-`audit_default`: not a second seed's model from cross_seed.py, nor a regulariser grid); the median over those methods is reported, with their count and range. Model-hours are the recorded
-per-model seconds (train + outputs, one thread each), summed. Wall time with 2 workers is the recorded
+`audit_default`: not a second seed's model from cross_seed.py, nor a regulariser grid); the median over those methods
+is reported, with their count and range. Model-hours are the recorded per-model seconds (train + outputs, one thread
+each), summed. Wall time with 2 workers is the recorded
 `wall_s_last_session` where the ground truth was made in one session with 2 workers; for the ones made with 1 worker
 it is estimated as model-seconds / 1.90, the 2-worker speedup measured on this machine (benchmarks/groundtruth_workers.py).
 Results go to benchmarks/results/gt_table.csv, which 08b_groundtruth shows (and checks against the committed files).

@@ -12,6 +12,9 @@ Rules (a method never judges itself):
   only, with the 'agreement' candidate fitted to them.
 - `adding`: judges are the methods whose group terms add up (cancellation ratio ||sum_j S_j||^2 / sum_j ||S_j||^2 >= 1
   over the centred learning-query rows; global ridge kernels cancel, < 1), with the 'agreement' candidate for every method.
+- `better`: a diagnostic that reads the ground truth (so never a default): only the methods whose unweighted LDS is
+  higher judge, with the 'agreement' candidate fitted to them; none higher: uniform. It asks whether agreement is a
+  good signal when it points toward better methods only.
 Prints per method and rule the judges, the gate's choice, G and its lower bound, the LDS gain of what it applies
 (paired 95% interval) and the cross-fitted oracle's gain, then each candidate's gain if applied without the gate.
 Appends to results/judges.txt. Needs the audit caches (`pwattr audit --preset P --out DIR --methods ...`).
@@ -27,26 +30,32 @@ def cancellation_ratio(S:torch.Tensor)->float:
     S = S - S.mean(1, keepdim=True)
     return float(S.sum(-1).pow(2).sum() / S.pow(2).sum())
 
-def main():
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def preset_run(doc:str)->tuple:
+    "(arguments, ground truth, `AuditRun` on the audit's caches) from --preset, --out and --methods"
+    ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument('--preset', required=True); ap.add_argument('--out', required=True); ap.add_argument('--methods', required=True)
     a = ap.parse_args()
     torch.set_num_threads(1)
-    from pwattr.audit import AuditRun, parse_methods, cached
+    from pwattr.audit import AuditRun
     from pwattr.groundtruth import GT_DIR, GroundTruth
+    gt = GroundTruth.load(GT_DIR / f'{a.preset}.npz')
+    return a, gt, AuditRun(a.preset, gt, Path(a.out), progress=False, log=None)
+
+def main():
+    a, gt, run = preset_run(__doc__)
+    from pwattr.audit import parse_methods, cached
     from pwattr.evaluate import lds
     from pwattr.recipes import recipe
     from pwattr.safe import safe_weights, learn_refit_weights
     from pwattr.store import config_hash
     from pwattr.study import oracle_lds, paired_gain
     from pwattr.weights import learn_weights
-    gt = GroundTruth.load(GT_DIR / f'{a.preset}.npz')
-    run = AuditRun(a.preset, gt, Path(a.out), progress=False, log=None)
     names = parse_methods(a.methods); cs = {m: run.contributions(m) for m in names}
     learn = {m: c[1] for m, c in cs.items()}
     curved = {m: recipe(m, run.p.domain).curvature for m in names}
     ratios = {m: cancellation_ratio(learn[m].S.double()) for m in names}
     qids = list(run.learn_q.ids)
+    L = {m: lds(cs[m][0], gt).mean for m in names}   # for the 'better' diagnostic only
     lines = [f"== {a.preset} ({time.strftime('%Y-%m-%d')}): cancellation ratios " + ', '.join(f'{m} {v:.2f}' for m, v in ratios.items())]
     print(lines[-1], flush=True)
     for m in names:
@@ -54,9 +63,11 @@ def main():
         refs = {r: c.S.sum(-1) for r, c in learn.items() if r != m}
         pick = lambda keep: {r: v for r, v in refs.items() if keep(r)}
         curv, adding = pick(lambda r: curved[r]), pick(lambda r: ratios[r] >= 1)
+        better = pick(lambda r: L[r] > L[m])
         rules = {'default': (refs if curved[m] else curv or refs, None if curved[m] else curv),
                  'curvature': (curv or refs, curv or None),
-                 'adding': (adding or refs, adding or refs)}
+                 'adding': (adding or refs, adding or refs),
+                 'better': (better, better or None)}   # a diagnostic, not label-free: only the methods with a higher LDS judge
         rf, xl, rw = run.refit(m), None, None
         paper = learn_weights(learn[m], k=20, lam=1e-4, query_ids=qids)
         if rf:   # the audit's cached refit learner (the slow candidate)
@@ -68,6 +79,7 @@ def main():
         orc = oracle_lds(ce, gt)[0].mean - base.mean
         cands = {}
         for rule, (judges, agree) in rules.items():
+            if not judges: lines.append(f"{m:11s} {rule:9s} no judges -> uniform"); print(lines[-1], flush=True); continue
             sw = safe_weights(learn[m], judges, rf and rf[0], xl, paper=paper, curvature_refs=agree, refit_weights=rw)
             cands.update({n if n != 'agreement' else f'agreement/{rule}': w for n, w in sw.info['candidates'].items()})
             g, gi = paired_gain(base, lds(run.weighted_scores(m, ce, sw), gt)), sw.info['gate']
