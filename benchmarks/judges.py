@@ -43,18 +43,16 @@ def preset_run(doc:str)->tuple:
 
 def main():
     a, gt, run = preset_run(__doc__)
-    from pwattr.audit import parse_methods, cached
+    from pwattr.audit import parse_methods
     from pwattr.evaluate import lds
     from pwattr.recipes import recipe
-    from pwattr.safe import safe_weights, learn_refit_weights
-    from pwattr.store import config_hash
+    from pwattr.safe import safe_weights
     from pwattr.study import oracle_lds, paired_gain
-    from pwattr.weights import learn_weights
+    from pwattr.weights import GroupWeights
     names = parse_methods(a.methods); cs = {m: run.contributions(m) for m in names}
     learn = {m: c[1] for m, c in cs.items()}
     curved = {m: recipe(m, run.p.domain).curvature for m in names}
     ratios = {m: cancellation_ratio(learn[m].S.double()) for m in names}
-    qids = list(run.learn_q.ids)
     L = {m: lds(cs[m][0], gt).mean for m in names}   # for the 'better' diagnostic only
     lines = [f"== {a.preset} ({time.strftime('%Y-%m-%d')}): cancellation ratios " + ', '.join(f'{m} {v:.2f}' for m, v in ratios.items())]
     print(lines[-1], flush=True)
@@ -62,28 +60,24 @@ def main():
         ce = cs[m][0]; base = lds(ce, gt)
         refs = {r: c.S.sum(-1) for r, c in learn.items() if r != m}
         pick = lambda keep: {r: v for r, v in refs.items() if keep(r)}
-        curv, adding = pick(lambda r: curved[r]), pick(lambda r: ratios[r] >= 1)
-        better = pick(lambda r: L[r] > L[m])
-        rules = {'default': (refs if curved[m] else curv or refs, None if curved[m] else curv),
-                 'curvature': (curv or refs, curv or None),
+        curv, adding, better = pick(lambda r: curved[r]), pick(lambda r: ratios[r] >= 1), pick(lambda r: L[r] > L[m])
+        paper, sw = run.weigh(m, learn)   # the default: what `pwattr audit` applies (its refit learner is cached)
+        rf, ws = run.refit(m), {'default': sw}
+        xl = rf and rf[1]('learn')
+        rw = GroupWeights(sw.info['candidates']['refit'], ce.groups) if 'refit' in sw.info['candidates'] else None
+        rules = {'curvature': (curv or refs, curv or None),
                  'adding': (adding or refs, adding or refs),
                  'better': (better, better or None)}   # a diagnostic, not label-free: only the methods with a higher LDS judge
-        rf, xl, rw = run.refit(m), None, None
-        paper = learn_weights(learn[m], k=20, lam=1e-4, query_ids=qids)
-        if rf:   # the audit's cached refit learner (the slow candidate)
-            xl = rf[1]('learn')
-            st = run.stage_settings('refit weights', method=m, k=20, lam=1e-4)
-            key = config_hash({**st, 'ids': [run.split(s).ids for s in ('train', 'learn')]}, n=12, compact=False)
-            rw = cached(run.cache / f'refit-weights-{m}-{key}.pt', lambda: learn_refit_weights(rf[0], xl, k=20, lam=1e-4, query_ids=qids),
-                        f'{m}: refit weights', None, st)
+        for rule, (judges, agree) in rules.items():
+            ws[rule] = safe_weights(learn[m], judges, rf and rf[0], xl, paper=paper, curvature_refs=agree, refit_weights=rw) if judges else None
         orc = oracle_lds(ce, gt)[0].mean - base.mean
         cands = {}
-        for rule, (judges, agree) in rules.items():
-            if not judges: lines.append(f"{m:11s} {rule:9s} no judges -> uniform"); print(lines[-1], flush=True); continue
-            sw = safe_weights(learn[m], judges, rf and rf[0], xl, paper=paper, curvature_refs=agree, refit_weights=rw)
-            cands.update({n if n != 'agreement' else f'agreement/{rule}': w for n, w in sw.info['candidates'].items()})
-            g, gi = paired_gain(base, lds(run.weighted_scores(m, ce, sw), gt)), sw.info['gate']
-            lines.append(f"{m:11s} {rule:9s} judges {','.join(judges):28s} -> {gi['chosen'] + ' x' + format(gi['shrink'], 'g') if gi['use'] else 'uniform':14s} "
+        for rule, w in ws.items():
+            if w is None: lines.append(f"{m:11s} {rule:9s} no judges -> uniform"); print(lines[-1], flush=True); continue
+            cands.update({n if n != 'agreement' else f'agreement/{rule}': c for n, c in w.info['candidates'].items()})
+            g, gi = paired_gain(base, lds(run.weighted_scores(m, ce, w), gt)), w.info['gate']
+            lines.append(f"{m:11s} {rule:9s} judges {','.join(w.settings['references']):28s} -> "
+                         f"{gi['chosen'] + ' x' + format(gi['shrink'], 'g') if gi['use'] else 'uniform':14s} "
                          f"G {gi['gain']:+.4f} lower {gi['lower']:+.4f} | LDS gain {g[0]:+.3f} [{g[1]:+.3f}, {g[2]:+.3f}] | oracle {orc:+.3f}")
             print(lines[-1], flush=True)
         for n, w in cands.items():   # each candidate applied without the gate

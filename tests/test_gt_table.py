@@ -18,13 +18,13 @@ def test_widths_take_the_audit_defaults_only(tmp_path):
     gt = GroundTruth(masks, np.zeros((S, 1)), np.random.default_rng(1).normal(size=(S, 1, Q)), qe, config_hash='h0')
     cache = tmp_path / 'runs' / 'demo' / 'cache' / 'h0'; cache.mkdir(parents=True)
     base = dict(stage='contributions', seed=0, grouping='preset', reg=None)
-    def put(name, settings, ids):
+    def put(name, settings, ids, joint=False):   # an audit's (eval, learn) pair, or EK-FAC's one joint cache
         c = Contributions(torch.randn(len(ids), N, 2, generator=g), ['a', 'b'], query_ids=ids)
-        _save_cache((c[:Q], c[Q:]) if len(ids) > Q and name != 'ekfac-preset' else c, cache / f'contrib-{name}.pt')
+        _save_cache(c if joint else (c[:Q], c[Q:]), cache / f'contrib-{name}.pt')
         save_settings(settings, cache / f'contrib-{name}.pt')
         return c
-    trak = put('trak-x', base, qe + ql)                                     # (eval, learn) pair: the audit's default
-    ekfac = put('ekfac-preset', {**base, 'method': 'ekfac'}, qe + ql)      # one joint cache, evaluation first
+    trak = put('trak-x', base, qe + ql)                                     # the audit's default
+    ekfac = put('ekfac-preset', base, qe + ql, joint=True)                 # evaluation queries first
     put('trak-y', {**base, 'reg': 0.3}, qe + ql)                           # a regulariser grid value
     put('trak-z', {**base, 'seed': 1}, qe + ql)                            # a second seed's model (cross_seed.py)
     put('trak-w', {**base, 'grouping': 'tensor'}, qe + ql)                 # another grouping
