@@ -27,21 +27,18 @@ def main():
     a, gt, run = preset_run(__doc__)
     from pwattr.audit import parse_methods
     from pwattr.evaluate import lds
-    from pwattr.recipes import recipe
     from pwattr.safe import row_pearson
     from pwattr.study import oracle_lds, paired_gain
     from pwattr.weights import selfsup_loss
     names = parse_methods(a.methods); cs = {m: run.contributions(m) for m in names}
     learn = {m: c[1] for m, c in cs.items()}
-    curved = {m: recipe(m, run.p.domain).curvature for m in names}
     lines = [f"== {a.preset} ({time.strftime('%Y-%m-%d')}): the oracle's weights on the learning queries "
              f"({len(learn[names[0]].query_ids)} queries); agree: smallest mean agreement gain over the judges; objective: decrease of the paper's objective"]
     print(lines[-1], flush=True)
     for m in names:
         ce, S = cs[m][0], learn[m].S.double()
         refs = {r: c.S.sum(-1).double() for r, c in learn.items() if r != m}
-        judges = {r: v for r, v in refs.items() if curved[r]} if not curved[m] else refs
-        judges = judges or refs
+        judges = {r: refs[r] for r in run.weigh(m, learn)[1].settings['references']}   # the default's judges
         base = S.sum(-1); r0 = {r: row_pearson(base, v) for r, v in judges.items()}
         orc, ws = oracle_lds(ce, gt)
         g = paired_gain(lds(ce, gt), orc)
