@@ -8,7 +8,7 @@ script takes the cross-fitted oracle's weights (`pwattr.study.oracle_lds`, 2 fol
 on half the evaluation queries, their LDS gain measured on the other half) and asks, on the *learning* queries (the
 ones the default sees), whether they improve:
 - `agree`: the smallest mean agreement gain (Pearson over training examples, per query) with the judges the default
-  uses (`AuditRun.weigh`: the curvature-corrected methods for a first-order method, every other method otherwise),
+  uses (`pwattr.audit.gate_judges`: the curvature-corrected methods for a first-order method, every other method otherwise),
   at the oracle's weights and at a quarter of the way to them (w = 1 + a (c - 1), a = 1 and 0.25);
 - `objective`: the paper's self-supervised objective (`selfsup_loss`, k = 20; its decrease is printed, so > 0 means
   the objective prefers the oracle's weights).
@@ -25,7 +25,7 @@ from judges import preset_run
 
 def main():
     a, gt, run = preset_run(__doc__)
-    from pwattr.audit import parse_methods
+    from pwattr.audit import parse_methods, gate_judges
     from pwattr.evaluate import lds
     from pwattr.safe import row_pearson
     from pwattr.study import oracle_lds, paired_gain
@@ -37,8 +37,7 @@ def main():
     print(lines[-1], flush=True)
     for m in names:
         ce, S = cs[m][0], learn[m].S.double()
-        refs = {r: c.S.sum(-1).double() for r, c in learn.items() if r != m}
-        judges = {r: refs[r] for r in run.weigh(m, learn)[1].settings['references']}   # the default's judges
+        judges = {r: v.double() for r, v in gate_judges(m, learn, run.p.domain)[0].items()}
         base = S.sum(-1); r0 = {r: row_pearson(base, v) for r, v in judges.items()}
         orc, ws = oracle_lds(ce, gt)
         g = paired_gain(lds(ce, gt), orc)

@@ -29,9 +29,9 @@ from .store import config_hash, atomic_write
 from .plots import plot_lds_table, plot_group_lds, plot_block_function, plot_weights, plot_topk_gallery, figure_png
 
 # %% auto #0
-__all__ = ['CACHE_FORMAT', 'GROUPINGS', 'LEARN_FROM', 'cached', 'settings_file', 'save_settings', 'make_groups', 'learn_source',
-           'RunSettings', 'model_file', 'TrainedModel', 'AuditRun', 'AuditResult', 'audit', 'reproduce_command',
-           'write_report', 'load_callable', 'CustomPreset', 'CustomTask', 'check_custom']
+__all__ = ['CACHE_FORMAT', 'GROUPINGS', 'LEARN_FROM', 'cached', 'settings_file', 'save_settings', 'gate_judges', 'make_groups',
+           'learn_source', 'RunSettings', 'model_file', 'TrainedModel', 'AuditRun', 'AuditResult', 'audit',
+           'reproduce_command', 'write_report', 'load_callable', 'CustomPreset', 'CustomTask', 'check_custom']
 
 # %% ../nbs/10_audit.ipynb #679ed5b8
 CACHE_FORMAT = 'pwattr.cache/1'
@@ -147,6 +147,18 @@ def save_settings(settings, # dict or dataclass of JSON-able values (others are 
     d = asdict(settings) if is_dataclass(settings) else dict(settings)
     atomic_write(settings_file(path), json.dumps(d, indent=1, default=str))
     return settings_file(path)
+
+# %% ../nbs/10_audit.ipynb #3009f0e6
+def gate_judges(name:str, # the method whose weights are judged
+                learn:dict, # method -> Contributions of the learning queries
+                domain:str, # the preset's domain (a method's recipe says whether it corrects for curvature)
+               )->tuple: # (judges: method -> [Q, N] unweighted scores, the curvature-corrected ones the 'agreement' candidate fits, or None)
+    "Who judges a method's weights in the safe gate: every other method, or only the curvature-corrected ones for a first-order method"
+    refs = {r: c.S.sum(-1) for r, c in learn.items() if r != name}
+    curved = lambda r: recipe(r, domain).curvature
+    curv = None if curved(name) else {r: v for r, v in refs.items() if curved(r)}   # first-order: learn the missing scale ...
+    # ... and be judged by them alone: agreement with another first-order method says nothing about the curvature both lack
+    return curv or refs, curv
 
 # %% ../nbs/10_audit.ipynb #a7e80364
 GROUPINGS = ('preset', 'tensor', 'module', 'block', 'function')
@@ -456,11 +468,7 @@ class AuditRun:
              )->tuple: # (the paper's GroupWeights, the safe GroupWeights)
         "The paper's weights of method `name`, and the safe weights the gate makes of them (see `pwattr.safe`)"
         paper = learn_weights(learn[name], k=k, lam=lam, query_ids=list(self.learn_q.ids))
-        refs = {r: c.S.sum(-1) for r, c in learn.items() if r != name}
-        curved = lambda r: recipe(r, self.p.domain).curvature
-        curv = None if curved(name) else {r: v for r, v in refs.items() if curved(r)}   # first-order: learn the missing scale
-        # ... and be judged by them alone: agreement with another first-order method says nothing about the curvature both lack
-        judges = curv or refs
+        judges, curv = gate_judges(name, learn, self.p.domain)
         rf, xl, rw = self.refit(name), None, None
         if rf:   # the refit learner is the slow candidate (minutes at N = 5,000): kept in the cache like a fitted method
             xl = rf[1]('learn')   # the learning queries' features, read once for the learner and the gate
